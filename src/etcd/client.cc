@@ -1,0 +1,397 @@
+#include "etcd/client.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "etcd/lease_keeper.h"
+#include "etcd/watch_hub.h"
+#include "spdlog/spdlog.h"
+#include "util/logging.h"
+
+namespace discovery {
+
+std::vector<std::string> SplitEndpoints(const std::string& csv) {
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(csv, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (!part.empty()) out.emplace_back(part);
+  }
+  return out;
+}
+
+EtcdOptions EtcdOptions::FromEnv() {
+  EtcdOptions o;
+  auto env = [](const char* name) -> std::string {
+    const char* v = std::getenv(name);
+    return v == nullptr ? std::string() : std::string(v);
+  };
+  if (std::string e = env("ETCD_ENDPOINTS"); !e.empty()) o.endpoints = SplitEndpoints(e);
+  if (std::string v = env("ETCD_USER"); !v.empty()) o.user = v;
+  if (std::string v = env("ETCD_PASSWORD"); !v.empty()) o.password = v;
+  if (std::string v = env("ETCD_CACERT"); !v.empty()) o.ca_file = v;
+  if (std::string v = env("ETCD_CERT"); !v.empty()) o.cert_file = v;
+  if (std::string v = env("ETCD_KEY"); !v.empty()) o.key_file = v;
+  return o;
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(const EtcdOptions& options) {
+  auto client = etcd::Client::Create(options);
+  if (!client.ok()) return client.status();
+  return std::shared_ptr<Connection>(new Connection(*std::move(client)));
+}
+
+Connection::Connection(std::shared_ptr<etcd::Client> client) : client_(std::move(client)) {}
+Connection::~Connection() = default;
+
+absl::Status Connection::Ping() { return client_->MemberStatus().status(); }
+int Connection::keepalive_streams() const { return client_->keeper().open_streams(); }
+int Connection::watch_streams() const { return client_->watch_hub().open_streams(); }
+
+namespace etcd {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", what, " ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool IsAuthTokenError(const grpc::Status& s) {
+  // etcd: ErrGRPCInvalidAuthToken (Unauthenticated) "etcdserver: invalid auth token",
+  // and after a member restart with simple tokens the same text.
+  return s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+         absl::StrContains(s.error_message(), "invalid auth token");
+}
+
+}  // namespace
+
+absl::StatusOr<Endpoint> ParseEndpoint(const std::string& url) {
+  Endpoint ep;
+  ep.url = url;
+  absl::string_view rest = url;
+  if (absl::ConsumePrefix(&rest, "https://")) {
+    ep.tls = true;
+  } else if (!absl::ConsumePrefix(&rest, "http://")) {
+    if (absl::StrContains(rest, "://")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("endpoint \"", url, "\": scheme must be http:// or https://"));
+    }
+  }
+  rest = absl::StripSuffix(rest, "/");
+  size_t colon = rest.rfind(':');
+  if (rest.empty() || colon == absl::string_view::npos || colon == 0 || colon + 1 == rest.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("endpoint \"", url, "\": expected [http[s]://]host:port"));
+  }
+  int port = 0;
+  for (char c : rest.substr(colon + 1)) {
+    if (c < '0' || c > '9' || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("endpoint \"", url, "\": bad port"));
+    }
+    port = port * 10 + (c - '0');
+  }
+  if (port < 1 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("endpoint \"", url, "\": bad port"));
+  }
+  ep.target = std::string(rest);
+  return ep;
+}
+
+absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string& msg = s.error_message();
+  std::string text = absl::StrCat(what, ": ", msg);
+  if (absl::StrContains(msg, "authentication failed") ||
+      absl::StrContains(msg, "invalid user ID or password") ||
+      absl::StrContains(msg, "invalid auth token") ||
+      absl::StrContains(msg, "user name is empty")) {
+    return absl::UnauthenticatedError(text);
+  }
+  if (absl::StrContains(msg, "requested lease not found")) return absl::NotFoundError(text);
+  if (absl::StrContains(msg, "required revision has been compacted")) {
+    return absl::OutOfRangeError(text);
+  }
+  // grpc::StatusCode and absl::StatusCode share their numeric values.
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), text);
+}
+
+absl::StatusOr<std::shared_ptr<Client>> Client::Create(const EtcdOptions& options) {
+  std::shared_ptr<Client> c(new Client(options));
+  if (absl::Status s = c->Init(); !s.ok()) return s;
+  return c;
+}
+
+Client::Client(const EtcdOptions& options)
+    : options_(options), logger_(util::ComponentLogger(options.logger, "discovery.etcd")) {}
+
+absl::Status Client::Init() {
+  if (options_.endpoints.empty()) {
+    return absl::InvalidArgumentError("no etcd endpoints configured");
+  }
+  if (options_.call_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("call_timeout must be positive");
+  }
+  bool any_tls = false;
+  for (const std::string& url : options_.endpoints) {
+    auto ep = ParseEndpoint(url);
+    if (!ep.ok()) return ep.status();
+    any_tls |= ep->tls;
+    endpoints_.push_back(*ep);
+  }
+  if (any_tls) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options_.ca_file.empty()) {
+      auto ca = ReadFile(options_.ca_file, "CA file");
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *ca;
+    }
+    if (!options_.cert_file.empty() || !options_.key_file.empty()) {
+      auto cert = ReadFile(options_.cert_file, "client certificate");
+      if (!cert.ok()) return cert.status();
+      auto key = ReadFile(options_.key_file, "client key");
+      if (!key.ok()) return key.status();
+      ssl.pem_cert_chain = *cert;
+      ssl.pem_private_key = *key;
+    }
+    credentials_ = grpc::SslCredentials(ssl);
+  }
+  for (const Endpoint& ep : endpoints_) stubs_.push_back(MakeStubs(ep));
+  loop_ = std::make_unique<util::EventLoop>("discovery-loop");
+  background_ = std::make_unique<util::EventLoop>("discovery-bg");
+  keeper_ = std::make_unique<LeaseKeeper>(this);
+  watch_hub_ = std::make_unique<WatchHub>(this);
+  return absl::OkStatus();
+}
+
+Client::~Client() {
+  // Streams first (they post to the loop), then the loops.
+  if (watch_hub_ != nullptr) watch_hub_->Shutdown();
+  if (keeper_ != nullptr) keeper_->Shutdown();
+  if (background_ != nullptr) background_->Stop();
+  if (loop_ != nullptr) loop_->Stop();
+}
+
+std::shared_ptr<Stubs> Client::MakeStubs(const Endpoint& ep) {
+  grpc::ChannelArguments args;
+  // Reconnect quickly after a member comes back; detect dead peers on idle streams.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetMaxReceiveMessageSize(64 * 1024 * 1024);
+  // A distinct channel per endpoint even when two share a target.
+  args.SetString("discovery.endpoint", ep.url);
+  auto creds = ep.tls ? credentials_ : grpc::InsecureChannelCredentials();
+  auto s = std::make_shared<Stubs>();
+  s->channel = grpc::CreateCustomChannel(ep.target, creds, args);
+  s->kv = pb::KV::NewStub(s->channel);
+  s->lease = pb::Lease::NewStub(s->channel);
+  s->watch = pb::Watch::NewStub(s->channel);
+  s->maintenance = pb::Maintenance::NewStub(s->channel);
+  s->auth = pb::Auth::NewStub(s->channel);
+  return s;
+}
+
+std::shared_ptr<Stubs> Client::CurrentStubs(int* index) {
+  int i = current_.load() % static_cast<int>(stubs_.size());
+  if (index != nullptr) *index = i;
+  return stubs_[i];
+}
+
+void Client::MarkFailed(int index) {
+  int n = static_cast<int>(stubs_.size());
+  int expected = index;
+  if (current_.compare_exchange_strong(expected, (index + 1) % n) && n > 1) {
+    SPDLOG_LOGGER_INFO(logger_, "etcd endpoint {} failed; switching to {}", endpoints_[index].url,
+                       endpoints_[(index + 1) % n].url);
+  }
+}
+
+void Client::PrepareContext(grpc::ClientContext* ctx, absl::Time deadline) {
+  if (deadline != absl::InfiniteFuture()) ctx->set_deadline(absl::ToChronoTime(deadline));
+  if (has_auth()) {
+    absl::MutexLock lock(&token_mu_);
+    if (!token_.empty()) ctx->AddMetadata("token", token_);
+  }
+}
+
+absl::Status Client::RefreshToken(int endpoint_index) {
+  if (!has_auth()) return absl::OkStatus();
+  pb::AuthenticateRequest req;
+  req.set_name(options_.user);
+  req.set_password(options_.password);
+  pb::AuthenticateResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+  grpc::Status s = stubs_[endpoint_index]->auth->Authenticate(&ctx, req, &resp);
+  if (!s.ok()) {
+    absl::Status st = FromGrpc(s, "etcd Authenticate");
+    SPDLOG_LOGGER_WARN(logger_, "etcd authentication as {} failed: {}", options_.user,
+                       std::string(st.message()));
+    return st;
+  }
+  absl::MutexLock lock(&token_mu_);
+  token_ = resp.token();
+  return absl::OkStatus();
+}
+
+template <typename Resp>
+absl::StatusOr<Resp> Client::Unary(
+    const char* what, absl::Duration timeout,
+    const std::function<grpc::Status(Stubs&, grpc::ClientContext*, Resp*)>& call) {
+  if (timeout <= absl::ZeroDuration()) timeout = options_.call_timeout;
+  const absl::Time deadline = absl::Now() + timeout;
+  const int n = static_cast<int>(stubs_.size());
+  // One endpoint may hang (SIGSTOPped member, partition): give each attempt a share of the
+  // deadline so the others still get a chance.
+  const absl::Duration attempt_budget =
+      n > 1 ? std::max(timeout / n, std::min(timeout, absl::Seconds(1))) : timeout;
+  bool token_refreshed = false;
+  bool need_token = has_auth();
+  {
+    absl::MutexLock lock(&token_mu_);
+    need_token = need_token && token_.empty();
+  }
+  grpc::Status last;
+  int last_index = 0;
+  for (int attempt = 0;; ++attempt) {
+    int index = 0;
+    std::shared_ptr<Stubs> stubs = CurrentStubs(&index);
+    last_index = index;
+    if (need_token) {
+      absl::Status s = RefreshToken(index);
+      if (!s.ok()) {
+        if (absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s) ||
+            absl::IsInvalidArgument(s)) {
+          return s;
+        }
+        MarkFailed(index);
+        last = grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+        if (absl::Now() >= deadline) break;
+        continue;
+      }
+      need_token = false;
+    }
+    absl::Time now = absl::Now();
+    if (now >= deadline) break;
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, std::min(deadline, now + attempt_budget));
+    Resp resp;
+    grpc::Status s = call(*stubs, &ctx, &resp);
+    if (s.ok()) return resp;
+    last = s;
+    if (has_auth() && !token_refreshed && IsAuthTokenError(s)) {
+      token_refreshed = true;
+      need_token = true;
+      continue;
+    }
+    bool retryable = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                     s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    if (!retryable) break;
+    MarkFailed(index);
+    if (absl::Now() >= deadline) break;
+    // After a full round over all endpoints, back off briefly before the next round.
+    if ((attempt + 1) % n == 0) {
+      absl::Duration pause =
+          std::min(absl::Milliseconds(100 * ((attempt + 1) / n)), absl::Milliseconds(500));
+      absl::SleepFor(std::min(pause, deadline - absl::Now()));
+    }
+  }
+  if (last.ok()) {
+    last = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded");
+  }
+  if (last.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    // Out of time because no member answered: for the caller that is "etcd unavailable".
+    last = grpc::Status(
+        grpc::StatusCode::UNAVAILABLE,
+        absl::StrCat("no etcd endpoint answered within ", absl::FormatDuration(timeout),
+                     " (last tried ", endpoints_[last_index].url, ": ", last.error_message(), ")"));
+  }
+  return FromGrpc(last, absl::StrCat("etcd ", what));
+}
+
+#define DISCOVERY_UNARY(Name, Service, Req, Resp)                                     \
+  absl::StatusOr<pb::Resp> Client::Name(const pb::Req& req, absl::Duration timeout) { \
+    return Unary<pb::Resp>(#Name, timeout,                                            \
+                           [&](Stubs& s, grpc::ClientContext* ctx, pb::Resp* resp) {  \
+                             return s.Service->Name(ctx, req, resp);                  \
+                           });                                                        \
+  }
+
+DISCOVERY_UNARY(Range, kv, RangeRequest, RangeResponse)
+DISCOVERY_UNARY(Put, kv, PutRequest, PutResponse)
+DISCOVERY_UNARY(DeleteRange, kv, DeleteRangeRequest, DeleteRangeResponse)
+DISCOVERY_UNARY(Txn, kv, TxnRequest, TxnResponse)
+DISCOVERY_UNARY(Compact, kv, CompactionRequest, CompactionResponse)
+DISCOVERY_UNARY(LeaseGrant, lease, LeaseGrantRequest, LeaseGrantResponse)
+DISCOVERY_UNARY(LeaseRevoke, lease, LeaseRevokeRequest, LeaseRevokeResponse)
+DISCOVERY_UNARY(LeaseTimeToLive, lease, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse)
+#undef DISCOVERY_UNARY
+
+absl::StatusOr<pb::LeaseLeasesResponse> Client::LeaseLeases(absl::Duration timeout) {
+  pb::LeaseLeasesRequest req;
+  return Unary<pb::LeaseLeasesResponse>(
+      "LeaseLeases", timeout, [&](Stubs& s, grpc::ClientContext* ctx, pb::LeaseLeasesResponse* r) {
+        return s.lease->LeaseLeases(ctx, req, r);
+      });
+}
+
+absl::StatusOr<int64_t> Client::LeaseKeepAliveOnce(int64_t lease_id, absl::Duration timeout) {
+  auto resp = Unary<pb::LeaseKeepAliveResponse>(
+      "LeaseKeepAlive", timeout,
+      [&](Stubs& s, grpc::ClientContext* ctx, pb::LeaseKeepAliveResponse* r) {
+        auto stream = s.lease->LeaseKeepAlive(ctx);
+        pb::LeaseKeepAliveRequest req;
+        req.set_id(lease_id);
+        if (!stream->Write(req) || !stream->Read(r)) {
+          stream->WritesDone();
+          ctx->TryCancel();
+          grpc::Status st = stream->Finish();
+          return st.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "keepalive stream closed")
+                         : st;
+        }
+        stream->WritesDone();
+        ctx->TryCancel();
+        stream->Finish();
+        return grpc::Status::OK;
+      });
+  if (!resp.ok()) return resp.status();
+  if (resp->ttl() <= 0) {
+    return absl::NotFoundError(absl::StrFormat("lease %x not found", lease_id));
+  }
+  return resp->ttl();
+}
+
+absl::StatusOr<pb::StatusResponse> Client::MemberStatus(int endpoint, absl::Duration timeout) {
+  pb::StatusRequest req;
+  if (endpoint < 0) {
+    return Unary<pb::StatusResponse>(
+        "Status", timeout, [&](Stubs& s, grpc::ClientContext* ctx, pb::StatusResponse* r) {
+          return s.maintenance->Status(ctx, req, r);
+        });
+  }
+  if (endpoint >= static_cast<int>(stubs_.size())) {
+    return absl::InvalidArgumentError("endpoint index out of range");
+  }
+  if (timeout <= absl::ZeroDuration()) timeout = options_.call_timeout;
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, absl::Now() + timeout);
+  pb::StatusResponse resp;
+  grpc::Status s = stubs_[endpoint]->maintenance->Status(&ctx, req, &resp);
+  if (!s.ok()) return FromGrpc(s, "etcd Status");
+  return resp;
+}
+
+}  // namespace etcd
+}  // namespace discovery

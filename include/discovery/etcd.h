@@ -1,0 +1,81 @@
+// File: discovery/etcd.h
+//
+// How to reach etcd, and a shared connection to it. A `Connection` owns one gRPC channel per
+// endpoint, fails over between them, and runs ONE LeaseKeepAlive stream and ONE Watch stream
+// for everything that uses it. Registrars and watchers created from the same `Connection`
+// share those streams; create one per process.
+//
+//   discovery::EtcdOptions etcd = discovery::EtcdOptions::FromEnv();  // ETCD_ENDPOINTS, ...
+//   absl::StatusOr<std::shared_ptr<discovery::Connection>> conn =
+//       discovery::Connection::Create(etcd);
+//   if (!conn.ok()) { /* kInvalidArgument: bad endpoint URL or unreadable TLS file */ }
+//
+// Thread-safety: `Connection` is thread-safe. It is kept alive by every object created
+// from it.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace discovery {
+
+namespace etcd {
+class Client;
+}
+
+struct EtcdOptions {
+  // `http://host:port` or `https://host:port` (TLS). Plain `host:port` means http.
+  std::vector<std::string> endpoints = {"http://127.0.0.1:2379"};
+  // etcd user/password auth; empty user = no auth. The token is refreshed when it expires.
+  std::string user;
+  std::string password;
+  // TLS (used for https:// endpoints): CA bundle, and a client cert/key for mTLS.
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+  // Deadline of every unary call, across all failover attempts.
+  absl::Duration call_timeout = absl::Seconds(5);
+  // Logger for the "discovery.etcd" component; a default named logger when null.
+  std::shared_ptr<spdlog::logger> logger;
+
+  // Reads ETCD_ENDPOINTS (comma separated), ETCD_USER, ETCD_PASSWORD, ETCD_CACERT, ETCD_CERT,
+  // ETCD_KEY. Unset variables keep the defaults above.
+  static EtcdOptions FromEnv();
+};
+
+// Splits "a,b , c" into endpoints, dropping empty items.
+std::vector<std::string> SplitEndpoints(const std::string& csv);
+
+class Connection {
+ public:
+  // kInvalidArgument for an empty/invalid endpoint list or unreadable TLS files. Does not
+  // contact etcd: an unreachable etcd shows up as kUnavailable on the first call.
+  static absl::StatusOr<std::shared_ptr<Connection>> Create(const EtcdOptions& options);
+  ~Connection();
+
+  // Asks one member for its status (Maintenance.Status). kUnavailable when no endpoint
+  // answers within the call timeout; kUnauthenticated on bad credentials.
+  absl::Status Ping();
+
+  // Number of LeaseKeepAlive / Watch gRPC streams currently open (0 or 1 each).
+  int keepalive_streams() const;
+  int watch_streams() const;
+
+  // Internal: the implementation, for the library's own components.
+  const std::shared_ptr<etcd::Client>& client() const { return client_; }
+
+ private:
+  explicit Connection(std::shared_ptr<etcd::Client> client);
+  std::shared_ptr<etcd::Client> client_;
+};
+
+}  // namespace discovery

@@ -1,0 +1,186 @@
+// File: discovery/watcher.h
+//
+// The watcher an API gateway, matchmaker or lobby embeds: a live in-memory cache of the
+// instances under a prefix, fed by ONE etcd Watch stream per Connection, with typed change
+// events and load-balancing pickers.
+//
+//   auto watcher = discovery::Watcher::Create({.etcd = discovery::EtcdOptions::FromEnv()});
+//   (*watcher)->WaitForSync(absl::Seconds(5));
+//   discovery::SnapshotPtr snap = (*watcher)->snapshot();        // lock-free read
+//   for (const auto& in : snap->Select({.type = "world", .status =
+//   discovery::InstanceStatus::kReady}))
+//     ...;
+//   auto sub = (*watcher)->Subscribe({.type = "world"}, [](const discovery::ChangeEvent& ev) {
+//     // added / updated / status_changed / removed; runs on the library thread: don't block
+//   });
+//   std::shared_ptr<discovery::Picker> picker = (*watcher)->NewPicker(
+//       "world", "", {.kind = discovery::PickerKind::kLeastLoad});
+//   discovery::InstancePtr target = picker->Pick();
+//
+// Consistency: the cache starts from a (paged) Range at one revision, then applies the watch
+// from revision + 1. A broken stream resumes from the last seen revision (no loss, no
+// duplicates). If that revision was compacted or etcd is a different cluster (wiped and
+// restarted), the watcher re-reads everything and emits only the differences. Values that
+// are not valid instances are skipped, logged once per key and counted; they never affect
+// other instances. While etcd is unreachable the last snapshot stays in place.
+//
+// Thread-safety: Watcher is thread-safe; snapshots are immutable. Callbacks run on the
+// library thread (kLibraryThread, must not block) or inside Poll() on the caller's thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "discovery/etcd.h"
+#include "discovery/instance.h"
+#include "discovery/picker.h"
+
+namespace discovery {
+
+enum class ChangeType { kAdded, kUpdated, kStatusChanged, kRemoved };
+std::string_view ToString(ChangeType type);  // "added", "updated", "status_changed", "removed"
+
+struct ChangeEvent {
+  ChangeType type;
+  InstancePtr instance;  // the new state; for kRemoved the last known state
+  InstancePtr previous;  // the state before (null for kAdded)
+  int64_t revision = 0;  // etcd revision of the change (snapshot revision for initial state)
+  bool initial = false;  // part of the initial state requested by Subscribe(..., true)
+};
+
+// Empty fields match everything.
+struct Filter {
+  std::string type;
+  std::string group;
+  std::optional<InstanceStatus> status;
+  bool Matches(const Instance& instance) const;
+};
+
+// An immutable view of the cache at one etcd revision.
+class Snapshot {
+ public:
+  struct TypeSet {
+    std::vector<InstancePtr> instances;  // sorted by (group, instanceId)
+  };
+
+  int64_t revision() const { return revision_; }
+  size_t size() const { return size_; }
+  // Every instance, sorted by (type, group, instanceId).
+  std::vector<InstancePtr> All() const;
+  // Instances matching `filter`, same order.
+  std::vector<InstancePtr> Select(const Filter& filter) const;
+  // Instances of one type (empty when none), sorted by (group, instanceId).
+  const std::vector<InstancePtr>& OfType(std::string_view type) const;
+  InstancePtr Find(std::string_view type, std::string_view instance_id) const;
+  std::vector<std::string> Types() const;
+
+  // Internal (the watcher builds snapshots).
+  Snapshot(int64_t revision,
+           std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types);
+
+ private:
+  int64_t revision_;
+  size_t size_ = 0;
+  std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types_;
+};
+using SnapshotPtr = std::shared_ptr<const Snapshot>;
+
+enum class Delivery {
+  kLibraryThread,  // callbacks run on the library thread as events arrive (must not block)
+  kPoll,           // events are queued; Watcher::Poll() runs callbacks on the caller's thread
+};
+
+struct WatcherOptions {
+  EtcdOptions etcd;                        // ignored when `connection` is set
+  std::shared_ptr<Connection> connection;  // share streams with a Registrar
+  std::string prefix = "/services/";
+  std::string type;  // watch only `<prefix><type>/` when set
+  Delivery delivery = Delivery::kLibraryThread;
+  int64_t range_page_size = 1000;  // keys per Range page during (re)sync
+  size_t max_value_bytes = kMaxInstanceBytes;
+  // Mass-expiry protection: when more than `protect_threshold` of a type's ready instances
+  // vanish within `protect_window`, pickers keep the last good set for up to `protect_hold`.
+  double protect_threshold = 0.5;  // 0 disables
+  absl::Duration protect_window = absl::Seconds(10);
+  absl::Duration protect_hold = absl::Seconds(30);
+  // Called on the library thread when protection starts (true) or ends (false) for a type.
+  std::function<void(const std::string& type, bool active, size_t kept)> on_protection;
+  std::shared_ptr<spdlog::logger> logger;  // "discovery.watcher"
+};
+
+struct WatcherStats {
+  int64_t revision = 0;
+  uint64_t events = 0;          // watch events applied
+  uint64_t resyncs = 0;         // full re-reads after compaction / cluster change
+  uint64_t invalid_values = 0;  // values skipped as not valid instances
+  uint64_t protection_activations = 0;
+  size_t instances = 0;
+  bool synced = false;
+};
+
+class Watcher;
+
+// Move-only; the destructor unsubscribes. After it returns no callback of this subscription
+// runs (in kPoll mode: destroy it on the polling thread).
+class Subscription {
+ public:
+  Subscription() = default;
+  Subscription(Subscription&&) noexcept;
+  Subscription& operator=(Subscription&&) noexcept;
+  ~Subscription();
+  void Reset();
+
+ private:
+  friend class Watcher;
+  explicit Subscription(std::function<void()> cancel) : cancel_(std::move(cancel)) {}
+  std::function<void()> cancel_;
+};
+
+class Watcher {
+ public:
+  // Starts the initial sync in the background. kInvalidArgument for bad options.
+  static absl::StatusOr<std::unique_ptr<Watcher>> Create(WatcherOptions options);
+  ~Watcher();
+
+  // Waits until the first sync is done. kDeadlineExceeded (with the last etcd error) on timeout.
+  absl::Status WaitForSync(absl::Duration timeout);
+  bool synced() const;
+
+  SnapshotPtr snapshot() const;
+  int64_t revision() const { return snapshot()->revision(); }
+
+  // Events for instances matching `filter` (matching before or after the change). With
+  // `initial`, the current matching instances are delivered first as kAdded (initial=true).
+  Subscription Subscribe(Filter filter, std::function<void(const ChangeEvent&)> callback,
+                         bool initial = false);
+  // kPoll mode: runs queued callbacks on this thread, in revision order; returns how many ran.
+  size_t Poll(size_t max_events = SIZE_MAX);
+
+  // A picker over `ready` instances of `type` (and `group` when not empty) that follows the
+  // cache, with mass-expiry protection. `ready_only = false` picks from every status except
+  // shutting_down.
+  std::shared_ptr<Picker> NewPicker(const std::string& type, const std::string& group,
+                                    const PickerOptions& options, bool ready_only = true);
+
+  WatcherStats stats() const;
+  // True while mass-expiry protection holds the last good set for `type`.
+  bool protecting(const std::string& type) const;
+  const std::shared_ptr<Connection>& connection() const;
+
+  struct Impl;
+
+ private:
+  explicit Watcher(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace discovery

@@ -1,0 +1,279 @@
+#include "etcd/lease_keeper.h"
+
+#include <deque>
+
+#include "absl/strings/match.h"
+#include "etcd/client.h"
+#include "spdlog/spdlog.h"
+
+namespace discovery::etcd {
+
+// One LeaseKeepAlive stream. Owned by a shared_ptr held by the keeper (loop thread) and by
+// itself until OnDone, so Send() from the loop never touches a deleted object.
+class KeepAliveReactor
+    : public grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse> {
+ public:
+  KeepAliveReactor(LeaseKeeper* owner, std::shared_ptr<Stubs> stubs, int index, uint64_t generation)
+      : owner_(owner), stubs_(std::move(stubs)), index_(index), generation_(generation) {}
+
+  void Start(std::shared_ptr<KeepAliveReactor> self) {
+    self_ = std::move(self);
+    {
+      absl::MutexLock lock(&owner_->live_mu_);
+      ++owner_->live_reactors_;
+    }
+    owner_->client_->PrepareContext(&ctx_, absl::InfiniteFuture());
+    stubs_->lease->async()->LeaseKeepAlive(&ctx_, this);
+    StartRead(&resp_);
+    AddHold();
+    StartCall();
+  }
+
+  // False when the stream is closing; the caller reconnects.
+  bool Send(int64_t id) {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return false;
+    queue_.push_back(id);
+    if (!writing_) {
+      writing_ = true;
+      req_.set_id(queue_.front());
+      StartWrite(&req_);
+    }
+    return true;
+  }
+
+  void Cancel() { ctx_.TryCancel(); }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    if (!queue_.empty()) queue_.pop_front();
+    if (!ok || closed_ || queue_.empty()) {
+      writing_ = false;
+      return;
+    }
+    req_.set_id(queue_.front());
+    StartWrite(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      had_response_ = true;
+      owner_->OnResponse(generation_, resp_.id(), resp_.ttl());
+      StartRead(&resp_);
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+    RemoveHold();
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      closed_ = true;
+    }
+    owner_->OnStreamDone(generation_, index_, had_response_,
+                         status.ok() ? std::string() : status.error_message());
+    LeaseKeeper* owner = owner_;
+    self_.reset();  // may delete this
+    absl::MutexLock lock(&owner->live_mu_);
+    --owner->live_reactors_;
+  }
+
+ private:
+  LeaseKeeper* owner_;
+  std::shared_ptr<Stubs> stubs_;
+  int index_;
+  uint64_t generation_;
+  grpc::ClientContext ctx_;
+  pb::LeaseKeepAliveRequest req_;
+  pb::LeaseKeepAliveResponse resp_;
+  std::atomic<bool> had_response_{false};
+  absl::Mutex mu_;
+  std::deque<int64_t> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<KeepAliveReactor> self_;
+};
+
+namespace {
+constexpr absl::Duration kTick = absl::Milliseconds(100);
+}
+
+LeaseKeeper::LeaseKeeper(Client* client)
+    : client_(client), logger_(client->logger()), loop_(client->loop()) {}
+
+LeaseKeeper::~LeaseKeeper() = default;
+
+void LeaseKeeper::Add(int64_t lease_id, absl::Duration ttl, absl::Duration interval,
+                      Listener listener) {
+  loop_.RunSync([&] {
+    if (shutdown_) return;
+    absl::Time now = absl::Now();
+    Entry e;
+    e.ttl = ttl;
+    e.interval = std::max(interval, absl::Milliseconds(100));
+    e.next_send = now + e.interval;
+    e.last_ack = now;
+    e.last_ttl = absl::ToInt64Seconds(ttl);
+    e.listener = std::move(listener);
+    leases_[lease_id] = std::move(e);
+    if (stream_ == nullptr && !connecting_) Connect();
+    EnsureTicking();
+  });
+}
+
+void LeaseKeeper::Remove(int64_t lease_id) {
+  loop_.RunSync([&] { leases_.erase(lease_id); });
+}
+
+size_t LeaseKeeper::lease_count() {
+  size_t n = 0;
+  loop_.RunSync([&] { n = leases_.size(); });
+  return n;
+}
+
+void LeaseKeeper::Shutdown() {
+  loop_.RunSync([&] {
+    shutdown_ = true;
+    leases_.clear();
+    if (tick_timer_ != 0) loop_.Cancel(tick_timer_);
+    tick_timer_ = 0;
+    if (stream_ != nullptr) stream_->Cancel();
+    stream_.reset();
+  });
+  absl::MutexLock lock(&live_mu_);
+  live_mu_.Await(absl::Condition(
+      +[](int* live) { return *live == 0; }, &live_reactors_));
+}
+
+void LeaseKeeper::EnsureTicking() {
+  if (tick_timer_ != 0 || shutdown_) return;
+  tick_timer_ = loop_.PostAfter(kTick, [this] {
+    tick_timer_ = 0;
+    Tick();
+  });
+}
+
+void LeaseKeeper::Connect() {
+  if (shutdown_ || leases_.empty()) return;
+  if (client_->has_auth() && !client_->has_token()) {
+    // Fetch a token first (blocking call: on the background loop), then connect.
+    connecting_ = true;
+    int index = 0;
+    client_->CurrentStubs(&index);
+    client_->background().Post([this, index] {
+      if (!client_->RefreshToken(index).ok()) client_->MarkFailed(index);
+      loop_.Post([this] {
+        connecting_ = false;
+        if (!client_->has_token()) {
+          ScheduleReconnect();
+        } else if (stream_ == nullptr) {
+          Connect();
+        }
+      });
+    });
+    return;
+  }
+  int index = 0;
+  auto stubs = client_->CurrentStubs(&index);
+  ++generation_;
+  auto reactor = std::make_shared<KeepAliveReactor>(this, stubs, index, generation_);
+  stream_ = reactor;
+  open_streams_.store(1);
+  oldest_unanswered_ = absl::InfiniteFuture();
+  SPDLOG_LOGGER_DEBUG(logger_, "opening LeaseKeepAlive stream to {}",
+                      client_->endpoints()[index].url);
+  reactor->Start(reactor);
+  // Send every lease at once on a new stream: the stream may have been down for a while.
+  absl::Time now = absl::Now();
+  for (auto& [id, e] : leases_) e.next_send = now;
+  Tick();
+}
+
+void LeaseKeeper::ScheduleReconnect() {
+  if (connecting_ || shutdown_) return;
+  connecting_ = true;
+  absl::Duration delay = backoff_.attempt() == 0 ? absl::ZeroDuration() : backoff_.Next();
+  if (backoff_.attempt() == 0) backoff_.Next();
+  loop_.PostAfter(delay, [this] {
+    connecting_ = false;
+    if (stream_ == nullptr) Connect();
+  });
+}
+
+void LeaseKeeper::Tick() {
+  if (shutdown_) return;
+  absl::Time now = absl::Now();
+  absl::Duration min_interval = absl::InfiniteDuration();
+  for (auto& [id, e] : leases_) {
+    min_interval = std::min(min_interval, e.interval);
+    if (stream_ != nullptr && e.next_send <= now) {
+      if (stream_->Send(id)) {
+        if (oldest_unanswered_ == absl::InfiniteFuture()) oldest_unanswered_ = now;
+        e.next_send = now + e.interval;
+      }
+    }
+    if (!e.at_risk && now - e.last_ack > e.ttl * 2 / 3) {
+      e.at_risk = true;
+      SPDLOG_LOGGER_WARN(logger_, "lease {:x} at risk: no keepalive answer for {}", id,
+                         absl::FormatDuration(now - e.last_ack));
+      Dispatch(e.listener, Event{EventType::kAtRisk, id, e.last_ttl});
+    }
+  }
+  // A stream whose keepalives go unanswered is stuck (frozen member, partition): switch.
+  absl::Duration stall = std::clamp(min_interval, absl::Seconds(1), absl::Seconds(3));
+  if (stream_ != nullptr && oldest_unanswered_ != absl::InfiniteFuture() &&
+      now - oldest_unanswered_ > stall) {
+    SPDLOG_LOGGER_WARN(logger_, "LeaseKeepAlive stream stalled for {}; reconnecting",
+                       absl::FormatDuration(now - oldest_unanswered_));
+    stream_->Cancel();  // OnDone -> OnStreamDone -> reconnect on the next endpoint
+  }
+  if (stream_ == nullptr && !leases_.empty()) ScheduleReconnect();
+  if (!leases_.empty()) EnsureTicking();
+}
+
+void LeaseKeeper::OnResponse(uint64_t generation, int64_t id, int64_t ttl) {
+  loop_.Post([this, generation, id, ttl] {
+    if (generation != generation_ || shutdown_) return;
+    backoff_.Reset();
+    oldest_unanswered_ = absl::InfiniteFuture();
+    auto it = leases_.find(id);
+    if (it == leases_.end()) return;
+    Entry& e = it->second;
+    if (ttl <= 0) {
+      Listener listener = std::move(e.listener);
+      leases_.erase(it);
+      SPDLOG_LOGGER_WARN(logger_, "lease {:x} lost (etcd answered TTL {})", id, ttl);
+      Dispatch(listener, Event{EventType::kLost, id, 0});
+      return;
+    }
+    e.last_ack = absl::Now();
+    e.last_ttl = ttl;
+    if (e.at_risk) {
+      e.at_risk = false;
+      SPDLOG_LOGGER_INFO(logger_, "lease {:x} answered again (TTL {}s)", id, ttl);
+      Dispatch(e.listener, Event{EventType::kAlive, id, ttl});
+    }
+  });
+}
+
+void LeaseKeeper::OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
+                               std::string error) {
+  loop_.Post([this, generation, endpoint_index, had_response, error = std::move(error)] {
+    if (generation != generation_ || shutdown_) return;
+    stream_.reset();
+    open_streams_.store(0);
+    SPDLOG_LOGGER_INFO(logger_, "LeaseKeepAlive stream to {} ended ({}); reconnecting",
+                       client_->endpoints()[endpoint_index].url, error.empty() ? "closed" : error);
+    if (!had_response || !error.empty()) client_->MarkFailed(endpoint_index);
+    if (absl::StrContains(error, "auth token") && client_->has_auth()) client_->ClearToken();
+    ScheduleReconnect();
+  });
+}
+
+void LeaseKeeper::Dispatch(const Listener& listener, const Event& event) {
+  if (listener) listener(event);
+}
+
+}  // namespace discovery::etcd

@@ -1,0 +1,111 @@
+// WatchHub: multiplexes any number of etcd watches over ONE Watch bidi stream (gRPC callback
+// API), with resume after a broken stream.
+//
+// Each watch remembers the next revision it needs (last event's mod_revision + 1). When the
+// stream breaks or stalls it is reopened on the next endpoint with jittered backoff and every
+// watch is re-created from its next revision, so no event is lost and none is delivered twice.
+// Watch creation is serialised (etcd answers creates in order), and the stream carries the
+// `hasleader` metadata so a member that lost its leader cancels it instead of going silent.
+// Liveness: a progress request every few seconds must be answered, or the stream is replaced.
+//
+// When a watch cannot resume, its listener gets `on_broken` and the watch is removed:
+//  - kOutOfRange: its start revision was compacted (resync with a Range, then Add again);
+//  - kFailedPrecondition: the responding cluster is not the expected one (etcd was wiped or
+//    the endpoints point at another cluster): resync;
+//  - anything else: etcd cancelled it (e.g. kPermissionDenied).
+// Listeners run on the client loop thread and must not block.
+//
+// Thread-safety: Add/Remove/open_streams are thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "etcd/etcdserverpb/rpc.pb.h"
+#include "util/event_loop.h"
+#include "util/logging.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace discovery::etcd {
+
+class Client;
+class WatchReactor;
+
+class WatchHub {
+ public:
+  struct Spec {
+    std::string key;
+    std::string range_end;
+    int64_t start_revision = 0;        // required: the first revision to deliver
+    uint64_t expected_cluster_id = 0;  // 0 = accept any (then pinned to the first seen)
+    bool prev_kv = false;
+  };
+  struct Listener {
+    // Events in revision order. `header_revision` is the store revision of the response.
+    std::function<void(const etcdserverpb::WatchResponse& response)> on_events;
+    std::function<void(const absl::Status& why)> on_broken;
+  };
+  using WatchId = uint64_t;
+
+  explicit WatchHub(Client* client);
+  ~WatchHub();
+
+  WatchId Add(Spec spec, Listener listener);
+  // After Remove returns (off the loop thread), no listener call for this watch runs.
+  void Remove(WatchId id);
+  int open_streams() const { return open_streams_.load(); }
+  // Test hook: cancels the current stream as if it broke.
+  void BreakStreamForTest();
+  void Shutdown();
+
+  // Called by the reactor (gRPC threads).
+  void OnResponse(uint64_t generation, etcdserverpb::WatchResponse response);
+  void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response, std::string error);
+
+ private:
+  struct Watch {
+    Spec spec;
+    Listener listener;
+    int64_t next_revision = 0;
+    int64_t server_id = -1;  // -1: not created on the current stream
+  };
+
+  // Loop-thread only.
+  void Connect();
+  void ScheduleReconnect();
+  void SendCreate(WatchId id);
+  void CheckLiveness();
+  void Break(WatchId id, const absl::Status& why);
+
+  Client* client_;
+  std::shared_ptr<spdlog::logger> logger_;
+  util::EventLoop& loop_;
+
+  std::map<WatchId, Watch> watches_;
+  std::map<int64_t, WatchId> by_server_id_;
+  std::deque<WatchId> pending_creates_;  // 0 = a create whose watch was removed meanwhile
+  WatchId next_id_ = 1;
+  std::shared_ptr<WatchReactor> stream_;
+  uint64_t generation_ = 0;
+  bool connecting_ = false;
+  absl::Time progress_sent_ = absl::InfiniteFuture();
+  absl::Time last_message_ = absl::InfinitePast();
+  util::EventLoop::TimerId liveness_timer_ = 0;
+  util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(5)};
+  bool shutdown_ = false;
+
+  std::atomic<int> open_streams_{0};
+  absl::Mutex live_mu_;
+  int live_reactors_ ABSL_GUARDED_BY(live_mu_) = 0;
+  friend class WatchReactor;
+};
+
+}  // namespace discovery::etcd

@@ -1,0 +1,105 @@
+#include "util/event_loop.h"
+
+#include <pthread.h>
+
+#include "absl/synchronization/notification.h"
+
+namespace discovery::util {
+
+EventLoop::EventLoop(std::string name) : name_(std::move(name)) {
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), name_.substr(0, 15).c_str());
+    Run();
+  });
+}
+
+EventLoop::~EventLoop() { Stop(); }
+
+EventLoop::TimerId EventLoop::PostAt(absl::Time when, Task task) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return 0;
+  TimerId id = next_id_++;
+  tasks_.emplace(std::make_pair(when, id), std::move(task));
+  when_.emplace(id, when);
+  return id;
+}
+
+bool EventLoop::Cancel(TimerId id) {
+  absl::MutexLock lock(&mu_);
+  auto it = when_.find(id);
+  if (it == when_.end()) return false;
+  tasks_.erase({it->second, id});
+  when_.erase(it);
+  return true;
+}
+
+void EventLoop::RunSync(Task task) {
+  if (InLoopThread()) {
+    task();
+    return;
+  }
+  absl::Notification done;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+  }
+  Post([&] {
+    task();
+    done.Notify();
+  });
+  done.WaitForNotification();
+}
+
+void EventLoop::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) {
+    if (InLoopThread()) {
+      thread_.detach();
+    } else {
+      thread_.join();
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  tasks_.clear();
+  when_.clear();
+}
+
+void EventLoop::Run() {
+  for (;;) {
+    Task task;
+    {
+      absl::MutexLock lock(&mu_);
+      for (;;) {
+        if (stopping_) return;
+        if (!tasks_.empty()) {
+          auto it = tasks_.begin();
+          absl::Time now = absl::Now();
+          if (it->first.first <= now) {
+            task = std::move(it->second);
+            when_.erase(it->first.second);
+            tasks_.erase(it);
+            break;
+          }
+          // Wake up at the due time, or earlier when an earlier task is posted.
+          wait_until_ = it->first.first;
+          mu_.AwaitWithDeadline(absl::Condition(
+                                    +[](EventLoop* self) {
+                                      return self->stopping_ || self->tasks_.empty() ||
+                                             self->tasks_.begin()->first.first < self->wait_until_;
+                                    },
+                                    this),
+                                wait_until_);
+        } else {
+          mu_.Await(absl::Condition(
+              +[](EventLoop* self) { return self->stopping_ || !self->tasks_.empty(); }, this));
+        }
+      }
+    }
+    task();
+  }
+}
+
+}  // namespace discovery::util

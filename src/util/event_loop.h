@@ -1,0 +1,57 @@
+// A single-threaded executor with timers. The etcd client owns one for stream bookkeeping
+// (keepalive schedule, watch dispatch) and one for blocking calls issued in the background,
+// so that a slow etcd never delays a keepalive tick.
+//
+// Thread-safety: Post/PostAfter/Cancel are thread-safe. Tasks run one at a time on the loop's
+// thread, in time order (FIFO for equal times). Stop() runs no further task and joins.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace discovery::util {
+
+class EventLoop {
+ public:
+  using Task = std::function<void()>;
+  using TimerId = uint64_t;
+
+  explicit EventLoop(std::string name);
+  ~EventLoop();  // Stop()
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  void Post(Task task) { PostAt(absl::InfinitePast(), std::move(task)); }
+  TimerId PostAfter(absl::Duration delay, Task task) {
+    return PostAt(absl::Now() + delay, std::move(task));
+  }
+  TimerId PostAt(absl::Time when, Task task);
+  // True when the timer was still pending (it will not run).
+  bool Cancel(TimerId id);
+  // Runs `task` on the loop and waits for it (must not be called from the loop thread).
+  void RunSync(Task task);
+  bool InLoopThread() const { return std::this_thread::get_id() == thread_.get_id(); }
+  void Stop();
+
+ private:
+  void Run();
+
+  absl::Mutex mu_;
+  // Keyed by (time, sequence) so equal times run in post order.
+  std::map<std::pair<absl::Time, TimerId>, Task> tasks_ ABSL_GUARDED_BY(mu_);
+  std::map<TimerId, absl::Time> when_ ABSL_GUARDED_BY(mu_);
+  TimerId next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time wait_until_ ABSL_GUARDED_BY(mu_);
+  std::string name_;
+  std::thread thread_;
+};
+
+}  // namespace discovery::util
