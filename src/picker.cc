@@ -62,8 +62,7 @@ uint64_t NewThreadSeed() {
   seed ^= threads.fetch_add(1, std::memory_order_relaxed) * 0xd1b54a32d192ed03ULL;
   const int on_this_stack = 0;
   seed ^= static_cast<uint64_t>(reinterpret_cast<uintptr_t>(&on_this_stack));
-  SplitMix64(seed);
-  return seed;
+  return SplitMix64(seed);  // spreads the (correlated) inputs over all 64 bits
 }
 
 uint64_t NextRandom() {

@@ -36,16 +36,16 @@ struct EtcdOptions {
   // `http://host:port` or `https://host:port` (TLS). Plain `host:port` means http.
   std::vector<std::string> endpoints = {"http://127.0.0.1:2379"};
   // etcd user/password auth; empty user = no auth. The token is refreshed when it expires.
-  std::string user;
-  std::string password;
+  std::string user{};
+  std::string password{};
   // TLS (used for https:// endpoints): CA bundle, and a client cert/key for mTLS.
-  std::string ca_file;
-  std::string cert_file;
-  std::string key_file;
+  std::string ca_file{};
+  std::string cert_file{};
+  std::string key_file{};
   // Deadline of every unary call, across all failover attempts.
   absl::Duration call_timeout = absl::Seconds(5);
   // Logger for the "discovery.etcd" component; a default named logger when null.
-  std::shared_ptr<spdlog::logger> logger;
+  std::shared_ptr<spdlog::logger> logger{};
 
   // Reads ETCD_ENDPOINTS (comma separated), ETCD_USER, ETCD_PASSWORD, ETCD_CACERT, ETCD_CERT,
   // ETCD_KEY. Unset variables keep the defaults above.

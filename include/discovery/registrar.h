@@ -54,21 +54,21 @@ enum class RegistrationEventType {
 std::string_view ToString(RegistrationEventType type);
 
 struct RegistrationEvent {
-  RegistrationEventType type;
-  std::string instance_id;
+  RegistrationEventType type{};
+  std::string instance_id{};
   int64_t lease_id = 0;
-  absl::Status status;  // for kError
+  absl::Status status{};  // for kError
 };
 
 struct RegistrarOptions {
   // Where etcd is; ignored when `connection` is set.
-  EtcdOptions etcd;
+  EtcdOptions etcd{};
   // Share streams with a Watcher of the same process.
-  std::shared_ptr<Connection> connection;
+  std::shared_ptr<Connection> connection{};
   // Called on the library thread for every registration of this registrar. Must not block.
-  std::function<void(const RegistrationEvent&)> on_event;
+  std::function<void(const RegistrationEvent&)> on_event{};
   // "discovery.registrar" logger; a default stderr logger when null.
-  std::shared_ptr<spdlog::logger> logger;
+  std::shared_ptr<spdlog::logger> logger{};
 };
 
 class Registrar;

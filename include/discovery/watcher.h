@@ -50,18 +50,18 @@ enum class ChangeType { kAdded, kUpdated, kStatusChanged, kRemoved };
 std::string_view ToString(ChangeType type);  // "added", "updated", "status_changed", "removed"
 
 struct ChangeEvent {
-  ChangeType type;
-  InstancePtr instance;  // the new state; for kRemoved the last known state
-  InstancePtr previous;  // the state before (null for kAdded)
-  int64_t revision = 0;  // etcd revision of the change (snapshot revision for initial state)
-  bool initial = false;  // part of the initial state requested by Subscribe(..., true)
+  ChangeType type{};
+  InstancePtr instance{};  // the new state; for kRemoved the last known state
+  InstancePtr previous{};  // the state before (null for kAdded)
+  int64_t revision = 0;    // etcd revision of the change (snapshot revision for initial state)
+  bool initial = false;    // part of the initial state requested by Subscribe(..., true)
 };
 
 // Empty fields match everything.
 struct Filter {
-  std::string type;
-  std::string group;
-  std::optional<InstanceStatus> status;
+  std::string type{};
+  std::string group{};
+  std::optional<InstanceStatus> status{};
   bool Matches(const Instance& instance) const;
 };
 
@@ -100,10 +100,10 @@ enum class Delivery {
 };
 
 struct WatcherOptions {
-  EtcdOptions etcd;                        // ignored when `connection` is set
-  std::shared_ptr<Connection> connection;  // share streams with a Registrar
+  EtcdOptions etcd{};                        // ignored when `connection` is set
+  std::shared_ptr<Connection> connection{};  // share streams with a Registrar
   std::string prefix = "/services/";
-  std::string type;  // watch only `<prefix><type>/` when set
+  std::string type{};  // watch only `<prefix><type>/` when set
   Delivery delivery = Delivery::kLibraryThread;
   int64_t range_page_size = 1000;  // keys per Range page during (re)sync
   size_t max_value_bytes = kMaxInstanceBytes;
@@ -113,8 +113,8 @@ struct WatcherOptions {
   absl::Duration protect_window = absl::Seconds(10);
   absl::Duration protect_hold = absl::Seconds(30);
   // Called on the library thread when protection starts (true) or ends (false) for a type.
-  std::function<void(const std::string& type, bool active, size_t kept)> on_protection;
-  std::shared_ptr<spdlog::logger> logger;  // "discovery.watcher"
+  std::function<void(const std::string& type, bool active, size_t kept)> on_protection{};
+  std::shared_ptr<spdlog::logger> logger{};  // "discovery.watcher"
 };
 
 struct WatcherStats {
