@@ -1,0 +1,6 @@
+// discoveryd: placeholder until its issue lands.
+#include <iostream>
+int main() {
+  std::cerr << "discoveryd: not implemented yet\n";
+  return 1;
+}
