@@ -347,8 +347,6 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
     {
       absl::MutexLock lock(&sync_mu);
       first = !synced;
-      synced = true;
-      last_error = absl::OkStatus();
     }
     if (!first) resyncs.fetch_add(1);
     if (cluster_id != 0 && r.cluster_id != cluster_id) {
@@ -362,6 +360,11 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
                        first ? "synced" : "resynced", watch_prefix, revision, current.size(),
                        changes.size());
     Publish(touched, now);
+    {
+      absl::MutexLock lock(&sync_mu);
+      synced = true;
+      last_error = absl::OkStatus();
+    }
     Dispatch(changes);
     StartWatch();
   }
@@ -402,10 +405,12 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
     absl::Time now = absl::Now();
     std::vector<ChangeEvent> changes;
     std::set<std::string> touched;
+    // Events of one revision (a Txn, or every key of a revoked lease) share mod_revision.
+    const int64_t applied = revision;
     for (const auto& ev : resp.events()) {
       const std::string& key = ev.kv().key();
       int64_t rev = ev.kv().mod_revision();
-      if (rev <= revision) continue;  // already applied (defensive: never deliver twice)
+      if (rev <= applied) continue;  // already applied (defensive: never deliver twice)
       InstancePtr next;
       if (ev.type() == mvccpb::Event::PUT) {
         next = Decode(key, ev.kv().value());

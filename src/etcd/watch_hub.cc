@@ -147,6 +147,14 @@ void WatchHub::BreakStreamForTest() {
   });
 }
 
+void WatchHub::SetPausedForTest(bool paused) {
+  loop_.RunSync([&] {
+    paused_ = paused;
+    if (paused && stream_ != nullptr) stream_->Cancel();
+    if (!paused && stream_ == nullptr && !connecting_) Connect();
+  });
+}
+
 void WatchHub::Shutdown() {
   loop_.RunSync([&] {
     shutdown_ = true;
@@ -161,7 +169,7 @@ void WatchHub::Shutdown() {
 }
 
 void WatchHub::Connect() {
-  if (shutdown_ || watches_.empty()) return;
+  if (shutdown_ || paused_ || watches_.empty()) return;
   if (client_->has_auth() && !client_->has_token()) {
     connecting_ = true;
     int index = 0;

@@ -64,6 +64,8 @@ class WatchHub {
   int open_streams() const { return open_streams_.load(); }
   // Test hook: cancels the current stream as if it broke.
   void BreakStreamForTest();
+  // Test hook: while paused the stream is closed and not reopened (a stalled watcher).
+  void SetPausedForTest(bool paused);
   void Shutdown();
 
   // Called by the reactor (gRPC threads).
@@ -101,6 +103,7 @@ class WatchHub {
   util::EventLoop::TimerId liveness_timer_ = 0;
   util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(5)};
   bool shutdown_ = false;
+  bool paused_ = false;
 
   std::atomic<int> open_streams_{0};
   absl::Mutex live_mu_;
