@@ -183,7 +183,9 @@ std::shared_ptr<Stubs> Client::MakeStubs(const Endpoint& ep) {
   grpc::ChannelArguments args;
   // Reconnect quickly after a member comes back; detect dead peers on idle streams.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  // gRPC also uses the "min reconnect backoff" as the minimum connect timeout (TCP + TLS
+  // handshake): too small and a TLS handshake on a busy machine never completes.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
