@@ -1,0 +1,120 @@
+#include "common.h"
+
+#include <cstdlib>
+#include <iostream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "discovery/instance.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace discoveryctl {
+
+absl::Duration GlobalOptions::timeout() const {
+  return absl::Milliseconds(static_cast<int64_t>(timeout_seconds * 1000));
+}
+
+absl::Status ValidateGlobalOptions(const GlobalOptions& options) {
+  if (options.prefix.empty() || options.prefix.back() != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prefix \"", options.prefix, "\": must end with '/'"));
+  }
+  if (!(options.timeout_seconds >= 0.001) || options.timeout_seconds > 3600) {
+    return absl::InvalidArgumentError("--timeout: must be between 0.001 and 3600 seconds");
+  }
+  if (discovery::SplitEndpoints(options.endpoints).empty()) {
+    return absl::InvalidArgumentError("--endpoints: no etcd endpoint given");
+  }
+  return absl::OkStatus();
+}
+
+std::shared_ptr<spdlog::logger> ToolLogger(std::string_view default_level) {
+  auto logger = std::make_shared<spdlog::logger>("discoveryctl",
+                                                 std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  const char* env = std::getenv("DISCOVERY_LOG_LEVEL");
+  std::string level = env != nullptr && *env != '\0' ? env : std::string(default_level);
+  logger->set_level(spdlog::level::from_str(level));
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  return logger;
+}
+
+discovery::EtcdOptions MakeEtcdOptions(const GlobalOptions& options,
+                                       std::shared_ptr<spdlog::logger> logger) {
+  discovery::EtcdOptions etcd;
+  etcd.endpoints = discovery::SplitEndpoints(options.endpoints);
+  etcd.user = options.user;
+  etcd.password = options.password;
+  etcd.ca_file = options.ca_file;
+  etcd.cert_file = options.cert_file;
+  etcd.key_file = options.key_file;
+  etcd.call_timeout = options.timeout();
+  etcd.logger = std::move(logger);
+  return etcd;
+}
+
+int ExitCodeFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+      return kExitOk;
+    case absl::StatusCode::kNotFound:
+      return kExitNotFound;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+      return kExitUnavailable;
+    default:
+      return kExitUsage;
+  }
+}
+
+int Fail(const absl::Status& status) {
+  Warn(status.message());
+  return ExitCodeFor(status);
+}
+
+int FailEtcd(const GlobalOptions& options, const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      return Fail(absl::Status(
+          status.code(),
+          absl::StrCat("etcd unreachable at ", options.endpoints, ": ", status.message())));
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+      return Fail(absl::Status(status.code(), absl::StrCat("etcd at ", options.endpoints,
+                                                           " refused access: ", status.message())));
+    default:
+      return Fail(status);
+  }
+}
+
+void Warn(absl::string_view message) { std::cerr << "discoveryctl: " << message << std::endl; }
+
+std::string InstanceKey(std::string_view prefix, std::string_view type, std::string_view id) {
+  std::string key;
+  key.reserve(prefix.size() + type.size() + id.size() + 1);
+  key.append(prefix).append(type).append("/").append(id);
+  return key;
+}
+
+std::string PrefixEnd(std::string_view prefix) {
+  std::string end(prefix);
+  while (!end.empty()) {
+    unsigned char c = static_cast<unsigned char>(end.back());
+    if (c < 0xff) {
+      end.back() = static_cast<char>(c + 1);
+      return end;
+    }
+    end.pop_back();
+  }
+  return std::string(1, '\0');  // the whole keyspace
+}
+
+absl::Status ValidateTypeAndId(std::string_view type, std::string_view id) {
+  if (absl::Status s = discovery::ValidateName("type", type); !s.ok()) return s;
+  return discovery::ValidateName("instance id", id);
+}
+
+}  // namespace discoveryctl
