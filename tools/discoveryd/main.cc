@@ -1,6 +1,78 @@
-// discoveryd: placeholder until its issue lands.
+// discoveryd: the HTTP gateway of discovery. REST (/sd/v1/instances), Server-Sent Events
+// (/sd/v1/subscribe), a live dashboard (/), Prometheus metrics (/metrics) and /healthz, all
+// served from one etcd watch. Stateless: run as many as you like against the same etcd.
+//
+//   ETCD_ENDPOINTS=http://127.0.0.1:2379 discoveryd --listen 127.0.0.1:8080
+//
+// This file only parses flags and environment and wires the gateway; see gateway.h.
+#include <cstdlib>
 #include <iostream>
-int main() {
-  std::cerr << "discoveryd: not implemented yet\n";
-  return 1;
+
+#include "CLI/CLI.hpp"
+#include "discovery/etcd.h"
+#include "discovery/registrar.h"
+#include "gateway.h"
+
+namespace {
+
+std::string Env(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::string(v) : fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  discoveryd::GatewayOptions options;
+  options.etcd = discovery::EtcdOptions::FromEnv();
+  options.listen = Env("DISCOVERY_LISTEN", options.listen);
+  options.prefix = Env("DISCOVERY_PREFIX", options.prefix);
+  options.api_token = Env("DISCOVERY_API_TOKEN", "");
+  std::string endpoints;
+
+  CLI::App app{"discoveryd: HTTP gateway, SSE stream and dashboard for discovery on etcd v3"};
+  app.add_option("--listen", options.listen, "HOST:PORT to serve on; port 0 picks a free one")
+      ->capture_default_str()
+      ->envname("DISCOVERY_LISTEN");
+  app.add_option("--endpoints", endpoints,
+                 "etcd endpoints, comma separated (env ETCD_ENDPOINTS, default "
+                 "http://127.0.0.1:2379)");
+  app.add_option("--prefix", options.prefix, "key prefix (env DISCOVERY_PREFIX)")
+      ->capture_default_str();
+  app.add_option("--api-token-file", options.api_token_file,
+                 "file with one API token per line: TOKEN [rw|ro] (env DISCOVERY_API_TOKEN adds a "
+                 "rw token)");
+  app.add_flag("--protect-dashboard", options.protect_dashboard,
+               "require a token for / and /metrics too (X-API-Token or ?token=)");
+  app.add_option("--user", options.etcd.user, "etcd user (env ETCD_USER)");
+  app.add_option("--password", options.etcd.password, "etcd password (env ETCD_PASSWORD)");
+  app.add_option("--cacert", options.etcd.ca_file,
+                 "CA bundle for https endpoints (env ETCD_CACERT)");
+  app.add_option("--cert", options.etcd.cert_file, "client certificate for mTLS (env ETCD_CERT)");
+  app.add_option("--key", options.etcd.key_file, "client key for mTLS (env ETCD_KEY)");
+  double read_timeout_s = absl::ToDoubleSeconds(options.read_timeout);
+  app.add_option("--read-timeout", read_timeout_s,
+                 "seconds a client may take to send a request (also the keep-alive idle time)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--io-threads", options.io_threads, "HTTP io threads")->capture_default_str();
+  app.add_option("--workers", options.worker_threads, "threads for blocking etcd calls")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  options.read_timeout = absl::Seconds(read_timeout_s);
+  if (!endpoints.empty()) options.etcd.endpoints = discovery::SplitEndpoints(endpoints);
+
+  if (absl::Status s = discovery::ShutdownSignal::Install(); !s.ok()) {
+    std::cerr << "discoveryd: " << s << "\n";
+    return 1;
+  }
+  auto gateway = discoveryd::Gateway::Create(options);
+  if (!gateway.ok()) {
+    std::cerr << "discoveryd: " << gateway.status() << "\n";
+    return 1;
+  }
+  while (!discovery::ShutdownSignal::Wait(absl::Seconds(1))) {
+  }
+  (*gateway)->Stop();
+  return 0;
 }

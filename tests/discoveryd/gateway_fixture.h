@@ -1,0 +1,118 @@
+// Shared fixture of the discoveryd end-to-end tests: a one-member etcd from the harness and
+// discoveryd processes spawned with --listen 127.0.0.1:0 (the real port is read from the
+// "discoveryd serving http://127.0.0.1:PORT/" log line).
+#ifndef DISCOVERY_TESTS_DISCOVERYD_GATEWAY_FIXTURE_H_
+#define DISCOVERY_TESTS_DISCOVERYD_GATEWAY_FIXTURE_H_
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <memory>
+#include <regex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "child_process.h"
+#include "etcd_harness.h"
+#include "http_test_client.h"
+#include "nlohmann/json.hpp"
+
+namespace discovery::testing {
+
+using json = nlohmann::json;
+
+struct GatewayProc {
+  std::unique_ptr<ChildProcess> proc;
+  int port = 0;
+};
+
+inline json WorldBody(const std::string& id, const std::string& status = "initializing",
+                      int ttl = 10) {
+  json j = {{"type", "world"},          {"group", "kr-1"},           {"hostname", "game-01"},
+            {"privateIp", "127.0.0.1"}, {"ports", {{"game", 8001}}}, {"version", "1.4.2"},
+            {"status", status},         {"ttlSeconds", ttl}};
+  if (!id.empty()) j["instanceId"] = id;
+  return j;
+}
+
+inline bool HasEvent(const std::vector<SseEvent>& events, const std::string& name,
+                     const std::function<bool(const json&)>& pred) {
+  for (const SseEvent& e : events) {
+    if (e.event == name && e.data.is_object() && pred(e.data)) return true;
+  }
+  return false;
+}
+
+inline std::function<bool(const json&)> IdIs(const std::string& id, const std::string& type = "") {
+  return [id, type](const json& d) {
+    return d.contains("instance") && d["instance"].value("instanceId", "") == id &&
+           (type.empty() || d.value("type", "") == type);
+  };
+}
+
+class DiscoverydTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto c = EtcdCluster::Start({.members = 1});
+    ASSERT_TRUE(c.ok()) << c.status();
+    cluster_ = *std::move(c);
+  }
+
+  // Spawns discoveryd and waits for its "serving http://127.0.0.1:PORT/" line.
+  GatewayProc StartGateway(std::vector<std::string> extra = {},
+                           std::vector<std::pair<std::string, std::string>> env = {},
+                           const std::string& listen = "127.0.0.1:0") {
+    std::vector<std::string> argv = {DISCOVERYD, "--listen", listen, "--endpoints",
+                                     cluster_->EndpointsCsv()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    GatewayProc gw;
+    auto proc = ChildProcess::Spawn(
+        {.argv = argv, .env = env, .unset_env_prefixes = {"ETCD_", "DISCOVERY_"}});
+    EXPECT_TRUE(proc.ok()) << proc.status();
+    if (!proc.ok()) return gw;
+    gw.proc = *std::move(proc);
+    static const std::regex kServing("discoveryd serving http://127\\.0\\.0\\.1:([0-9]+)/");
+    bool ready = WaitUntil(
+        [&] {
+          std::smatch m;
+          std::string err = gw.proc->ReadStderr();
+          if (std::regex_search(err, m, kServing)) {
+            gw.port = std::stoi(m[1]);
+            return true;
+          }
+          return !gw.proc->Running();
+        },
+        absl::Seconds(15));
+    EXPECT_TRUE(ready && gw.port > 0) << "discoveryd did not start:\n" << gw.proc->ReadStderr();
+    return gw;
+  }
+
+  std::string Keys() {
+    auto out = cluster_->Etcdctl({"get", "/services/", "--prefix", "--keys-only"});
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? *out : "<error>";
+  }
+  bool KeyExists(const std::string& key) {
+    auto out = cluster_->Etcdctl({"get", key, "--keys-only"});
+    return out.ok() && absl::StrContains(*out, key);
+  }
+  json Value(const std::string& key) {
+    auto out = cluster_->Etcdctl({"get", key, "--print-value-only"});
+    if (!out.ok() || out->empty()) return json();
+    return json::parse(*out, nullptr, false);
+  }
+
+  std::unique_ptr<EtcdCluster> cluster_;
+};
+
+inline Response Must(absl::StatusOr<Response> r) {
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *std::move(r) : Response{};
+}
+
+}  // namespace discovery::testing
+
+#endif  // DISCOVERY_TESTS_DISCOVERYD_GATEWAY_FIXTURE_H_

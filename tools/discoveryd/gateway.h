@@ -1,0 +1,77 @@
+// File: tools/discoveryd/gateway.h
+//
+// discoveryd wired together: one etcd Connection, one Watcher over the whole prefix, the SSE
+// hub on top of it, the REST API, metrics, auth, and the HTTP server that routes to them.
+// `main.cc` only fills GatewayOptions from flags and environment.
+//
+//   GatewayOptions o;
+//   o.listen = "127.0.0.1:0";
+//   o.etcd = discovery::EtcdOptions::FromEnv();
+//   auto gw = Gateway::Create(o);     // listens and serves at once
+//   std::cout << (*gw)->url();        // http://127.0.0.1:40123/
+//   (*gw)->Stop();
+//
+// Routes (all JSON; errors are {"error":{"code","message"}}):
+//   GET /  dashboard          GET /metrics  Prometheus      GET /healthz
+//   POST /sd/v1/instances     GET /sd/v1/instances?type=&group=&status=&healthCheck=&port=
+//   GET|PATCH|DELETE /sd/v1/instances/{id}?type=T
+//   POST /sd/v1/instances/{id}/heartbeat?type=T
+//   GET /sd/v1/subscribe?type=&group=   (Server-Sent Events; Last-Event-ID resumes)
+//
+// Thread-safety: Create/Stop from one thread; everything else is internal.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "discovery/etcd.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace discoveryd {
+
+struct GatewayOptions {
+  std::string listen = "127.0.0.1:8080";  // HOST:PORT; port 0 picks a free one
+  discovery::EtcdOptions etcd{};
+  std::string prefix = "/services/";
+  std::string api_token_file{};    // TOKEN [rw|ro] per line
+  std::string api_token{};         // one more rw token (DISCOVERY_API_TOKEN)
+  bool protect_dashboard = false;  // tokens also guard /, /metrics
+  int io_threads = 2;
+  int worker_threads = 4;  // blocking etcd calls of the REST API
+  absl::Duration read_timeout = absl::Seconds(10);
+  absl::Duration sse_keepalive = absl::Seconds(15);
+  absl::Duration initial_sync_wait = absl::Seconds(3);
+  std::shared_ptr<spdlog::logger> logger{};  // "discoveryd"
+};
+
+// Splits "host:port" / "[v6]:port". kInvalidArgument otherwise.
+absl::Status ParseListen(const std::string& listen, std::string* host, int* port);
+
+class Gateway {
+ public:
+  // Loads tokens, connects (lazily) to etcd, starts the watcher, waits up to
+  // `initial_sync_wait` for its first sync (an unreachable etcd is not fatal: /healthz says
+  // 503 until it syncs), then listens and serves. kInvalidArgument for bad options or token
+  // file, kUnavailable when the listen address is taken.
+  static absl::StatusOr<std::unique_ptr<Gateway>> Create(GatewayOptions options);
+  ~Gateway();
+
+  // "http://host:port/" with the real port.
+  std::string url() const;
+  int port() const;
+  // Stops serving: closes every connection and stream, then the watcher. Idempotent.
+  void Stop();
+
+  struct Impl;
+
+ private:
+  explicit Gateway(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace discoveryd

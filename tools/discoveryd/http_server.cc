@@ -1,0 +1,512 @@
+#include "http_server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <deque>
+#include <optional>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "util/logging.h"
+
+namespace discoveryd {
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+std::chrono::steady_clock::duration ToChrono(absl::Duration d) {
+  return absl::ToChronoNanoseconds(d);
+}
+
+bool IsHttpParseError(const beast::error_code& ec) {
+  return &ec.category() == &http::make_error_code(http::error::bad_target).category();
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+std::string HttpRequest::Header(std::string_view lower_name) const {
+  auto it = headers.find(std::string(lower_name));
+  return it == headers.end() ? std::string() : it->second;
+}
+
+std::string HttpRequest::Query(std::string_view name) const {
+  auto it = query.find(std::string(name));
+  return it == query.end() ? std::string() : it->second;
+}
+
+std::string PercentDecode(std::string_view in, bool plus_as_space) {
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '%' && i + 2 < in.size()) {
+      int hi = HexValue(in[i + 1]);
+      int lo = HexValue(in[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        out.push_back(static_cast<char>(hi * 16 + lo));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(plus_as_space && c == '+' ? ' ' : c);
+  }
+  return out;
+}
+
+void SplitTarget(std::string_view target, HttpRequest* request) {
+  size_t q = target.find('?');
+  request->path = PercentDecode(target.substr(0, q), false);
+  request->query.clear();
+  if (q == std::string_view::npos) return;
+  std::string_view rest = target.substr(q + 1);
+  size_t hash = rest.find('#');
+  if (hash != std::string_view::npos) rest = rest.substr(0, hash);
+  while (!rest.empty()) {
+    size_t amp = rest.find('&');
+    std::string_view item = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+    if (item.empty()) continue;
+    size_t eq = item.find('=');
+    std::string key = PercentDecode(item.substr(0, eq), true);
+    std::string value =
+        eq == std::string_view::npos ? std::string() : PercentDecode(item.substr(eq + 1), true);
+    request->query[key] = std::move(value);
+  }
+}
+
+HttpResponse ErrorResponse(int status, const std::string& code, const std::string& message) {
+  nlohmann::json j = {{"error", {{"code", code}, {"message", message}}}};
+  HttpResponse r;
+  r.status = status;
+  r.body = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return r;
+}
+
+class Session;
+
+struct HttpServer::Impl {
+  Impl(Options o, HttpHandler h)
+      : options(std::move(o)), handler(std::move(h)), acceptor(net::make_strand(ioc)) {}
+
+  void Accept();
+  void OnAccept(beast::error_code ec, tcp::socket socket);
+  void Forget(Session* session) {
+    absl::MutexLock lock(&mu);
+    sessions.erase(session);
+  }
+
+  Options options;
+  HttpHandler handler;
+  std::shared_ptr<spdlog::logger> logger;
+  net::io_context ioc;
+  tcp::acceptor acceptor;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
+  std::atomic<bool> stopping{false};
+
+  mutable absl::Mutex mu;
+  std::map<Session*, std::weak_ptr<Session>> sessions ABSL_GUARDED_BY(mu);
+};
+
+// One TCP connection: reads requests one after another (keep-alive), hands each to the
+// handler, writes its response; or, after StartEventStream, becomes a write-only stream.
+// Every member below is touched only on the connection's strand, except the atomics.
+class Session : public Exchange, public EventStream, public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, HttpServer::Impl* server)
+      : stream_(std::move(socket)), server_(server), timer_(stream_.get_executor()) {
+    beast::error_code ec;
+    auto ep = stream_.socket().remote_endpoint(ec);
+    if (!ec) remote_ = absl::StrCat(ep.address().to_string(), ":", ep.port());
+  }
+
+  void Start() {
+    net::dispatch(stream_.get_executor(),
+                  beast::bind_front_handler(&Session::DoRead, shared_from_this()));
+  }
+
+  // ---- Exchange ----
+  void Reply(HttpResponse response) override {
+    if (replied_.exchange(true)) return;
+    net::post(stream_.get_executor(),
+              [self = shared_from_this(), r = std::move(response)]() mutable {
+                self->WriteResponse(std::move(r));
+              });
+  }
+
+  std::shared_ptr<EventStream> StartEventStream(HeaderList headers,
+                                                std::function<void()> on_close) override {
+    if (replied_.exchange(true)) return nullptr;
+    {
+      absl::MutexLock lock(&close_mu_);
+      on_close_ = std::move(on_close);
+    }
+    std::string head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+        "X-Accel-Buffering: no\r\nConnection: close\r\n";
+    for (const auto& [k, v] : headers) absl::StrAppend(&head, k, ": ", v, "\r\n");
+    head += "\r\n";
+    net::post(stream_.get_executor(), [self = shared_from_this(), h = std::move(head)]() mutable {
+      self->BeginStream(std::move(h));
+    });
+    return std::shared_ptr<EventStream>(shared_from_this(), static_cast<EventStream*>(this));
+  }
+
+  // ---- EventStream ----
+  bool Send(std::string data) override {
+    if (closed_.load()) return false;
+    if (backlog_.load() > server_->options.max_stream_backlog_bytes) {
+      SPDLOG_LOGGER_WARN(server_->logger, "stream client {} too slow ({} bytes behind): closing",
+                         remote_, backlog_.load());
+      Close();
+      return false;
+    }
+    backlog_.fetch_add(data.size());
+    net::post(stream_.get_executor(), [self = shared_from_this(), d = std::move(data)]() mutable {
+      self->Enqueue(std::move(d));
+    });
+    return true;
+  }
+
+  void Close() override {
+    net::post(stream_.get_executor(), [self = shared_from_this()] { self->DoClose(); });
+  }
+
+  bool closed() const override { return closed_.load(); }
+
+ private:
+  const HttpServer::Options& opts() const { return server_->options; }
+
+  void DoRead() {
+    if (closed_.load()) return;
+    parser_.emplace();
+    parser_->body_limit(opts().max_body_bytes);
+    parser_->header_limit(static_cast<uint32_t>(opts().max_header_bytes));
+    stream_.expires_after(ToChrono(opts().read_timeout));
+    http::async_read_header(stream_, buffer_, *parser_,
+                            beast::bind_front_handler(&Session::OnHeader, shared_from_this()));
+  }
+
+  void OnHeader(beast::error_code ec, size_t) {
+    if (ec) return OnReadError(ec);
+    auto& msg = parser_->get();
+    auto expect = msg.find(http::field::expect);
+    if (expect != msg.end() && beast::iequals(expect->value(), "100-continue")) {
+      auto cont = std::make_shared<std::string>("HTTP/1.1 100 Continue\r\n\r\n");
+      stream_.expires_after(ToChrono(opts().write_timeout));
+      net::async_write(stream_, net::buffer(*cont),
+                       [self = shared_from_this(), cont](beast::error_code wec, size_t) {
+                         if (wec) return self->DoClose();
+                         self->ReadBody();
+                       });
+      return;
+    }
+    ReadBody();
+  }
+
+  void ReadBody() {
+    stream_.expires_after(ToChrono(opts().read_timeout));
+    http::async_read(stream_, buffer_, *parser_,
+                     beast::bind_front_handler(&Session::OnRead, shared_from_this()));
+  }
+
+  void OnReadError(beast::error_code ec) {
+    if (ec == http::error::body_limit) {
+      return ProtocolError(413, "payload_too_large",
+                           absl::StrCat("request body exceeds ", opts().max_body_bytes, " bytes"));
+    }
+    if (ec == http::error::header_limit) {
+      return ProtocolError(431, "header_too_large", "request headers too large");
+    }
+    if (IsHttpParseError(ec) && ec != http::error::end_of_stream &&
+        ec != http::error::partial_message) {
+      return ProtocolError(400, "bad_request",
+                           absl::StrCat("malformed HTTP request: ", ec.message()));
+    }
+    // EOF, reset, timeout of a slow or idle client: just close.
+    DoClose();
+  }
+
+  void OnRead(beast::error_code ec, size_t) {
+    if (ec) return OnReadError(ec);
+    stream_.expires_never();
+    http::request<http::string_body> msg = parser_->release();
+    parser_.reset();
+    keep_alive_ = msg.keep_alive();
+    HttpRequest req;
+    req.method = std::string(msg.method_string());
+    req.target = std::string(msg.target());
+    SplitTarget(req.target, &req);
+    for (const auto& field : msg) {
+      req.headers[absl::AsciiStrToLower(std::string(field.name_string()))] =
+          std::string(field.value());
+    }
+    req.body = std::move(msg.body());
+    req.remote = remote_;
+    replied_.store(false);
+    server_->handler(std::move(req), shared_from_this());
+  }
+
+  void ProtocolError(int status, const std::string& code, const std::string& message) {
+    if (opts().on_protocol_error) {
+      std::string method = parser_.has_value() ? std::string(parser_->get().method_string()) : "";
+      opts().on_protocol_error(method, status);
+    }
+    replied_.store(true);
+    HttpResponse r = ErrorResponse(status, code, message);
+    r.close = true;
+    WriteResponse(std::move(r));
+  }
+
+  void WriteResponse(HttpResponse r) {
+    if (closed_.load()) return;
+    auto res = std::make_shared<http::response<http::string_body>>();
+    res->result(static_cast<unsigned>(r.status));
+    res->version(11);
+    res->set(http::field::server, "discoveryd");
+    if (!r.content_type.empty()) res->set(http::field::content_type, r.content_type);
+    for (const auto& [k, v] : r.headers) res->set(k, v);
+    res->body() = std::move(r.body);
+    bool close = r.close || !keep_alive_ || server_->stopping.load();
+    res->keep_alive(!close);
+    res->prepare_payload();
+    stream_.expires_after(ToChrono(opts().write_timeout));
+    http::async_write(stream_, *res,
+                      [self = shared_from_this(), res, close](beast::error_code ec, size_t) {
+                        if (ec) return self->DoClose();
+                        if (close) return self->LingeringClose();
+                        self->DoRead();
+                      });
+  }
+
+  // Half-closes and discards what the client still sends (e.g. the rest of an oversized body)
+  // for a moment, so it reads our response instead of a connection reset.
+  void LingeringClose() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.expires_after(std::chrono::seconds(2));
+    Discard();
+  }
+
+  void Discard() {
+    stream_.async_read_some(net::buffer(scratch_),
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              if (ec) return self->DoClose();
+                              self->Discard();
+                            });
+  }
+
+  // ---- streaming ----
+  void BeginStream(std::string head) {
+    if (closed_.load()) return;
+    stream_.expires_never();
+    backlog_.fetch_add(head.size());
+    Enqueue(std::move(head));
+    // Anything the client sends now (or its EOF) ends the stream: EventSource never sends.
+    stream_.socket().async_read_some(
+        net::buffer(scratch_),
+        [self = shared_from_this()](beast::error_code, size_t) { self->DoClose(); });
+    ArmKeepalive();
+  }
+
+  void ArmKeepalive() {
+    timer_.expires_after(ToChrono(opts().stream_keepalive));
+    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->closed_.load()) return;
+      std::string ping = ": keep-alive\n\n";
+      self->backlog_.fetch_add(ping.size());
+      self->Enqueue(std::move(ping));
+      self->ArmKeepalive();
+    });
+  }
+
+  void Enqueue(std::string data) {
+    if (closed_.load()) return;
+    queue_.push_back(std::move(data));
+    if (!writing_) WriteNext();
+  }
+
+  void WriteNext() {
+    inflight_.clear();
+    while (!queue_.empty()) {
+      inflight_ += queue_.front();
+      queue_.pop_front();
+    }
+    if (inflight_.empty()) {
+      writing_ = false;
+      return;
+    }
+    writing_ = true;
+    stream_.expires_after(ToChrono(opts().write_timeout));
+    net::async_write(stream_, net::buffer(inflight_),
+                     [self = shared_from_this()](beast::error_code ec, size_t n) {
+                       self->backlog_.fetch_sub(std::min(n, self->backlog_.load()));
+                       if (ec) return self->DoClose();
+                       self->stream_.expires_never();
+                       self->WriteNext();
+                     });
+  }
+
+  void DoClose() {
+    if (closed_.exchange(true)) return;
+    beast::error_code ec;
+    timer_.cancel();
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.socket().close(ec);
+    queue_.clear();
+    std::function<void()> on_close;
+    {
+      absl::MutexLock lock(&close_mu_);
+      on_close = std::move(on_close_);
+      on_close_ = nullptr;
+    }
+    if (on_close) on_close();
+    server_->Forget(this);
+  }
+
+  beast::tcp_stream stream_;
+  HttpServer::Impl* server_;
+  net::steady_timer timer_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::string remote_;
+  bool keep_alive_ = true;
+  bool writing_ = false;
+  std::deque<std::string> queue_;
+  std::string inflight_;
+  std::array<char, 4096> scratch_{};
+  std::atomic<bool> closed_{false};
+  std::atomic<bool> replied_{false};
+  std::atomic<size_t> backlog_{0};
+  absl::Mutex close_mu_;
+  std::function<void()> on_close_ ABSL_GUARDED_BY(close_mu_);
+};
+
+void HttpServer::Impl::Accept() {
+  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    OnAccept(ec, std::move(socket));
+  });
+}
+
+void HttpServer::Impl::OnAccept(beast::error_code ec, tcp::socket socket) {
+  if (stopping.load() || !acceptor.is_open()) return;
+  if (ec) {
+    SPDLOG_LOGGER_WARN(logger, "accept: {}", ec.message());
+  } else {
+    beast::error_code nd;
+    socket.set_option(tcp::no_delay(true), nd);
+    auto session = std::make_shared<Session>(std::move(socket), this);
+    {
+      absl::MutexLock lock(&mu);
+      sessions[session.get()] = session;
+    }
+    session->Start();
+  }
+  Accept();
+}
+
+HttpServer::HttpServer(Options options, HttpHandler handler)
+    : options_(std::move(options)), impl_(std::make_shared<Impl>(options_, std::move(handler))) {
+  impl_->logger = discovery::util::ComponentLogger(options_.logger, "discoveryd.http");
+}
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(Options options,
+                                                               HttpHandler handler) {
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("listen port out of range: ", options.port));
+  }
+  if (options.io_threads < 1) options.io_threads = 1;
+  std::unique_ptr<HttpServer> server(new HttpServer(options, std::move(handler)));
+  Impl& impl = *server->impl_;
+  beast::error_code ec;
+  net::ip::address addr = net::ip::make_address(options.host, ec);
+  if (ec) {
+    // A host name: resolve it once.
+    tcp::resolver resolver(impl.ioc);
+    auto results = resolver.resolve(options.host, std::to_string(options.port), ec);
+    if (ec || results.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot resolve listen host \"", options.host, "\": ", ec.message()));
+    }
+    addr = results.begin()->endpoint().address();
+  }
+  tcp::endpoint endpoint(addr, static_cast<uint16_t>(options.port));
+  impl.acceptor.open(endpoint.protocol(), ec);
+  if (!ec) impl.acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) impl.acceptor.bind(endpoint, ec);
+  if (!ec) impl.acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.host, ":", options.port, ": ", ec.message()));
+  }
+  server->port_ = impl.acceptor.local_endpoint(ec).port();
+  return server;
+}
+
+HttpServer::~HttpServer() {
+  Stop();
+  // Destroying the io_context destroys pending handlers (and the sessions they hold).
+  impl_.reset();
+}
+
+void HttpServer::Start() {
+  if (started_.exchange(true)) return;
+  impl_->guard.emplace(impl_->ioc.get_executor());
+  net::dispatch(impl_->acceptor.get_executor(), [impl = impl_.get()] { impl->Accept(); });
+  for (int i = 0; i < options_.io_threads; ++i) {
+    threads_.emplace_back([impl = impl_.get()] {
+      beast::error_code ec;
+      impl->ioc.run(ec);
+    });
+  }
+}
+
+void HttpServer::Stop() {
+  if (stopped_.exchange(true)) return;
+  impl_->stopping.store(true);
+  net::post(impl_->acceptor.get_executor(), [impl = impl_.get()] {
+    beast::error_code ec;
+    impl->acceptor.close(ec);
+  });
+  std::vector<std::shared_ptr<Session>> open;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    for (auto& [ptr, weak] : impl_->sessions) {
+      if (auto s = weak.lock()) open.push_back(std::move(s));
+    }
+  }
+  for (auto& s : open) s->Close();
+  open.clear();
+  if (impl_->guard.has_value()) impl_->guard->reset();
+  // Sessions finish their close on the io threads; give them a moment, then stop hard.
+  absl::Time deadline = absl::Now() + absl::Seconds(2);
+  while (open_connections() > 0 && absl::Now() < deadline && started_.load()) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  impl_->ioc.stop();
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  threads_.clear();
+}
+
+size_t HttpServer::open_connections() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->sessions.size();
+}
+
+}  // namespace discoveryd

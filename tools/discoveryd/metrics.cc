@@ -1,0 +1,97 @@
+#include "metrics.h"
+
+#include <array>
+#include <map>
+
+#include "discovery/instance.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/text_serializer.h"
+
+namespace discoveryd {
+namespace {
+
+prometheus::MetricFamily Scalar(std::string name, std::string help, prometheus::MetricType type,
+                                double value) {
+  prometheus::MetricFamily f;
+  f.name = std::move(name);
+  f.help = std::move(help);
+  f.type = type;
+  prometheus::ClientMetric m;
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  f.metric.push_back(std::move(m));
+  return f;
+}
+
+}  // namespace
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  requests_ = &prometheus::BuildCounter()
+                   .Name("discovery_http_requests_total")
+                   .Help("HTTP requests served by discoveryd, by method, route and status code")
+                   .Register(*registry_);
+  durations_ = &prometheus::BuildHistogram()
+                    .Name("discovery_http_request_duration_seconds")
+                    .Help(
+                        "Time from a parsed request to its response being handed to the "
+                        "socket, by method and route")
+                    .Register(*registry_);
+}
+
+void Metrics::ObserveRequest(const std::string& method, const std::string& route, int code,
+                             absl::Duration duration) {
+  requests_->Add({{"method", method}, {"route", route}, {"code", std::to_string(code)}})
+      .Increment();
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  durations_->Add({{"method", method}, {"route", route}}, kBuckets)
+      .Observe(absl::ToDoubleSeconds(duration));
+}
+
+std::string Metrics::Render(const discovery::Watcher& watcher, size_t sse_subscribers) const {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+
+  discovery::SnapshotPtr snap = watcher.snapshot();
+  prometheus::MetricFamily instances;
+  instances.name = "discovery_instances";
+  instances.help = "Instances in the gateway's watch cache, by type and status";
+  instances.type = prometheus::MetricType::Gauge;
+  constexpr std::array kStatuses = {
+      discovery::InstanceStatus::kInitializing, discovery::InstanceStatus::kReady,
+      discovery::InstanceStatus::kShuttingDown, discovery::InstanceStatus::kError};
+  for (const std::string& type : snap->Types()) {
+    std::map<discovery::InstanceStatus, int> counts;
+    for (const discovery::InstancePtr& in : snap->OfType(type)) ++counts[in->status];
+    for (discovery::InstanceStatus status : kStatuses) {
+      prometheus::ClientMetric m;
+      m.label = {{"status", std::string(discovery::ToString(status))}, {"type", type}};
+      m.gauge.value = counts[status];
+      instances.metric.push_back(std::move(m));
+    }
+  }
+  families.push_back(std::move(instances));
+
+  discovery::WatcherStats stats = watcher.stats();
+  families.push_back(Scalar("discovery_watch_events_total",
+                            "etcd watch events applied to the cache",
+                            prometheus::MetricType::Counter, static_cast<double>(stats.events)));
+  families.push_back(Scalar("discovery_resyncs_total",
+                            "Full re-reads of the prefix after compaction or a cluster change",
+                            prometheus::MetricType::Counter, static_cast<double>(stats.resyncs)));
+  families.push_back(Scalar("discovery_watch_invalid_values_total",
+                            "Values under the prefix skipped as not valid instances",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(stats.invalid_values)));
+  families.push_back(Scalar("discovery_sse_subscribers", "Open /sd/v1/subscribe streams",
+                            prometheus::MetricType::Gauge, static_cast<double>(sse_subscribers)));
+  families.push_back(Scalar("discovery_cache_synced", "1 once the watch cache has synced",
+                            prometheus::MetricType::Gauge, stats.synced ? 1 : 0));
+  families.push_back(Scalar("discovery_cache_revision", "etcd revision of the watch cache",
+                            prometheus::MetricType::Gauge, static_cast<double>(stats.revision)));
+  return prometheus::TextSerializer().Serialize(families);
+}
+
+}  // namespace discoveryd
