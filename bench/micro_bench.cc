@@ -1,0 +1,350 @@
+// Micro benchmarks of the library's hot paths, each next to a raw baseline in the same binary:
+//
+//   BM_EncodeInstance / BM_Baseline_JsonDump     Instance -> JSON text
+//   BM_DecodeInstance / BM_Baseline_JsonParse    JSON text -> Instance
+//   BM_WatchEventApply / BM_Baseline_MapUpsert   one watch event into a 10,000-instance cache
+//   BM_Pick/<kind>    / BM_Baseline_AtomicModulo Pick() over 1,000 candidates, 1 and 2 threads
+//   BM_FanOut100      / BM_Baseline_FanOut100    one event to 100 subscribers
+//
+// The watch-event and fan-out benchmarks re-implement what Watcher::Impl does in
+// src/watcher.cc (ApplyEvents -> Decode, Set, Publish, UpdatePickers, Dispatch), because the
+// real Watcher needs etcd; `discovery-bench --scenario watch-throughput` and `pick` measure
+// the real Watcher end to end against etcd.
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "discovery/instance.h"
+#include "discovery/picker.h"
+#include "discovery/watcher.h"
+
+namespace {
+
+using discovery::Instance;
+using discovery::InstancePtr;
+
+// A realistic instance (the DESIGN.md example, with a per-index id).
+Instance MakeInstance(int i, const std::string& type = "world") {
+  Instance in;
+  in.instance_id = absl::StrFormat("01JCYFZQ7D4NB4MZ5S6Z%06d", i);
+  in.type = type;
+  in.group = absl::StrCat("kr-", i % 8);
+  in.hostname = absl::StrCat("game-", i, ".kr.example.com");
+  in.public_ip = absl::StrFormat("123.45.%d.%d", (i / 250) % 250, i % 250);
+  in.private_ip = absl::StrFormat("10.0.%d.%d", (i / 250) % 250, i % 250);
+  in.ports = {{"game", 8001}, {"grpc", 50051}};
+  in.status = discovery::InstanceStatus::kReady;
+  in.version = "1.4.2";
+  in.region = "ap-northeast-2";
+  in.zone = "a";
+  in.weight = 100;
+  in.meta = {{"k", "v"}};
+  in.performance = {{"tps", 1200}, {"load", (i % 100) / 100.0}};
+  in.started_at = absl::FromUnixSeconds(1700000000);
+  in.updated_at = absl::FromUnixSeconds(1700000000 + i);
+  in.lease_id = 0x694d7a1c2f3b4c01 + i;
+  return in;
+}
+
+// ---- JSON codec ----
+
+void BM_EncodeInstance(benchmark::State& state) {
+  const Instance in = MakeInstance(1);
+  size_t bytes = 0;
+  for (auto _ : state) {
+    std::string s = discovery::EncodeInstance(in);
+    bytes += s.size();
+    benchmark::DoNotOptimize(s);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(bytes));
+}
+BENCHMARK(BM_EncodeInstance);
+
+// Baseline: nlohmann::json::dump() of the same object, already built.
+void BM_Baseline_JsonDump(benchmark::State& state) {
+  const nlohmann::json j = discovery::InstanceToJson(MakeInstance(1));
+  size_t bytes = 0;
+  for (auto _ : state) {
+    std::string s = j.dump();
+    bytes += s.size();
+    benchmark::DoNotOptimize(s);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(bytes));
+}
+BENCHMARK(BM_Baseline_JsonDump);
+
+void BM_DecodeInstance(benchmark::State& state) {
+  const std::string text = discovery::EncodeInstance(MakeInstance(1));
+  for (auto _ : state) {
+    auto in = discovery::DecodeInstance(text);
+    if (!in.ok()) state.SkipWithError("decode failed");
+    benchmark::DoNotOptimize(in);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(text.size() * state.iterations()));
+}
+BENCHMARK(BM_DecodeInstance);
+
+// Baseline: nlohmann::json::parse() of the same text (no field mapping, no validation).
+void BM_Baseline_JsonParse(benchmark::State& state) {
+  const std::string text = discovery::EncodeInstance(MakeInstance(1));
+  for (auto _ : state) {
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+    benchmark::DoNotOptimize(j);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(text.size() * state.iterations()));
+}
+BENCHMARK(BM_Baseline_JsonParse);
+
+// ---- one watch event into a 10,000-instance cache ----
+
+// The watcher's loop-thread state and its per-event work, as in src/watcher.cc:
+// ApplyEvents() decodes the value, Set() updates `current` and `by_type`, Publish() rebuilds
+// the touched type's sorted vector and a new Snapshot, UpdatePickers() recomputes the
+// candidates of every picker of that type (Candidates()) and calls Picker::Update().
+class CacheModel {
+ public:
+  CacheModel(int n, int pickers) {
+    for (int i = 0; i < n; ++i) {
+      Instance in = MakeInstance(i);
+      std::string key = Key(in);
+      auto ptr = std::make_shared<const Instance>(std::move(in));
+      by_type_[ptr->type][SortKey(*ptr)] = ptr;
+      current_[key] = ptr;
+    }
+    for (int i = 0; i < pickers; ++i) {
+      pickers_.push_back(discovery::NewPicker({.kind = discovery::PickerKind::kRoundRobin}));
+    }
+    Publish("world");
+  }
+
+  static std::string Key(const Instance& in) {
+    return absl::StrCat("/services/", in.type, "/", in.instance_id);
+  }
+  static std::string SortKey(const Instance& in) {
+    return absl::StrCat(in.group, "\x1f", in.instance_id);
+  }
+
+  // One PUT event (value = JSON text) as ApplyEvents handles it.
+  void ApplyPut(const std::string& key, const std::string& value) {
+    auto decoded = discovery::DecodeInstance(value);
+    if (!decoded.ok()) return;
+    InstancePtr next = std::make_shared<const Instance>(*std::move(decoded));
+    auto it = current_.find(key);
+    InstancePtr prev = it == current_.end() ? nullptr : it->second;
+    if (prev != nullptr) by_type_[prev->type].erase(SortKey(*prev));
+    current_[key] = next;
+    by_type_[next->type][SortKey(*next)] = next;
+    Publish(next->type);
+  }
+
+  size_t size() const { return snap_->size(); }
+
+ private:
+  void Publish(const std::string& type) {
+    auto set = std::make_shared<discovery::Snapshot::TypeSet>();
+    const auto& sorted = by_type_[type];
+    set->instances.reserve(sorted.size());
+    for (const auto& [sk, in] : sorted) set->instances.push_back(in);
+    published_[type] = std::move(set);
+    snap_ = std::make_shared<const discovery::Snapshot>(++revision_, published_);
+    for (auto& picker : pickers_) {
+      // Candidates(): ready instances of the type, with a std::set of ids for protection.
+      std::vector<InstancePtr> out;
+      std::set<std::string> ids;
+      for (const auto& [sk, in] : sorted) {
+        if (in->status == discovery::InstanceStatus::kReady) {
+          out.push_back(in);
+          ids.insert(in->instance_id);
+        }
+      }
+      picker->Update(std::move(out));
+    }
+  }
+
+  std::unordered_map<std::string, InstancePtr> current_;
+  std::map<std::string, std::map<std::string, InstancePtr>> by_type_;
+  std::map<std::string, std::shared_ptr<const discovery::Snapshot::TypeSet>, std::less<>>
+      published_;
+  std::shared_ptr<const discovery::Snapshot> snap_;
+  std::vector<std::unique_ptr<discovery::Picker>> pickers_;
+  int64_t revision_ = 0;
+};
+
+// Arg 0: pickers following the type (0 = a watcher used only for snapshots/subscriptions).
+void BM_WatchEventApply(benchmark::State& state) {
+  constexpr int kInstances = 10000;
+  CacheModel cache(kInstances, static_cast<int>(state.range(0)));
+  // Pre-encoded updates of existing instances (the common event: a status or load change).
+  std::vector<std::pair<std::string, std::string>> events;
+  for (int i = 0; i < 256; ++i) {
+    Instance in = MakeInstance(i * 37 % kInstances);
+    in.performance["load"] = i / 256.0;
+    events.emplace_back(CacheModel::Key(in), discovery::EncodeInstance(in));
+  }
+  size_t i = 0;
+  for (auto _ : state) {
+    const auto& [key, value] = events[i++ % events.size()];
+    cache.ApplyPut(key, value);
+  }
+  if (cache.size() != kInstances) state.SkipWithError("cache size changed");
+}
+BENCHMARK(BM_WatchEventApply)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+
+// Baseline: the same update as a std::map erase + insert of a shared_ptr (no decode, no
+// snapshot).
+void BM_Baseline_MapUpsert(benchmark::State& state) {
+  constexpr int kInstances = 10000;
+  std::map<std::string, InstancePtr> map;
+  for (int i = 0; i < kInstances; ++i) {
+    Instance in = MakeInstance(i);
+    std::string key = CacheModel::Key(in);
+    map[key] = std::make_shared<const Instance>(std::move(in));
+  }
+  std::vector<std::pair<std::string, InstancePtr>> events;
+  for (int i = 0; i < 256; ++i) {
+    Instance in = MakeInstance(i * 37 % kInstances);
+    events.emplace_back(CacheModel::Key(in), std::make_shared<const Instance>(in));
+  }
+  size_t i = 0;
+  for (auto _ : state) {
+    const auto& [key, value] = events[i++ % events.size()];
+    map.erase(key);
+    map.emplace(key, value);
+  }
+  benchmark::DoNotOptimize(map);
+}
+BENCHMARK(BM_Baseline_MapUpsert)->Unit(benchmark::kMicrosecond);
+
+// ---- Pick() over 1,000 candidates ----
+
+std::vector<InstancePtr> Candidates(int n) {
+  std::vector<InstancePtr> out;
+  out.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    Instance in = MakeInstance(i);
+    in.weight = 50 + (i % 4) * 50;  // 50..200: a non-trivial smooth WRR schedule
+    out.push_back(std::make_shared<const Instance>(std::move(in)));
+  }
+  return out;
+}
+
+discovery::Picker* SharedPicker(discovery::PickerKind kind) {
+  static std::mutex mu;
+  static std::map<discovery::PickerKind, std::unique_ptr<discovery::Picker>> pickers;
+  std::lock_guard lock(mu);
+  auto& picker = pickers[kind];
+  if (picker == nullptr) {
+    picker = discovery::NewPicker({.kind = kind});
+    picker->Update(Candidates(1000));
+  }
+  return picker.get();
+}
+
+void BM_Pick(benchmark::State& state, discovery::PickerKind kind) {
+  discovery::Picker* picker = SharedPicker(kind);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 1024; ++i) keys.push_back(absl::StrCat("player-", i * 7919));
+  size_t i = static_cast<size_t>(state.thread_index()) * 512;
+  for (auto _ : state) {
+    InstancePtr p = picker->Pick(keys[i++ & 1023]);
+    benchmark::DoNotOptimize(p);
+  }
+}
+BENCHMARK_CAPTURE(BM_Pick, round_robin, discovery::PickerKind::kRoundRobin)->Threads(1)->Threads(2);
+BENCHMARK_CAPTURE(BM_Pick, weighted_round_robin, discovery::PickerKind::kWeightedRoundRobin)
+    ->Threads(1)
+    ->Threads(2);
+BENCHMARK_CAPTURE(BM_Pick, random, discovery::PickerKind::kRandom)->Threads(1)->Threads(2);
+BENCHMARK_CAPTURE(BM_Pick, least_load, discovery::PickerKind::kLeastLoad)->Threads(1)->Threads(2);
+BENCHMARK_CAPTURE(BM_Pick, consistent_hash, discovery::PickerKind::kConsistentHash)
+    ->Threads(1)
+    ->Threads(2);
+
+// Baseline: a shared atomic counter modulo a vector, returning the shared_ptr copy like Pick().
+void BM_Baseline_AtomicModulo(benchmark::State& state) {
+  static const std::vector<InstancePtr> candidates = Candidates(1000);
+  static std::atomic<uint64_t> next{0};
+  for (auto _ : state) {
+    InstancePtr p = candidates[next.fetch_add(1, std::memory_order_relaxed) % candidates.size()];
+    benchmark::DoNotOptimize(p);
+  }
+}
+BENCHMARK(BM_Baseline_AtomicModulo)->Threads(1)->Threads(2);
+
+// ---- one event to 100 subscribers ----
+
+// As Watcher::Impl::Dispatch(): copy the subscriber table under its mutex, then for every
+// subscriber evaluate the filter on the new and previous state and invoke the callback.
+struct Sub {
+  discovery::Filter filter;
+  std::function<void(const discovery::ChangeEvent&)> callback;
+};
+
+void BM_FanOut100(benchmark::State& state) {
+  std::mutex subs_mu;
+  std::map<uint64_t, std::shared_ptr<Sub>> subs;
+  std::atomic<uint64_t> delivered{0};
+  for (uint64_t i = 0; i < 100; ++i) {
+    auto sub = std::make_shared<Sub>();
+    sub->filter.type = "world";
+    sub->callback = [&delivered](const discovery::ChangeEvent&) {
+      delivered.fetch_add(1, std::memory_order_relaxed);
+    };
+    subs[i] = std::move(sub);
+  }
+  discovery::ChangeEvent ev;
+  ev.type = discovery::ChangeType::kUpdated;
+  ev.instance = std::make_shared<const Instance>(MakeInstance(1));
+  ev.previous = std::make_shared<const Instance>(MakeInstance(1));
+  const std::vector<discovery::ChangeEvent> changes = {ev};
+  for (auto _ : state) {
+    std::vector<std::pair<uint64_t, std::shared_ptr<Sub>>> targets;
+    {
+      std::lock_guard lock(subs_mu);
+      targets.assign(subs.begin(), subs.end());
+    }
+    for (const discovery::ChangeEvent& e : changes) {
+      for (auto& [id, sub] : targets) {
+        bool match = sub->filter.Matches(*e.instance) ||
+                     (e.previous != nullptr && sub->filter.Matches(*e.previous));
+        if (match) sub->callback(e);
+      }
+    }
+  }
+  if (delivered.load() != 100 * static_cast<uint64_t>(state.iterations())) {
+    state.SkipWithError("lost deliveries");
+  }
+}
+BENCHMARK(BM_FanOut100);
+
+// Baseline: 100 std::function calls with the event (no table copy, no filter).
+void BM_Baseline_FanOut100(benchmark::State& state) {
+  std::atomic<uint64_t> delivered{0};
+  std::vector<std::function<void(const discovery::ChangeEvent&)>> callbacks(
+      100, [&delivered](const discovery::ChangeEvent&) {
+        delivered.fetch_add(1, std::memory_order_relaxed);
+      });
+  discovery::ChangeEvent ev;
+  ev.instance = std::make_shared<const Instance>(MakeInstance(1));
+  for (auto _ : state) {
+    for (auto& cb : callbacks) cb(ev);
+  }
+  benchmark::DoNotOptimize(delivered.load());
+}
+BENCHMARK(BM_Baseline_FanOut100);
+
+}  // namespace
+
+BENCHMARK_MAIN();
