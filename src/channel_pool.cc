@@ -28,7 +28,7 @@ ChannelPool::~ChannelPool() { subscription_.Reset(); }
 
 void ChannelPool::OnChange(const ChangeEvent& ev) {
   const Instance& in = *ev.instance;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (ev.type == ChangeType::kRemoved) {
     channels_.erase(in.instance_id);
     return;
@@ -54,13 +54,13 @@ ChannelPool::Target ChannelPool::Pick(std::string_view key) {
 }
 
 std::shared_ptr<grpc::Channel> ChannelPool::Get(std::string_view instance_id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = channels_.find(instance_id);
   return it == channels_.end() ? nullptr : it->second.channel;
 }
 
 size_t ChannelPool::size() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return channels_.size();
 }
 

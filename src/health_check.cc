@@ -108,12 +108,12 @@ bool HealthChecker::IsHealthy(const Instance& in) {
       absl::StrCat(in.Address(), ":", in.Port(options_.port_name), "/", in.instance_id);
   absl::Time now = absl::Now();
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = cache_.find(key);
     if (it != cache_.end() && now - it->second.at < options_.cache_ttl) return it->second.healthy;
   }
   bool healthy = Probe(in);
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   cache_[key] = Verdict{healthy, absl::Now()};
   if (cache_.size() > 100000) cache_.clear();  // bound memory on churny fleets
   return healthy;
@@ -127,7 +127,7 @@ std::vector<InstancePtr> HealthChecker::Filter(const std::vector<InstancePtr>& i
   std::vector<size_t> unknown;
   absl::Time now = absl::Now();
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (size_t i = 0; i < instances.size(); ++i) {
       const Instance& in = *instances[i];
       auto it = cache_.find(

@@ -17,9 +17,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "util/sync.h"
 
 namespace discovery {
 namespace {
@@ -318,7 +318,7 @@ constexpr char kCrockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 constexpr uint64_t kMaxUlidMillis = (uint64_t{1} << 48) - 1;
 
 struct UlidState {
-  absl::Mutex mu;
+  util::Mutex mu;
   absl::BitGen gen ABSL_GUARDED_BY(mu);
   uint64_t last_ms ABSL_GUARDED_BY(mu) = 0;
   uint16_t rand_hi ABSL_GUARDED_BY(mu) = 0;  // top 16 of the 80 random bits
@@ -564,7 +564,7 @@ std::string NewUlid() {
   UlidState& s = GetUlidState();
   uint64_t now = static_cast<uint64_t>(std::max<int64_t>(0, absl::ToUnixMillis(absl::Now())));
   if (now > kMaxUlidMillis) now = kMaxUlidMillis;
-  absl::MutexLock lock(&s.mu);
+  util::MutexLock lock(&s.mu);
   if (now > s.last_ms) {
     s.last_ms = now;
     s.rand_hi = absl::Uniform<uint16_t>(s.gen);

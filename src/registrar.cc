@@ -10,11 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
 #include "etcd/client.h"
 #include "etcd/lease_keeper.h"
 #include "spdlog/spdlog.h"
 #include "util/logging.h"
+#include "util/sync.h"
 
 namespace discovery {
 
@@ -48,9 +48,9 @@ struct RegistrationState {
   absl::Duration interval;
 
   // Serialises writes to etcd for this registration (held during the etcd call).
-  absl::Mutex write_mu;
+  util::Mutex write_mu;
   // Guards the fields below (never held during an etcd call).
-  mutable absl::Mutex mu;
+  mutable util::Mutex mu;
   Instance instance ABSL_GUARDED_BY(mu);
   int64_t lease_id ABSL_GUARDED_BY(mu) = 0;
   bool closed ABSL_GUARDED_BY(mu) = false;
@@ -67,7 +67,7 @@ struct Registrar::Impl : std::enable_shared_from_this<Registrar::Impl> {
   std::function<void(const RegistrationEvent&)> on_event;
   std::shared_ptr<spdlog::logger> logger;
 
-  absl::Mutex mu;
+  util::Mutex mu;
   std::map<std::string, std::weak_ptr<RegistrationState>> registrations ABSL_GUARDED_BY(mu);
 
   void Emit(RegistrationEventType type, const RegistrationState& st, int64_t lease,
@@ -146,7 +146,7 @@ void Registrar::Impl::Track(const std::shared_ptr<RegistrationState>& st, int64_
 
 void Registrar::Impl::OnLeaseLost(const std::shared_ptr<RegistrationState>& st, int64_t lease) {
   {
-    absl::MutexLock lock(&st->mu);
+    util::MutexLock lock(&st->mu);
     if (st->closed || st->lease_id != lease || st->reregistering) return;
     st->reregistering = true;
   }
@@ -168,9 +168,9 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
   absl::Status result;
   int64_t new_lease = 0;
   {
-    absl::MutexLock wlock(&st->write_mu);
+    util::MutexLock wlock(&st->write_mu);
     {
-      absl::MutexLock lock(&st->mu);
+      util::MutexLock lock(&st->mu);
       if (st->closed) {
         st->reregistering = false;
         return;
@@ -185,7 +185,7 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
       new_lease = granted->id();
       std::string value;
       {
-        absl::MutexLock lock(&st->mu);
+        util::MutexLock lock(&st->mu);
         value = Encode(st->instance, new_lease);
       }
       auto put = PutIfAbsent(*client, st->key, value, new_lease);
@@ -202,7 +202,7 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
       }
     }
     if (result.ok()) {
-      absl::MutexLock lock(&st->mu);
+      util::MutexLock lock(&st->mu);
       st->lease_id = new_lease;
       st->instance.lease_id = new_lease;
       st->reregistering = false;
@@ -237,7 +237,7 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
 absl::Status Registrar::Impl::WriteValue(RegistrationState& st) {
   pb::PutRequest put;
   {
-    absl::MutexLock lock(&st.mu);
+    util::MutexLock lock(&st.mu);
     if (st.closed) return absl::FailedPreconditionError("registration is closed");
     if (st.reregistering) {
       return absl::UnavailableError(
@@ -262,9 +262,9 @@ absl::Status Registrar::Impl::WriteValue(RegistrationState& st) {
 void Registrar::Impl::FlushPerformance(const std::shared_ptr<RegistrationState>& st) {
   absl::Status s;
   {
-    absl::MutexLock wlock(&st->write_mu);
+    util::MutexLock wlock(&st->write_mu);
     {
-      absl::MutexLock lock(&st->mu);
+      util::MutexLock lock(&st->mu);
       st->perf_flush_scheduled = false;
       if (!st->perf_dirty || st->closed) return;
     }
@@ -281,11 +281,11 @@ absl::Status Registrar::Impl::CloseOne(RegistrationState& st, absl::Duration dra
                                        bool set_status) {
   int64_t lease = 0;
   {
-    absl::MutexLock wlock(&st.write_mu);
+    util::MutexLock wlock(&st.write_mu);
     if (set_status) {
       bool write = false;
       {
-        absl::MutexLock lock(&st.mu);
+        util::MutexLock lock(&st.mu);
         if (st.closed) return absl::OkStatus();
         if (st.instance.status != InstanceStatus::kShuttingDown &&
             IsValidTransition(st.instance.status, InstanceStatus::kShuttingDown)) {
@@ -298,15 +298,15 @@ absl::Status Registrar::Impl::CloseOne(RegistrationState& st, absl::Duration dra
   }
   if (drain > absl::ZeroDuration()) absl::SleepFor(drain);
   {
-    absl::MutexLock wlock(&st.write_mu);
-    absl::MutexLock lock(&st.mu);
+    util::MutexLock wlock(&st.write_mu);
+    util::MutexLock lock(&st.mu);
     if (st.closed) return absl::OkStatus();
     st.closed = true;
     lease = st.lease_id;
   }
   client->keeper().Remove(lease);
   {
-    absl::MutexLock lock(&mu);
+    util::MutexLock lock(&mu);
     registrations.erase(st.instance_id);
   }
   pb::LeaseRevokeRequest revoke;
@@ -340,16 +340,16 @@ Registration::~Registration() {
 const std::string& Registration::instance_id() const { return state_->instance_id; }
 std::string Registration::key() const { return state_->key; }
 int64_t Registration::lease_id() const {
-  absl::MutexLock lock(&state_->mu);
+  util::MutexLock lock(&state_->mu);
   return state_->lease_id;
 }
 Instance Registration::instance() const {
-  absl::MutexLock lock(&state_->mu);
+  util::MutexLock lock(&state_->mu);
   return state_->instance;
 }
 bool Registration::closed() const {
   if (state_ == nullptr) return true;
-  absl::MutexLock lock(&state_->mu);
+  util::MutexLock lock(&state_->mu);
   return state_->closed;
 }
 
@@ -358,9 +358,9 @@ absl::Status Registration::SetStatus(InstanceStatus status,
   if (state_ == nullptr) return absl::FailedPreconditionError("moved-from registration");
   auto impl = state_->registrar.lock();
   if (impl == nullptr) return absl::FailedPreconditionError("registrar is gone");
-  absl::MutexLock wlock(&state_->write_mu);
+  util::MutexLock wlock(&state_->write_mu);
   {
-    absl::MutexLock lock(&state_->mu);
+    util::MutexLock lock(&state_->mu);
     if (state_->closed) return absl::FailedPreconditionError("registration is closed");
     if (!IsValidTransition(state_->instance.status, status)) {
       return absl::InvalidArgumentError(
@@ -377,9 +377,9 @@ absl::Status Registration::UpdateMetadata(const std::map<std::string, std::strin
   if (state_ == nullptr) return absl::FailedPreconditionError("moved-from registration");
   auto impl = state_->registrar.lock();
   if (impl == nullptr) return absl::FailedPreconditionError("registrar is gone");
-  absl::MutexLock wlock(&state_->write_mu);
+  util::MutexLock wlock(&state_->write_mu);
   {
-    absl::MutexLock lock(&state_->mu);
+    util::MutexLock lock(&state_->mu);
     if (state_->closed) return absl::FailedPreconditionError("registration is closed");
     for (const auto& [k, v] : meta) {
       if (v.empty()) {
@@ -401,7 +401,7 @@ absl::Status Registration::UpdatePerformance(nlohmann::json performance) {
   if (impl == nullptr) return absl::FailedPreconditionError("registrar is gone");
   absl::Duration delay;
   {
-    absl::MutexLock lock(&state_->mu);
+    util::MutexLock lock(&state_->mu);
     if (state_->closed) return absl::FailedPreconditionError("registration is closed");
     state_->instance.performance = std::move(performance);
     state_->perf_dirty = true;
@@ -424,7 +424,7 @@ absl::Status Registration::Close(absl::Duration drain) {
   if (state_ == nullptr) return absl::OkStatus();
   auto impl = state_->registrar.lock();
   if (impl == nullptr) {
-    absl::MutexLock lock(&state_->mu);
+    util::MutexLock lock(&state_->mu);
     state_->closed = true;
     return absl::OkStatus();
   }
@@ -452,7 +452,7 @@ Registrar::Registrar(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Registrar::~Registrar() {
   std::vector<std::shared_ptr<RegistrationState>> open;
   {
-    absl::MutexLock lock(&impl_->mu);
+    util::MutexLock lock(&impl_->mu);
     for (auto& [id, weak] : impl_->registrations) {
       if (auto st = weak.lock()) open.push_back(st);
     }
@@ -463,7 +463,7 @@ Registrar::~Registrar() {
 }
 
 size_t Registrar::size() const {
-  absl::MutexLock lock(&impl_->mu);
+  util::MutexLock lock(&impl_->mu);
   return impl_->registrations.size();
 }
 
@@ -490,7 +490,7 @@ absl::StatusOr<Registration> Registrar::Register(Instance instance, Registration
   st->interval =
       options.keepalive_interval > absl::ZeroDuration() ? options.keepalive_interval : st->ttl / 3;
   {
-    absl::MutexLock lock(&impl_->mu);
+    util::MutexLock lock(&impl_->mu);
     if (impl_->registrations.count(instance.instance_id) > 0) {
       return absl::AlreadyExistsError(
           absl::StrCat("instance ", instance.instance_id, " is already registered here"));
@@ -512,13 +512,13 @@ absl::StatusOr<Registration> Registrar::Register(Instance instance, Registration
     return absl::AlreadyExistsError(absl::StrCat(st->key, " already exists"));
   }
   {
-    absl::MutexLock lock(&st->mu);
+    util::MutexLock lock(&st->mu);
     st->instance = std::move(instance);
     st->lease_id = lease;
     st->last_perf_write = now;
   }
   {
-    absl::MutexLock lock(&impl_->mu);
+    util::MutexLock lock(&impl_->mu);
     impl_->registrations[st->instance_id] = st;
   }
   impl_->Track(st, lease);
@@ -531,17 +531,17 @@ absl::StatusOr<Registration> Registrar::Register(Instance instance, Registration
 void Registrar::ShutdownAll(absl::Duration drain) {
   std::vector<std::shared_ptr<RegistrationState>> open;
   {
-    absl::MutexLock lock(&impl_->mu);
+    util::MutexLock lock(&impl_->mu);
     for (auto& [id, weak] : impl_->registrations) {
       if (auto st = weak.lock()) open.push_back(st);
     }
   }
   // Everyone to shutting_down first, one shared drain, then revoke all.
   for (auto& st : open) {
-    absl::MutexLock wlock(&st->write_mu);
+    util::MutexLock wlock(&st->write_mu);
     bool write = false;
     {
-      absl::MutexLock lock(&st->mu);
+      util::MutexLock lock(&st->mu);
       if (!st->closed && st->instance.status != InstanceStatus::kShuttingDown &&
           IsValidTransition(st->instance.status, InstanceStatus::kShuttingDown)) {
         st->instance.status = InstanceStatus::kShuttingDown;

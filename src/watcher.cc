@@ -7,11 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
 #include "etcd/client.h"
 #include "etcd/watch_hub.h"
 #include "spdlog/spdlog.h"
 #include "util/logging.h"
+#include "util/sync.h"
 
 namespace discovery {
 
@@ -132,9 +132,14 @@ std::string PrefixEnd(const std::string& prefix) {
 std::string SortKey(const Instance& in) { return absl::StrCat(in.group, "\x1f", in.instance_id); }
 
 struct RangeResult {
+  struct Kv {
+    std::string key;
+    std::string value;
+    int64_t mod_revision;
+  };
   int64_t revision = 0;
   uint64_t cluster_id = 0;
-  std::vector<std::pair<std::string, std::string>> kvs;  // key, value
+  std::vector<Kv> kvs;
 };
 
 }  // namespace
@@ -168,7 +173,12 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   std::atomic<std::shared_ptr<const Snapshot>> snap;
 
   // Loop-thread state.
-  std::unordered_map<std::string, InstancePtr> current;               // etcd key -> instance
+  std::unordered_map<std::string, InstancePtr> current;  // etcd key -> instance
+  std::unordered_map<std::string, int64_t> mod_revisions;  // etcd key -> mod_revision of `current`
+  // Changes applied to `current` but not yet published (see SchedulePublish).
+  std::set<std::string> pending_touched;
+  std::vector<ChangeEvent> pending_changes;
+  bool publish_scheduled = false;
   std::map<std::string, std::map<std::string, InstancePtr>> by_type;  // type -> sortkey -> in
   std::map<std::string, std::shared_ptr<const Snapshot::TypeSet>, std::less<>> published;
   int64_t revision = 0;
@@ -184,15 +194,15 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   std::atomic<uint64_t> events{0}, resyncs{0}, invalid_values{0}, protection_activations{0};
 
   // Sync state.
-  mutable absl::Mutex sync_mu;
+  mutable util::Mutex sync_mu;
   bool synced ABSL_GUARDED_BY(sync_mu) = false;
   absl::Status last_error ABSL_GUARDED_BY(sync_mu);
 
   // Subscriptions.
-  mutable absl::Mutex subs_mu;
+  mutable util::Mutex subs_mu;
   std::map<uint64_t, std::shared_ptr<Sub>> subs ABSL_GUARDED_BY(subs_mu);
   uint64_t next_sub ABSL_GUARDED_BY(subs_mu) = 1;
-  absl::Mutex queue_mu;
+  util::Mutex queue_mu;
   std::deque<std::pair<uint64_t, ChangeEvent>> queue ABSL_GUARDED_BY(queue_mu);
 
   // ---- sync ----
@@ -211,7 +221,9 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
         out.revision = resp->header().revision();
         out.cluster_id = resp->header().cluster_id();
       }
-      for (const auto& kv : resp->kvs()) out.kvs.emplace_back(kv.key(), kv.value());
+      for (const auto& kv : resp->kvs()) {
+        out.kvs.push_back({kv.key(), kv.value(), kv.mod_revision()});
+      }
       if (!resp->more() || resp->kvs_size() == 0) break;
       key = resp->kvs(resp->kvs_size() - 1).key();
       key.push_back('\0');
@@ -228,7 +240,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
       auto result = self->RangeAll();
       if (!result.ok()) {
         {
-          absl::MutexLock lock(&self->sync_mu);
+          util::MutexLock lock(&self->sync_mu);
           self->last_error = result.status();
         }
         self->client->loop().Post([weak] {
@@ -238,7 +250,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
           SPDLOG_LOGGER_WARN(
               self->logger, "sync of {} failed: {}; retry in {}", self->watch_prefix,
               [&] {
-                absl::MutexLock lock(&self->sync_mu);
+                util::MutexLock lock(&self->sync_mu);
                 return std::string(self->last_error.message());
               }(),
               absl::FormatDuration(delay));
@@ -323,12 +335,24 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
 
   void ApplySync(RangeResult& r) {
     absl::Time now = absl::Now();
+    FlushPublish();  // events applied before the resync go out first
     std::unordered_map<std::string, InstancePtr> fresh;
     fresh.reserve(r.kvs.size());
-    invalid_keys.clear();
-    for (auto& [key, value] : r.kvs) {
-      InstancePtr in = Decode(key, value);
-      if (in != nullptr) fresh.emplace(key, std::move(in));
+    const bool same_cluster = cluster_id == r.cluster_id;
+    std::unordered_map<std::string, int64_t> fresh_revs;
+    fresh_revs.reserve(r.kvs.size());
+    for (auto& kv : r.kvs) {
+      fresh_revs[kv.key] = kv.mod_revision;
+      // Same cluster and same mod_revision: the value is the one we hold; skip decoding.
+      auto cur = current.find(kv.key);
+      auto rev = mod_revisions.find(kv.key);
+      if (same_cluster && cur != current.end() && rev != mod_revisions.end() &&
+          rev->second == kv.mod_revision) {
+        fresh.emplace(kv.key, cur->second);
+        continue;
+      }
+      InstancePtr in = Decode(kv.key, kv.value);
+      if (in != nullptr) fresh.emplace(kv.key, std::move(in));
     }
     std::vector<ChangeEvent> changes;
     std::set<std::string> touched;
@@ -340,12 +364,16 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
     for (auto& [key, in] : fresh) {
       auto it = current.find(key);
       // Unchanged values keep their object (and emit nothing).
-      if (it != current.end() && EncodeInstance(*it->second) == EncodeInstance(*in)) continue;
+      if (it != current.end() &&
+          (it->second == in || EncodeInstance(*it->second) == EncodeInstance(*in))) {
+        continue;
+      }
       Set(key, in, r.revision, now, &changes, &touched);
     }
+    mod_revisions = std::move(fresh_revs);
     bool first = false;
     {
-      absl::MutexLock lock(&sync_mu);
+      util::MutexLock lock(&sync_mu);
       first = !synced;
     }
     if (!first) resyncs.fetch_add(1);
@@ -361,7 +389,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
                        changes.size());
     Publish(touched, now);
     {
-      absl::MutexLock lock(&sync_mu);
+      util::MutexLock lock(&sync_mu);
       synced = true;
       last_error = absl::OkStatus();
     }
@@ -403,8 +431,6 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
 
   void ApplyEvents(const pb::WatchResponse& resp) {
     absl::Time now = absl::Now();
-    std::vector<ChangeEvent> changes;
-    std::set<std::string> touched;
     // Events of one revision (a Txn, or every key of a revoked lease) share mod_revision.
     const int64_t applied = revision;
     for (const auto& ev : resp.events()) {
@@ -417,14 +443,42 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
       } else {
         invalid_keys.erase(key);
       }
-      Set(key, std::move(next), rev, now, &changes, &touched);
+      if (next != nullptr) {
+        mod_revisions[key] = rev;
+      } else {
+        mod_revisions.erase(key);
+      }
+      Set(key, std::move(next), rev, now, &pending_changes, &pending_touched);
       revision = std::max(revision, rev);
       events.fetch_add(1);
     }
     if (resp.events_size() > 0) {
       revision = std::max(revision, resp.events(resp.events_size() - 1).kv().mod_revision());
     }
-    Publish(touched, now);
+    SchedulePublish();
+  }
+
+  // Publishing rebuilds the touched types' sorted vectors (O(instances of the type)). Under a
+  // burst, gRPC queues many watch responses on the loop; publishing once after the responses
+  // already queued (instead of once per response) keeps ingestion linear. Subscribers get their
+  // events right after the snapshot that contains them is published.
+  void SchedulePublish() {
+    if (publish_scheduled) return;
+    publish_scheduled = true;
+    std::weak_ptr<Impl> weak = weak_from_this();
+    client->loop().Post([weak] {
+      if (auto self = weak.lock()) self->FlushPublish();
+    });
+  }
+
+  void FlushPublish() {
+    publish_scheduled = false;
+    if (pending_touched.empty() && pending_changes.empty()) return;
+    std::set<std::string> touched = std::move(pending_touched);
+    std::vector<ChangeEvent> changes = std::move(pending_changes);
+    pending_touched.clear();
+    pending_changes.clear();
+    Publish(touched, absl::Now());
     Dispatch(changes);
   }
 
@@ -509,7 +563,6 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
 
   std::vector<InstancePtr> Candidates(const PickerEntry& e) {
     std::vector<InstancePtr> out;
-    std::set<std::string> ids;
     auto keep = [&](const InstancePtr& in) {
       if (!e.group.empty() && in->group != e.group) return false;
       if (e.ready_only) return in->status == InstanceStatus::kReady;
@@ -517,20 +570,20 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
     };
     auto it = by_type.find(e.type);
     if (it != by_type.end()) {
+      out.reserve(it->second.size());
       for (const auto& [sk, in] : it->second) {
-        if (keep(in)) {
-          out.push_back(in);
-          ids.insert(in->instance_id);
-        }
+        if (keep(in)) out.push_back(in);
       }
     }
     auto pit = protection.find(e.type);
     if (pit != protection.end() && pit->second.active) {
+      // Add the vanished instances we keep, unless they are back (same id) or listed twice.
+      std::set<std::string> ids;
+      if (it != by_type.end()) {
+        for (const auto& [sk, in] : it->second) ids.insert(in->instance_id);
+      }
       for (const InstancePtr& in : pit->second.kept) {
-        if (ids.count(in->instance_id) == 0 && keep(in) && current.count(in->instance_id) == 0) {
-          out.push_back(in);
-          ids.insert(in->instance_id);
-        }
+        if (keep(in) && ids.insert(in->instance_id).second) out.push_back(in);
       }
     }
     return out;
@@ -550,7 +603,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
 
   void Deliver(uint64_t id, const std::shared_ptr<Sub>& sub, const ChangeEvent& ev) {
     if (opts.delivery == Delivery::kPoll) {
-      absl::MutexLock lock(&queue_mu);
+      util::MutexLock lock(&queue_mu);
       queue.emplace_back(id, ev);
     } else {
       sub->callback(ev);
@@ -561,7 +614,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
     if (changes.empty()) return;
     std::vector<std::pair<uint64_t, std::shared_ptr<Sub>>> targets;
     {
-      absl::MutexLock lock(&subs_mu);
+      util::MutexLock lock(&subs_mu);
       targets.assign(subs.begin(), subs.end());
     }
     for (const ChangeEvent& ev : changes) {
@@ -618,9 +671,10 @@ Watcher::~Watcher() {
 }
 
 absl::Status Watcher::WaitForSync(absl::Duration timeout) {
-  absl::MutexLock lock(&impl_->sync_mu);
-  auto cond = +[](Impl* impl) ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->sync_mu) { return impl->synced; };
-  if (impl_->sync_mu.AwaitWithTimeout(absl::Condition(cond, impl_.get()), timeout)) {
+  util::MutexLock lock(&impl_->sync_mu);
+  Impl* impl = impl_.get();
+  auto cond = [impl]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->sync_mu) { return impl->synced; };
+  if (impl->sync_mu.AwaitWithDeadline(cond, absl::Now() + timeout)) {
     return absl::OkStatus();
   }
   std::string why = impl_->last_error.ok() ? std::string("no answer yet")
@@ -630,7 +684,7 @@ absl::Status Watcher::WaitForSync(absl::Duration timeout) {
 }
 
 bool Watcher::synced() const {
-  absl::MutexLock lock(&impl_->sync_mu);
+  util::MutexLock lock(&impl_->sync_mu);
   return impl_->synced;
 }
 
@@ -644,7 +698,7 @@ Subscription Watcher::Subscribe(Filter filter, std::function<void(const ChangeEv
   uint64_t id = 0;
   impl_->client->loop().RunSync([&] {
     {
-      absl::MutexLock lock(&impl_->subs_mu);
+      util::MutexLock lock(&impl_->subs_mu);
       id = impl_->next_sub++;
       impl_->subs[id] = sub;
     }
@@ -665,7 +719,7 @@ Subscription Watcher::Subscribe(Filter filter, std::function<void(const ChangeEv
     auto impl = weak.lock();
     if (impl == nullptr) return;
     {
-      absl::MutexLock lock(&impl->subs_mu);
+      util::MutexLock lock(&impl->subs_mu);
       impl->subs.erase(id);
     }
     // Barrier: a callback running on the loop right now finishes before we return.
@@ -678,14 +732,14 @@ size_t Watcher::Poll(size_t max_events) {
   while (ran < max_events) {
     std::pair<uint64_t, ChangeEvent> item;
     {
-      absl::MutexLock lock(&impl_->queue_mu);
+      util::MutexLock lock(&impl_->queue_mu);
       if (impl_->queue.empty()) break;
       item = std::move(impl_->queue.front());
       impl_->queue.pop_front();
     }
     std::shared_ptr<Impl::Sub> sub;
     {
-      absl::MutexLock lock(&impl_->subs_mu);
+      util::MutexLock lock(&impl_->subs_mu);
       auto it = impl_->subs.find(item.first);
       if (it != impl_->subs.end()) sub = it->second;
     }

@@ -13,11 +13,11 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "discovery/picker.h"
 #include "discovery/watcher.h"
 
@@ -66,8 +66,8 @@ class ChannelPool {
     std::string target;  // host:port
     std::shared_ptr<grpc::Channel> channel;
   };
-  absl::Mutex mu_;
-  std::map<std::string, Entry, std::less<>> channels_ ABSL_GUARDED_BY(mu_);
+  std::mutex mu_;  // a std::mutex so ThreadSanitizer sees it (Debian's abseil is uninstrumented)
+  std::map<std::string, Entry, std::less<>> channels_;  // guarded by mu_
   Subscription subscription_;
 };
 

@@ -1,6 +1,7 @@
 #include "etcd/client.h"
 
 #include <cstdlib>
+#include <mutex>
 #include <fstream>
 #include <sstream>
 
@@ -124,6 +125,13 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
 }
 
 absl::StatusOr<std::shared_ptr<Client>> Client::Create(const EtcdOptions& options) {
+  // gRPC notices a finished connect attempt only while something polls the channel; with no
+  // RPC waiting (all failed fast while etcd was down) that is the backup poller, every 5 s by
+  // default, so a restarted etcd was reached 5 s late and a TLS handshake could not finish
+  // within the connect timeout. 100 ms, unless the application chose a value. Read by
+  // grpc_init, i.e. effective when this is the process's first gRPC use.
+  static std::once_flag once;
+  std::call_once(once, [] { setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100", 0); });
   std::shared_ptr<Client> c(new Client(options));
   if (absl::Status s = c->Init(); !s.ok()) return s;
   return c;
@@ -223,7 +231,7 @@ void Client::MarkFailed(int index) {
 void Client::PrepareContext(grpc::ClientContext* ctx, absl::Time deadline) {
   if (deadline != absl::InfiniteFuture()) ctx->set_deadline(absl::ToChronoTime(deadline));
   if (has_auth()) {
-    absl::MutexLock lock(&token_mu_);
+    util::MutexLock lock(&token_mu_);
     if (!token_.empty()) ctx->AddMetadata("token", token_);
   }
 }
@@ -243,7 +251,7 @@ absl::Status Client::RefreshToken(int endpoint_index) {
                        std::string(st.message()));
     return st;
   }
-  absl::MutexLock lock(&token_mu_);
+  util::MutexLock lock(&token_mu_);
   token_ = resp.token();
   return absl::OkStatus();
 }
@@ -262,7 +270,7 @@ absl::StatusOr<Resp> Client::Unary(
   bool token_refreshed = false;
   bool need_token = has_auth();
   {
-    absl::MutexLock lock(&token_mu_);
+    util::MutexLock lock(&token_mu_);
     need_token = need_token && token_.empty();
   }
   grpc::Status last;

@@ -19,11 +19,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "discovery/etcd.h"
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
 #include "util/event_loop.h"
+#include "util/sync.h"
 
 namespace spdlog {
 class logger;
@@ -112,11 +112,11 @@ class Client : public std::enable_shared_from_this<Client> {
   absl::Status RefreshToken(int endpoint_index);
   bool has_auth() const { return !options_.user.empty(); }
   bool has_token() {
-    absl::MutexLock lock(&token_mu_);
+    util::MutexLock lock(&token_mu_);
     return !token_.empty();
   }
   void ClearToken() {
-    absl::MutexLock lock(&token_mu_);
+    util::MutexLock lock(&token_mu_);
     token_.clear();
   }
 
@@ -143,7 +143,7 @@ class Client : public std::enable_shared_from_this<Client> {
   std::vector<std::shared_ptr<Stubs>> stubs_;
   std::atomic<int> current_{0};
 
-  absl::Mutex token_mu_;
+  util::Mutex token_mu_;
   std::string token_ ABSL_GUARDED_BY(token_mu_);
 
   std::unique_ptr<util::EventLoop> loop_;

@@ -19,24 +19,26 @@ class KeepAliveReactor
   void Start(std::shared_ptr<KeepAliveReactor> self) {
     self_ = std::move(self);
     {
-      absl::MutexLock lock(&owner_->live_mu_);
+      util::MutexLock lock(&owner_->live_mu_);
       ++owner_->live_reactors_;
     }
     owner_->client_->PrepareContext(&ctx_, absl::InfiniteFuture());
     stubs_->lease->async()->LeaseKeepAlive(&ctx_, this);
     StartRead(&resp_);
     AddHold();
+    util::TsanRelease(this);  // everything above is visible to the reactions
     StartCall();
   }
 
   // False when the stream is closing; the caller reconnects.
   bool Send(int64_t id) {
-    absl::MutexLock lock(&mu_);
+    util::MutexLock lock(&mu_);
     if (closed_) return false;
     queue_.push_back(id);
     if (!writing_) {
       writing_ = true;
       req_.set_id(queue_.front());
+      util::TsanRelease(this);
       StartWrite(&req_);
     }
     return true;
@@ -45,38 +47,44 @@ class KeepAliveReactor
   void Cancel() { ctx_.TryCancel(); }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
+    util::TsanReactionScope reaction(this);
+    util::MutexLock lock(&mu_);
     if (!queue_.empty()) queue_.pop_front();
     if (!ok || closed_ || queue_.empty()) {
       writing_ = false;
       return;
     }
     req_.set_id(queue_.front());
+    util::TsanRelease(this);
     StartWrite(&req_);
   }
 
   void OnReadDone(bool ok) override {
+    util::TsanReactionScope reaction(this);
     if (ok) {
       had_response_ = true;
       owner_->OnResponse(generation_, resp_.id(), resp_.ttl());
+      util::TsanRelease(this);
       StartRead(&resp_);
       return;
     }
-    absl::MutexLock lock(&mu_);
+    util::MutexLock lock(&mu_);
     closed_ = true;
+    util::TsanRelease(this);
     RemoveHold();
   }
 
   void OnDone(const grpc::Status& status) override {
+    util::TsanAcquire(this);  // after every other reaction; `this` may be deleted below
     {
-      absl::MutexLock lock(&mu_);
+      util::MutexLock lock(&mu_);
       closed_ = true;
     }
     owner_->OnStreamDone(generation_, index_, had_response_,
                          status.ok() ? std::string() : status.error_message());
     LeaseKeeper* owner = owner_;
     self_.reset();  // may delete this
-    absl::MutexLock lock(&owner->live_mu_);
+    util::MutexLock lock(&owner->live_mu_);
     --owner->live_reactors_;
   }
 
@@ -89,7 +97,7 @@ class KeepAliveReactor
   pb::LeaseKeepAliveRequest req_;
   pb::LeaseKeepAliveResponse resp_;
   std::atomic<bool> had_response_{false};
-  absl::Mutex mu_;
+  util::Mutex mu_;
   std::deque<int64_t> queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
@@ -142,9 +150,8 @@ void LeaseKeeper::Shutdown() {
     if (stream_ != nullptr) stream_->Cancel();
     stream_.reset();
   });
-  absl::MutexLock lock(&live_mu_);
-  live_mu_.Await(absl::Condition(
-      +[](int* live) { return *live == 0; }, &live_reactors_));
+  util::MutexLock lock(&live_mu_);
+  live_mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(live_mu_) { return live_reactors_ == 0; });
 }
 
 void LeaseKeeper::EnsureTicking() {

@@ -18,10 +18,10 @@
 #include <map>
 #include <memory>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
+#include "util/sync.h"
 
 namespace discovery::etcd {
 
@@ -88,7 +88,7 @@ class LeaseKeeper {
   bool shutdown_ = false;
 
   std::atomic<int> open_streams_{0};
-  absl::Mutex live_mu_;
+  util::Mutex live_mu_;
   int live_reactors_ ABSL_GUARDED_BY(live_mu_) = 0;
   friend class KeepAliveReactor;
 };

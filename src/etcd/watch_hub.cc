@@ -22,7 +22,7 @@ class WatchReactor : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchR
   void Start(std::shared_ptr<WatchReactor> self) {
     self_ = std::move(self);
     {
-      absl::MutexLock lock(&owner_->live_mu_);
+      util::MutexLock lock(&owner_->live_mu_);
       ++owner_->live_reactors_;
     }
     owner_->client_->PrepareContext(&ctx_, absl::InfiniteFuture());
@@ -30,15 +30,17 @@ class WatchReactor : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchR
     stubs_->watch->async()->Watch(&ctx_, this);
     StartRead(&resp_);
     AddHold();
+    util::TsanRelease(this);  // everything above is visible to the reactions
     StartCall();
   }
 
   bool Send(pb::WatchRequest req) {
-    absl::MutexLock lock(&mu_);
+    util::MutexLock lock(&mu_);
     if (closed_) return false;
     queue_.push_back(std::move(req));
     if (!writing_) {
       writing_ = true;
+      util::TsanRelease(this);
       StartWrite(&queue_.front());
     }
     return true;
@@ -47,38 +49,44 @@ class WatchReactor : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchR
   void Cancel() { ctx_.TryCancel(); }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
+    util::TsanReactionScope reaction(this);
+    util::MutexLock lock(&mu_);
     if (!queue_.empty()) queue_.pop_front();
     if (!ok || closed_ || queue_.empty()) {
       writing_ = false;
       return;
     }
+    util::TsanRelease(this);
     StartWrite(&queue_.front());
   }
 
   void OnReadDone(bool ok) override {
+    util::TsanReactionScope reaction(this);
     if (ok) {
       had_response_ = true;
       owner_->OnResponse(generation_, std::move(resp_));
       resp_.Clear();
+      util::TsanRelease(this);
       StartRead(&resp_);
       return;
     }
-    absl::MutexLock lock(&mu_);
+    util::MutexLock lock(&mu_);
     closed_ = true;
+    util::TsanRelease(this);
     RemoveHold();
   }
 
   void OnDone(const grpc::Status& status) override {
+    util::TsanAcquire(this);  // after every other reaction; `this` may be deleted below
     {
-      absl::MutexLock lock(&mu_);
+      util::MutexLock lock(&mu_);
       closed_ = true;
     }
     owner_->OnStreamDone(generation_, index_, had_response_,
                          status.ok() ? std::string() : status.error_message());
     WatchHub* owner = owner_;
     self_.reset();
-    absl::MutexLock lock(&owner->live_mu_);
+    util::MutexLock lock(&owner->live_mu_);
     --owner->live_reactors_;
   }
 
@@ -90,7 +98,7 @@ class WatchReactor : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchR
   grpc::ClientContext ctx_;
   pb::WatchResponse resp_;
   std::atomic<bool> had_response_{false};
-  absl::Mutex mu_;
+  util::Mutex mu_;
   // std::deque keeps the element being written at a stable address.
   std::deque<pb::WatchRequest> queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -163,9 +171,8 @@ void WatchHub::Shutdown() {
     if (stream_ != nullptr) stream_->Cancel();
     stream_.reset();
   });
-  absl::MutexLock lock(&live_mu_);
-  live_mu_.Await(absl::Condition(
-      +[](int* live) { return *live == 0; }, &live_reactors_));
+  util::MutexLock lock(&live_mu_);
+  live_mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(live_mu_) { return live_reactors_ == 0; });
 }
 
 void WatchHub::Connect() {

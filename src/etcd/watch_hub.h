@@ -29,6 +29,7 @@
 #include "etcd/etcdserverpb/rpc.pb.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
+#include "util/sync.h"
 
 namespace spdlog {
 class logger;
@@ -106,7 +107,7 @@ class WatchHub {
   bool paused_ = false;
 
   std::atomic<int> open_streams_{0};
-  absl::Mutex live_mu_;
+  util::Mutex live_mu_;
   int live_reactors_ ABSL_GUARDED_BY(live_mu_) = 0;
   friend class WatchReactor;
 };

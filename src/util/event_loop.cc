@@ -2,7 +2,7 @@
 
 #include <pthread.h>
 
-#include "absl/synchronization/notification.h"
+#include "util/sync.h"
 
 namespace discovery::util {
 
@@ -16,7 +16,7 @@ EventLoop::EventLoop(std::string name) : name_(std::move(name)) {
 EventLoop::~EventLoop() { Stop(); }
 
 EventLoop::TimerId EventLoop::PostAt(absl::Time when, Task task) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (stopping_) return 0;
   TimerId id = next_id_++;
   tasks_.emplace(std::make_pair(when, id), std::move(task));
@@ -25,7 +25,7 @@ EventLoop::TimerId EventLoop::PostAt(absl::Time when, Task task) {
 }
 
 bool EventLoop::Cancel(TimerId id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = when_.find(id);
   if (it == when_.end()) return false;
   tasks_.erase({it->second, id});
@@ -38,9 +38,9 @@ void EventLoop::RunSync(Task task) {
     task();
     return;
   }
-  absl::Notification done;
+  Notification done;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stopping_) return;
   }
   Post([&] {
@@ -52,7 +52,7 @@ void EventLoop::RunSync(Task task) {
 
 void EventLoop::Stop() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   if (thread_.joinable()) {
@@ -62,7 +62,7 @@ void EventLoop::Stop() {
       thread_.join();
     }
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   tasks_.clear();
   when_.clear();
 }
@@ -71,7 +71,7 @@ void EventLoop::Run() {
   for (;;) {
     Task task;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       for (;;) {
         if (stopping_) return;
         if (!tasks_.empty()) {
@@ -85,16 +85,14 @@ void EventLoop::Run() {
           }
           // Wake up at the due time, or earlier when an earlier task is posted.
           wait_until_ = it->first.first;
-          mu_.AwaitWithDeadline(absl::Condition(
-                                    +[](EventLoop* self) {
-                                      return self->stopping_ || self->tasks_.empty() ||
-                                             self->tasks_.begin()->first.first < self->wait_until_;
-                                    },
-                                    this),
-                                wait_until_);
+          mu_.AwaitWithDeadline(
+              [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                return stopping_ || tasks_.empty() || tasks_.begin()->first.first < wait_until_;
+              },
+              wait_until_);
         } else {
-          mu_.Await(absl::Condition(
-              +[](EventLoop* self) { return self->stopping_ || !self->tasks_.empty(); }, this));
+          mu_.Await(
+              [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !tasks_.empty(); });
         }
       }
     }

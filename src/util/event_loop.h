@@ -13,8 +13,9 @@
 #include <thread>
 #include <utility>
 
-#include "absl/synchronization/mutex.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "util/sync.h"
 
 namespace discovery::util {
 
@@ -43,7 +44,7 @@ class EventLoop {
  private:
   void Run();
 
-  absl::Mutex mu_;
+  Mutex mu_;
   // Keyed by (time, sequence) so equal times run in post order.
   std::map<std::pair<absl::Time, TimerId>, Task> tasks_ ABSL_GUARDED_BY(mu_);
   std::map<TimerId, absl::Time> when_ ABSL_GUARDED_BY(mu_);

@@ -3,9 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <mutex>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "etcd/client.h"
 #include "etcd/lease_keeper.h"
 #include "etcd/watch_hub.h"
@@ -138,7 +138,7 @@ TEST_F(EtcdClientTest, WatchDeliversPutsAndDeletesInOrderAndResumes) {
   rr.set_key("/w/seed");
   int64_t start = client_->Range(rr)->header().revision() + 1;
 
-  absl::Mutex mu;
+  std::mutex mu;
   std::vector<std::pair<int64_t, std::string>> seen;  // revision, "PUT k=v" / "DEL k"
   etcd::WatchHub::Spec spec;
   spec.key = "/w/";
@@ -146,7 +146,7 @@ TEST_F(EtcdClientTest, WatchDeliversPutsAndDeletesInOrderAndResumes) {
   spec.start_revision = start;
   etcd::WatchHub::Listener l;
   l.on_events = [&](const pb::WatchResponse& r) {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     for (const auto& ev : r.events()) {
       seen.emplace_back(ev.kv().mod_revision(), ev.type() == mvccpb::Event::PUT
                                                     ? ev.kv().key() + "=" + ev.kv().value()
@@ -163,11 +163,11 @@ TEST_F(EtcdClientTest, WatchDeliversPutsAndDeletesInOrderAndResumes) {
   ASSERT_TRUE(client_->DeleteRange(del).ok());
   ASSERT_TRUE(WaitUntil(
       [&] {
-        absl::MutexLock lock(&mu);
+        std::lock_guard<std::mutex> lock(mu);
         return seen.size() >= 41;
       },
       absl::Seconds(10)));
-  absl::MutexLock lock(&mu);
+  std::lock_guard<std::mutex> lock(mu);
   ASSERT_EQ(seen.size(), 41u) << "duplicates after resume";
   for (int i = 0; i < 40; ++i) {
     EXPECT_EQ(seen[i].second, "/w/k=" + std::to_string(i));
@@ -187,23 +187,23 @@ TEST_F(EtcdClientTest, WatchFromCompactedRevisionReportsOutOfRange) {
   cr.set_revision(rev);
   cr.set_physical(true);
   ASSERT_TRUE(client_->Compact(cr).ok());
-  absl::Mutex mu;
+  std::mutex mu;
   absl::Status broken;
   bool done = false;
   etcd::WatchHub::Listener l;
   l.on_broken = [&](const absl::Status& s) {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     broken = s;
     done = true;
   };
   client_->watch_hub().Add({"/c/", "/c0", 2, 0, false}, l);
   ASSERT_TRUE(WaitUntil(
       [&] {
-        absl::MutexLock lock(&mu);
+        std::lock_guard<std::mutex> lock(mu);
         return done;
       },
       absl::Seconds(5)));
-  absl::MutexLock lock(&mu);
+  std::lock_guard<std::mutex> lock(mu);
   EXPECT_TRUE(absl::IsOutOfRange(broken)) << broken;
 }
 

@@ -6,9 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <mutex>
 
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "child_process.h"
 #include "etcd/client.h"
 #include "etcd/lease_keeper.h"
@@ -37,16 +37,16 @@ Instance World(const std::string& id = "") {
 
 // Records registrar events.
 struct EventLog {
-  absl::Mutex mu;
+  std::mutex mu;
   std::vector<RegistrationEvent> events;
   std::function<void(const RegistrationEvent&)> Callback() {
     return [this](const RegistrationEvent& ev) {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       events.push_back(ev);
     };
   }
   int Count(RegistrationEventType t) {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     int n = 0;
     for (auto& e : events) n += e.type == t;
     return n;

@@ -6,11 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <mutex>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "child_process.h"
 #include "discovery/registrar.h"
 #include "etcd/client.h"
@@ -39,20 +39,20 @@ Instance Make(const std::string& type, const std::string& group, const std::stri
 
 // Collects events of one subscription.
 struct Recorder {
-  absl::Mutex mu;
+  std::mutex mu;
   std::vector<ChangeEvent> events;
   std::function<void(const ChangeEvent&)> Callback() {
     return [this](const ChangeEvent& ev) {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       events.push_back(ev);
     };
   }
   size_t size() {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     return events.size();
   }
   std::vector<ChangeEvent> Take() {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     return events;
   }
 };
@@ -192,7 +192,7 @@ TEST_F(WatcherTest, CacheEqualsEtcdAfterRandomChurn) {
     regs.push_back(*std::move(r));
   }
   // 2,000 operations from 3 threads: register, status change, deregister.
-  absl::Mutex survivors_mu;
+  std::mutex survivors_mu;
   std::vector<Registration> survivors;
   std::atomic<int> ops{0};
   std::vector<std::thread> threads;
@@ -220,7 +220,7 @@ TEST_F(WatcherTest, CacheEqualsEtcdAfterRandomChurn) {
       // Survivors stay registered (ready); thread 0 deregisters all of its own.
       for (auto& r : live) (void)r.SetStatus(InstanceStatus::kReady);
       if (t == 0) live.clear();
-      absl::MutexLock lock(&survivors_mu);
+      std::lock_guard<std::mutex> lock(survivors_mu);
       for (auto& r : live) survivors.push_back(std::move(r));
     });
   }
