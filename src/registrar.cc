@@ -59,6 +59,9 @@ struct RegistrationState {
   absl::Time last_perf_write ABSL_GUARDED_BY(mu) = absl::InfinitePast();
   bool perf_flush_scheduled ABSL_GUARDED_BY(mu) = false;
   bool perf_dirty ABSL_GUARDED_BY(mu) = false;
+  // mod_revision of the key as we last wrote it; a write finding another one means someone
+  // else (an operator's `discoveryctl set-status`, the gateway) changed the value meanwhile.
+  int64_t mod_revision ABSL_GUARDED_BY(mu) = 0;
 };
 
 struct Registrar::Impl : std::enable_shared_from_this<Registrar::Impl> {
@@ -80,7 +83,9 @@ struct Registrar::Impl : std::enable_shared_from_this<Registrar::Impl> {
   void Track(const std::shared_ptr<RegistrationState>& st, int64_t lease);
   void OnLeaseLost(const std::shared_ptr<RegistrationState>& st, int64_t lease);
   void ReRegister(std::weak_ptr<RegistrationState> weak, util::Backoff backoff);
-  absl::Status WriteValue(RegistrationState& st);
+  // Writes the current state under the current lease. `owns_status`: the caller is changing
+  // status/customState itself; otherwise an operator's newer status/customState is kept.
+  absl::Status WriteValue(RegistrationState& st, bool owns_status);
   void FlushPerformance(const std::shared_ptr<RegistrationState>& st);
   absl::Status CloseOne(RegistrationState& st, absl::Duration drain, bool set_status);
 };
@@ -94,8 +99,8 @@ std::string Encode(Instance& in, int64_t lease) {
 }
 
 // Txn: put `value` at `key` under `lease` only when the key does not exist.
-// Returns true when written; false when the key exists with another lease.
-absl::StatusOr<bool> PutIfAbsent(etcd::Client& client, const std::string& key,
+// Returns the key's mod_revision when written; 0 when the key exists with another lease.
+absl::StatusOr<int64_t> PutIfAbsent(etcd::Client& client, const std::string& key,
                                  const std::string& value, int64_t lease) {
   pb::TxnRequest txn;
   auto* cmp = txn.add_compare();
@@ -111,13 +116,13 @@ absl::StatusOr<bool> PutIfAbsent(etcd::Client& client, const std::string& key,
   get->set_key(key);
   auto resp = client.Txn(txn);
   if (!resp.ok()) return resp.status();
-  if (resp->succeeded()) return true;
+  if (resp->succeeded()) return resp->header().revision();
   // A retried Txn whose first attempt was applied finds our own key: that is success.
   if (resp->responses_size() > 0 && resp->responses(0).response_range().kvs_size() > 0 &&
       resp->responses(0).response_range().kvs(0).lease() == lease) {
-    return true;
+    return resp->responses(0).response_range().kvs(0).mod_revision();
   }
-  return false;
+  return 0;
 }
 
 }  // namespace
@@ -167,6 +172,7 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
   if (st == nullptr) return;
   absl::Status result;
   int64_t new_lease = 0;
+  int64_t put_revision = 0;
   {
     util::MutexLock wlock(&st->write_mu);
     {
@@ -191,7 +197,7 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
       auto put = PutIfAbsent(*client, st->key, value, new_lease);
       if (!put.ok()) {
         result = put.status();
-      } else if (!*put) {
+      } else if ((put_revision = *put) == 0) {
         result = absl::AlreadyExistsError(
             absl::StrCat(st->key, " was registered by someone else while our lease was lost"));
       }
@@ -205,6 +211,7 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
       util::MutexLock lock(&st->mu);
       st->lease_id = new_lease;
       st->instance.lease_id = new_lease;
+      st->mod_revision = put_revision;
       st->reregistering = false;
       if (st->closed) {
         // Closed meanwhile: undo.
@@ -234,29 +241,63 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
 }
 
 // Writes the current value under the current lease. Caller holds st.write_mu.
-absl::Status Registrar::Impl::WriteValue(RegistrationState& st) {
-  pb::PutRequest put;
-  {
-    util::MutexLock lock(&st.mu);
-    if (st.closed) return absl::FailedPreconditionError("registration is closed");
-    if (st.reregistering) {
-      return absl::UnavailableError(
-          "lease lost; re-registration in progress (the new state will be written with it)");
+absl::Status Registrar::Impl::WriteValue(RegistrationState& st, bool owns_status) {
+  // Txn: put only if the key is as we last wrote it. When someone else wrote it meanwhile,
+  // keep their status/customState (unless we are changing those ourselves) and write again.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    pb::TxnRequest txn;
+    {
+      util::MutexLock lock(&st.mu);
+      if (st.closed) return absl::FailedPreconditionError("registration is closed");
+      if (st.reregistering) {
+        return absl::UnavailableError(
+            "lease lost; re-registration in progress (the new state will be written with it)");
+      }
+      auto* cmp = txn.add_compare();
+      cmp->set_key(st.key);
+      cmp->set_target(pb::Compare::MOD);
+      cmp->set_result(pb::Compare::EQUAL);
+      cmp->set_mod_revision(st.mod_revision);
+      auto* put = txn.add_success()->mutable_request_put();
+      put->set_key(st.key);
+      put->set_lease(st.lease_id);
+      put->set_value(Encode(st.instance, st.lease_id));
+      txn.add_failure()->mutable_request_range()->set_key(st.key);
+      st.perf_dirty = false;
+      st.last_perf_write = absl::Now();
     }
-    put.set_key(st.key);
-    put.set_lease(st.lease_id);
-    put.set_value(Encode(st.instance, st.lease_id));
-    st.perf_dirty = false;
-    st.last_perf_write = absl::Now();
+    auto resp = client->Txn(txn);
+    if (!resp.ok()) {
+      if (absl::IsNotFound(resp.status())) {
+        // The lease is gone; the keeper will see TTL 0 and re-register with this state.
+        return absl::FailedPreconditionError(
+            absl::StrCat("lease of ", st.instance_id, " is gone; re-registering"));
+      }
+      return resp.status();
+    }
+    util::MutexLock lock(&st.mu);
+    if (resp->succeeded()) {
+      st.mod_revision = resp->header().revision();
+      return absl::OkStatus();
+    }
+    const auto& range = resp->responses(0).response_range();
+    if (range.kvs_size() == 0) {
+      st.mod_revision = 0;  // deleted under us while our lease lives: put it back
+      continue;
+    }
+    const auto& kv = range.kvs(0);
+    st.mod_revision = kv.mod_revision();
+    auto theirs = DecodeInstance(kv.value());
+    if (!owns_status && theirs.ok() && theirs->instance_id == st.instance_id) {
+      if (theirs->status != st.instance.status || theirs->custom_state != st.instance.custom_state) {
+        SPDLOG_LOGGER_INFO(logger, "instance {} was set to {} ({}) from outside; keeping it",
+                           st.instance_id, ToString(theirs->status), theirs->custom_state);
+      }
+      st.instance.status = theirs->status;
+      st.instance.custom_state = theirs->custom_state;
+    }
   }
-  auto resp = client->Put(put);
-  if (resp.ok()) return absl::OkStatus();
-  if (absl::IsNotFound(resp.status())) {
-    // The lease is gone; the keeper will see TTL 0 and re-register with this state.
-    return absl::FailedPreconditionError(
-        absl::StrCat("lease of ", st.instance_id, " is gone; re-registering"));
-  }
-  return resp.status();
+  return absl::AbortedError(absl::StrCat("value of ", st.instance_id, " keeps changing under us"));
 }
 
 void Registrar::Impl::FlushPerformance(const std::shared_ptr<RegistrationState>& st) {
@@ -268,7 +309,7 @@ void Registrar::Impl::FlushPerformance(const std::shared_ptr<RegistrationState>&
       st->perf_flush_scheduled = false;
       if (!st->perf_dirty || st->closed) return;
     }
-    s = WriteValue(*st);
+    s = WriteValue(*st, /*owns_status=*/false);
   }
   if (!s.ok() && !absl::IsFailedPrecondition(s)) {
     SPDLOG_LOGGER_WARN(logger, "performance update of {} failed: {}", st->instance_id,
@@ -293,7 +334,7 @@ absl::Status Registrar::Impl::CloseOne(RegistrationState& st, absl::Duration dra
           write = true;
         }
       }
-      if (write) (void)WriteValue(st);
+      if (write) (void)WriteValue(st, /*owns_status=*/true);
     }
   }
   if (drain > absl::ZeroDuration()) absl::SleepFor(drain);
@@ -370,7 +411,7 @@ absl::Status Registration::SetStatus(InstanceStatus status,
     state_->instance.status = status;
     if (custom_state.has_value()) state_->instance.custom_state = *custom_state;
   }
-  return impl->WriteValue(*state_);
+  return impl->WriteValue(*state_, /*owns_status=*/true);
 }
 
 absl::Status Registration::UpdateMetadata(const std::map<std::string, std::string>& meta) {
@@ -389,7 +430,7 @@ absl::Status Registration::UpdateMetadata(const std::map<std::string, std::strin
       }
     }
   }
-  return impl->WriteValue(*state_);
+  return impl->WriteValue(*state_, /*owns_status=*/false);
 }
 
 absl::Status Registration::UpdatePerformance(nlohmann::json performance) {
@@ -504,7 +545,7 @@ absl::StatusOr<Registration> Registrar::Register(Instance instance, Registration
   int64_t lease = granted->id();
   std::string value = Encode(instance, lease);
   auto put = PutIfAbsent(*impl_->client, st->key, value, lease);
-  if (!put.ok() || !*put) {
+  if (!put.ok() || *put == 0) {
     pb::LeaseRevokeRequest revoke;
     revoke.set_id(lease);
     (void)impl_->client->LeaseRevoke(revoke);
@@ -515,6 +556,7 @@ absl::StatusOr<Registration> Registrar::Register(Instance instance, Registration
     util::MutexLock lock(&st->mu);
     st->instance = std::move(instance);
     st->lease_id = lease;
+    st->mod_revision = *put;
     st->last_perf_write = now;
   }
   {
@@ -548,7 +590,7 @@ void Registrar::ShutdownAll(absl::Duration drain) {
         write = true;
       }
     }
-    if (write) (void)impl_->WriteValue(*st);
+    if (write) (void)impl_->WriteValue(*st, /*owns_status=*/true);
   }
   if (drain > absl::ZeroDuration()) absl::SleepFor(drain);
   for (auto& st : open) (void)impl_->CloseOne(*st, absl::ZeroDuration(), /*set_status=*/false);

@@ -170,6 +170,40 @@ TEST_F(RegistrarTest, PerformanceWritesAreCoalesced) {
   EXPECT_TRUE(absl::IsInvalidArgument(reg->UpdatePerformance(nlohmann::json::array())));
 }
 
+TEST_F(RegistrarTest, KeepsAnOperatorsStatusChange) {
+  Start();
+  auto reg = registrar_->Register(World(), {.ttl = absl::Seconds(5)});
+  ASSERT_TRUE(reg.ok());
+  ASSERT_TRUE(reg->SetStatus(InstanceStatus::kReady).ok());
+  // An operator (discoveryctl set-status, discoveryd PATCH) rewrites the value, same lease.
+  Instance theirs = reg->instance();
+  theirs.status = InstanceStatus::kError;
+  theirs.custom_state = "maintenance";
+  pb::PutRequest put;
+  put.set_key(reg->key());
+  put.set_value(EncodeInstance(theirs));
+  put.set_lease(reg->lease_id());
+  ASSERT_TRUE(conn_->client()->Put(put).ok());
+  // The game server's next background write keeps the operator's status...
+  ASSERT_TRUE(reg->UpdatePerformance({{"tps", 42}}).ok());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto v = nlohmann::json::parse(*Get(reg->key()));
+        return v["performance"]["tps"] == 42;
+      },
+      absl::Seconds(3)));
+  auto v = nlohmann::json::parse(*Get(reg->key()));
+  EXPECT_EQ(v["status"], "error");
+  EXPECT_EQ(v["customState"], "maintenance");
+  EXPECT_EQ(reg->instance().status, InstanceStatus::kError);
+  // ...until the game server changes its status itself.
+  ASSERT_TRUE(reg->SetStatus(InstanceStatus::kReady, "open").ok());
+  v = nlohmann::json::parse(*Get(reg->key()));
+  EXPECT_EQ(v["status"], "ready");
+  EXPECT_EQ(v["customState"], "open");
+  EXPECT_EQ(LeaseOf(reg->key()), reg->lease_id());
+}
+
 TEST_F(RegistrarTest, GracefulCloseRemovesKeyAndLeaseAtOnce) {
   Start();
   auto reg = registrar_->Register(World(), {.ttl = absl::Seconds(10)});
