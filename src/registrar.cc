@@ -101,7 +101,7 @@ std::string Encode(Instance& in, int64_t lease) {
 // Txn: put `value` at `key` under `lease` only when the key does not exist.
 // Returns the key's mod_revision when written; 0 when the key exists with another lease.
 absl::StatusOr<int64_t> PutIfAbsent(etcd::Client& client, const std::string& key,
-                                 const std::string& value, int64_t lease) {
+                                    const std::string& value, int64_t lease) {
   pb::TxnRequest txn;
   auto* cmp = txn.add_compare();
   cmp->set_key(key);
@@ -289,7 +289,8 @@ absl::Status Registrar::Impl::WriteValue(RegistrationState& st, bool owns_status
     st.mod_revision = kv.mod_revision();
     auto theirs = DecodeInstance(kv.value());
     if (!owns_status && theirs.ok() && theirs->instance_id == st.instance_id) {
-      if (theirs->status != st.instance.status || theirs->custom_state != st.instance.custom_state) {
+      if (theirs->status != st.instance.status ||
+          theirs->custom_state != st.instance.custom_state) {
         SPDLOG_LOGGER_INFO(logger, "instance {} was set to {} ({}) from outside; keeping it",
                            st.instance_id, ToString(theirs->status), theirs->custom_state);
       }

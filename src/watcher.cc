@@ -173,7 +173,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   std::atomic<std::shared_ptr<const Snapshot>> snap;
 
   // Loop-thread state.
-  std::unordered_map<std::string, InstancePtr> current;  // etcd key -> instance
+  std::unordered_map<std::string, InstancePtr> current;    // etcd key -> instance
   std::unordered_map<std::string, int64_t> mod_revisions;  // etcd key -> mod_revision of `current`
   // Changes applied to `current` but not yet published (see SchedulePublish).
   std::set<std::string> pending_touched;

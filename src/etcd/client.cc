@@ -1,8 +1,8 @@
 #include "etcd/client.h"
 
 #include <cstdlib>
-#include <mutex>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "absl/strings/match.h"

@@ -30,8 +30,9 @@ absl::Status MakeCerts(const std::string& d) {
   std::ofstream(d + "/san.cnf") << "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
   std::string q = " >/dev/null 2>&1";
   for (const std::string& cmd : {
-           absl::StrCat("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ",
-                        d, "/ca.key -out ", d, "/ca.pem", q),
+           absl::StrCat(
+               "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ", d,
+               "/ca.key -out ", d, "/ca.pem", q),
            absl::StrCat("openssl req -newkey rsa:2048 -nodes -subj /CN=etcd -keyout ", d,
                         "/server.key -out ", d, "/server.csr", q),
            absl::StrCat("openssl x509 -req -in ", d, "/server.csr -CA ", d, "/ca.pem -CAkey ", d,
@@ -53,14 +54,28 @@ TEST(TlsTest, MutualTlsWorksAndWrongSetupsFailFast) {
   ASSERT_TRUE(MakeCerts(*dir).ok());
   int port = testing::PickFreePort(), peer = testing::PickFreePort();
   std::string url = absl::StrCat("https://127.0.0.1:", port);
-  auto etcd = ChildProcess::Spawn(
-      {.argv = {"etcd", "--name", "tls", "--data-dir", *dir + "/data", "--listen-client-urls", url,
-                "--advertise-client-urls", url, "--listen-peer-urls",
-                absl::StrCat("http://127.0.0.1:", peer), "--initial-advertise-peer-urls",
-                absl::StrCat("http://127.0.0.1:", peer), "--initial-cluster",
-                absl::StrCat("tls=http://127.0.0.1:", peer), "--cert-file", *dir + "/server.pem",
-                "--key-file", *dir + "/server.key", "--trusted-ca-file", *dir + "/ca.pem",
-                "--client-cert-auth"}});
+  auto etcd = ChildProcess::Spawn({.argv = {"etcd",
+                                            "--name",
+                                            "tls",
+                                            "--data-dir",
+                                            *dir + "/data",
+                                            "--listen-client-urls",
+                                            url,
+                                            "--advertise-client-urls",
+                                            url,
+                                            "--listen-peer-urls",
+                                            absl::StrCat("http://127.0.0.1:", peer),
+                                            "--initial-advertise-peer-urls",
+                                            absl::StrCat("http://127.0.0.1:", peer),
+                                            "--initial-cluster",
+                                            absl::StrCat("tls=http://127.0.0.1:", peer),
+                                            "--cert-file",
+                                            *dir + "/server.pem",
+                                            "--key-file",
+                                            *dir + "/server.key",
+                                            "--trusted-ca-file",
+                                            *dir + "/ca.pem",
+                                            "--client-cert-auth"}});
   ASSERT_TRUE(etcd.ok()) << etcd.status();
 
   EtcdOptions o;
