@@ -18,7 +18,9 @@
 // Thread-safety: thread-safe.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -51,6 +53,14 @@ class InstanceApi {
 
   std::shared_ptr<discovery::Connection> connection_;
   discovery::Watcher* watcher_;
+  // Discover answers by query, valid while the watcher's snapshot is the same object: a busy
+  // gateway serialises each (snapshot, query) once instead of once per request.
+  struct CachedList {
+    discovery::SnapshotPtr snapshot;
+    HttpResponse response;
+  };
+  std::mutex list_cache_mu_;
+  std::map<std::string, CachedList> list_cache_;  // guarded by list_cache_mu_
   TcpHealthChecker* checker_;
   Options options_;
 };

@@ -186,6 +186,12 @@ void Gateway::Impl::Handle(HttpRequest req, std::shared_ptr<Exchange> ex) {
     default:
       break;
   }
+  // Discovery without an active health check is a read of the watcher's snapshot: answer it
+  // on the io thread (two thread hops per request cost more than the read itself).
+  if (m.kind == RouteKind::kInstances && req.method == "GET" &&
+      req.Query("healthCheck") != "true") {
+    return Finish(ex, req, m, start, api->List(req));
+  }
   // Everything else may block on etcd: run it on the worker pool.
   boost::asio::post(*workers, [this, req = std::move(req), m = std::move(m), start, ex]() {
     HttpResponse r;
