@@ -104,10 +104,6 @@ class KeepAliveReactor
   std::shared_ptr<KeepAliveReactor> self_;
 };
 
-namespace {
-constexpr absl::Duration kTick = absl::Milliseconds(100);
-}
-
 LeaseKeeper::LeaseKeeper(Client* client)
     : client_(client), logger_(client->logger()), loop_(client->loop()) {}
 
@@ -115,7 +111,9 @@ LeaseKeeper::~LeaseKeeper() = default;
 
 void LeaseKeeper::Add(int64_t lease_id, absl::Duration ttl, absl::Duration interval,
                       Listener listener) {
-  loop_.RunSync([&] {
+  // Posted, not run synchronously: the caller (Register) need not wait for the loop. Tasks
+  // run in order, so a later Remove/lease_count sees this entry.
+  loop_.Post([this, lease_id, ttl, interval, listener = std::move(listener)]() mutable {
     if (shutdown_) return;
     absl::Time now = absl::Now();
     Entry e;
@@ -156,7 +154,7 @@ void LeaseKeeper::Shutdown() {
 
 void LeaseKeeper::EnsureTicking() {
   if (tick_timer_ != 0 || shutdown_) return;
-  tick_timer_ = loop_.PostAfter(kTick, [this] {
+  tick_timer_ = loop_.PostAfter(tick_, [this] {
     tick_timer_ = 0;
     Tick();
   });
@@ -237,32 +235,55 @@ void LeaseKeeper::Tick() {
     stream_->Cancel();  // OnDone -> OnStreamDone -> reconnect on the next endpoint
   }
   if (stream_ == nullptr && !leases_.empty()) ScheduleReconnect();
+  if (min_interval != absl::InfiniteDuration()) {
+    tick_ = std::clamp(min_interval / 4, absl::Milliseconds(50), absl::Milliseconds(500));
+  }
   if (!leases_.empty()) EnsureTicking();
 }
 
 void LeaseKeeper::OnResponse(uint64_t generation, int64_t id, int64_t ttl) {
-  loop_.Post([this, generation, id, ttl] {
-    if (generation != generation_ || shutdown_) return;
-    backoff_.Reset();
-    oldest_unanswered_ = absl::InfiniteFuture();
-    auto it = leases_.find(id);
-    if (it == leases_.end()) return;
-    Entry& e = it->second;
-    if (ttl <= 0) {
-      Listener listener = std::move(e.listener);
-      leases_.erase(it);
-      SPDLOG_LOGGER_WARN(logger_, "lease {:x} lost (etcd answered TTL {})", id, ttl);
-      Dispatch(listener, Event{EventType::kLost, id, 0});
-      return;
-    }
-    e.last_ack = absl::Now();
-    e.last_ttl = ttl;
-    if (e.at_risk) {
-      e.at_risk = false;
-      SPDLOG_LOGGER_INFO(logger_, "lease {:x} answered again (TTL {}s)", id, ttl);
-      Dispatch(e.listener, Event{EventType::kAlive, id, ttl});
-    }
-  });
+  {
+    util::MutexLock lock(&answers_mu_);
+    answers_.push_back(Answer{generation, id, ttl});
+    if (drain_posted_) return;
+    drain_posted_ = true;
+  }
+  loop_.Post([this] { DrainAnswers(); });
+}
+
+void LeaseKeeper::DrainAnswers() {
+  std::vector<Answer> batch;
+  {
+    util::MutexLock lock(&answers_mu_);
+    batch.swap(answers_);
+    drain_posted_ = false;
+  }
+  for (const Answer& a : batch) HandleAnswer(a);
+}
+
+void LeaseKeeper::HandleAnswer(const Answer& answer) {
+  const int64_t id = answer.id;
+  const int64_t ttl = answer.ttl;
+  if (answer.generation != generation_ || shutdown_) return;
+  backoff_.Reset();
+  oldest_unanswered_ = absl::InfiniteFuture();
+  auto it = leases_.find(id);
+  if (it == leases_.end()) return;
+  Entry& e = it->second;
+  if (ttl <= 0) {
+    Listener listener = std::move(e.listener);
+    leases_.erase(it);
+    SPDLOG_LOGGER_WARN(logger_, "lease {:x} lost (etcd answered TTL {})", id, ttl);
+    Dispatch(listener, Event{EventType::kLost, id, 0});
+    return;
+  }
+  e.last_ack = absl::Now();
+  e.last_ttl = ttl;
+  if (e.at_risk) {
+    e.at_risk = false;
+    SPDLOG_LOGGER_INFO(logger_, "lease {:x} answered again (TTL {}s)", id, ttl);
+    Dispatch(e.listener, Event{EventType::kAlive, id, ttl});
+  }
 }
 
 void LeaseKeeper::OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,

@@ -105,7 +105,8 @@ TEST_F(EtcdClientTest, LeaseKeepAliveExpiryAndRevoke) {
                         [&](const etcd::LeaseKeeper::Event& e) {
                           if (e.type == etcd::LeaseKeeper::EventType::kLost) lost++;
                         });
-  EXPECT_EQ(client_->keeper().open_streams(), 1);
+  // Add is asynchronous (posted to the loop): the stream opens right after.
+  EXPECT_TRUE(WaitUntil([&] { return client_->keeper().open_streams() == 1; }, absl::Seconds(2)));
   // The unkept key expires after its TTL; the kept one stays.
   EXPECT_TRUE(WaitUntil([&] { return absl::IsNotFound(Get(*client_, "/t/dropped").status()); },
                         absl::Seconds(5)));
