@@ -332,6 +332,7 @@ TEST_F(WatcherTest, ResyncAfterCompactionEmitsOnlyDifferences) {
   std::string diff;
   EXPECT_TRUE(WaitUntil([&] { return CacheEqualsEtcd(*w, &diff); }, absl::Seconds(5))) << diff;
   // Exactly the differences: change (status), gone (removed), added (added).
+  ASSERT_TRUE(WaitUntil([&] { return rec.size() >= 3; }, absl::Seconds(5)));
   std::map<std::string, ChangeType> got;
   for (auto& ev : rec.Take()) got[ev.instance->instance_id] = ev.type;
   EXPECT_EQ(got.size(), 3u);
@@ -418,8 +419,24 @@ TEST_F(WatcherTest, PollDeliversOnTheCallingThreadInRevisionOrder) {
   for (int i = 0; i < 10; ++i) regs.push_back(*(*reg)->Register(Make("world", "g")));
   ASSERT_TRUE(WaitUntil([&] { return w->snapshot()->size() == 10; }, absl::Seconds(5)));
   EXPECT_TRUE(revisions.empty()) << "callback ran before Poll()";
-  EXPECT_EQ(w->Poll(3), 3u);
-  EXPECT_EQ(w->Poll(), 7u);
+  // Events are queued right after the snapshot that holds them is published: poll until all
+  // have arrived. Poll(max) runs at most `max` callbacks.
+  size_t first = 0;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        first += w->Poll(3 - first);
+        return first == 3;
+      },
+      absl::Seconds(5)));
+  EXPECT_EQ(revisions.size(), 3u);
+  size_t rest = 0;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        rest += w->Poll();
+        return rest >= 7;
+      },
+      absl::Seconds(5)));
+  EXPECT_EQ(rest, 7u);
   EXPECT_EQ(w->Poll(), 0u);
   ASSERT_EQ(revisions.size(), 10u);
   EXPECT_TRUE(std::is_sorted(revisions.begin(), revisions.end()));
@@ -475,6 +492,7 @@ TEST_F(WatcherTest, MassExpiryKeepsLastGoodSetThenFollowsTruth) {
   for (int p = 1; p < 4; ++p) ASSERT_TRUE(procs[p]->Signal(SIGKILL).ok());
   ASSERT_TRUE(WaitUntil([&] { return w->snapshot()->size() == 5; }, absl::Seconds(5)));
   // The cache shows etcd's truth; the picker keeps the last good set and says so.
+  ASSERT_TRUE(WaitUntil([&] { return activations.load() >= 1; }, absl::Seconds(5)));
   EXPECT_EQ(activations.load(), 1);
   EXPECT_TRUE(w->protecting("world"));
   EXPECT_GE(picker->size(), 11u);  // >= 5 live + the vanished ones it kept
