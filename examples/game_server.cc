@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
   std::string type = "world", group = "kr-1", id, host = "127.0.0.1", version = "1.0.0";
   std::vector<std::string> ports_flag = {"game=7001"};
   int ttl = 10, count = 1;
-  double drain = 0;
+  double drain = 0, perf_interval = 1;
   app.add_option("--type", type, "instance type");
   app.add_option("--group", group, "instance group");
   app.add_option("--id", id, "instance id (default: a new ULID)");
@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("--ttl", ttl, "lease TTL in seconds");
   app.add_option("--count", count, "register this many instances (ids <id>-<n> when --id is set)");
   app.add_option("--drain", drain, "seconds in shutting_down before the lease is revoked");
+  app.add_option("--perf-interval", perf_interval,
+                 "seconds between performance updates of every instance (0 = never)");
   CLI11_PARSE(app, argc, argv);
 
   if (auto s = discovery::ShutdownSignal::Install(); !s.ok()) {
@@ -77,7 +79,9 @@ int main(int argc, char** argv) {
     }
   }
   std::mt19937 rng(std::random_device{}());
-  while (!discovery::ShutdownSignal::Wait(absl::Seconds(1))) {
+  const absl::Duration tick =
+      perf_interval > 0 ? absl::Seconds(perf_interval) : absl::InfiniteDuration();
+  while (!discovery::ShutdownSignal::Wait(tick)) {
     for (auto& r : regs) {
       (void)r.UpdatePerformance(
           {{"tps", 1000 + rng() % 400}, {"load", (rng() % 100) / 100.0}, {"players", rng() % 500}});

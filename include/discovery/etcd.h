@@ -62,9 +62,13 @@ class Connection {
   static absl::StatusOr<std::shared_ptr<Connection>> Create(const EtcdOptions& options);
   ~Connection();
 
-  // Asks one member for its status (Maintenance.Status). kUnavailable when no endpoint
-  // answers within the call timeout; kUnauthenticated on bad credentials.
-  absl::Status Ping();
+  // Proves that etcd can serve this client right now: a linearizable read (which needs a
+  // leader and a quorum, like `etcdctl endpoint health`). A member that is up but has lost
+  // quorum does not count. OK also when the read is refused for lack of permission (etcd
+  // checks permissions after the quorum round-trip). kUnavailable / kDeadlineExceeded when
+  // no endpoint can serve within `timeout` (zero: the call timeout); kUnauthenticated on
+  // bad credentials.
+  absl::Status Ping(absl::Duration timeout = absl::ZeroDuration());
 
   // Number of LeaseKeepAlive / Watch gRPC streams currently open (0 or 1 each).
   int keepalive_streams() const;

@@ -50,7 +50,13 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(const EtcdOptions
 Connection::Connection(std::shared_ptr<etcd::Client> client) : client_(std::move(client)) {}
 Connection::~Connection() = default;
 
-absl::Status Connection::Ping() { return client_->MemberStatus().status(); }
+absl::Status Connection::Ping(absl::Duration timeout) {
+  etcdserverpb::RangeRequest req;
+  req.set_key("health");  // any key: what matters is the linearizable (quorum) round-trip
+  req.set_count_only(true);
+  absl::Status s = client_->Range(req, timeout).status();
+  return s.code() == absl::StatusCode::kPermissionDenied ? absl::OkStatus() : s;
+}
 int Connection::keepalive_streams() const { return client_->keeper().open_streams(); }
 int Connection::watch_streams() const { return client_->watch_hub().open_streams(); }
 
