@@ -409,5 +409,21 @@ absl::StatusOr<pb::StatusResponse> Client::MemberStatus(int endpoint, absl::Dura
   return resp;
 }
 
+bool TokenReadyOrFetch(Client* client, util::EventLoop& loop, bool* connecting,
+                       std::function<void(bool has_token)> then) {
+  if (!client->has_auth() || client->has_token()) return true;
+  *connecting = true;
+  int index = 0;
+  client->CurrentStubs(&index);
+  client->background().Post([client, index, &loop, connecting, then = std::move(then)] {
+    if (!client->RefreshToken(index).ok()) client->MarkFailed(index);
+    loop.Post([client, connecting, then] {
+      *connecting = false;
+      then(client->has_token());
+    });
+  });
+  return false;
+}
+
 }  // namespace etcd
 }  // namespace discovery

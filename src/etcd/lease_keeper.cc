@@ -1,108 +1,10 @@
 #include "etcd/lease_keeper.h"
 
-#include <deque>
-
 #include "absl/strings/match.h"
 #include "etcd/client.h"
 #include "spdlog/spdlog.h"
 
 namespace discovery::etcd {
-
-// One LeaseKeepAlive stream. Owned by a shared_ptr held by the keeper (loop thread) and by
-// itself until OnDone, so Send() from the loop never touches a deleted object.
-class KeepAliveReactor
-    : public grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse> {
- public:
-  KeepAliveReactor(LeaseKeeper* owner, std::shared_ptr<Stubs> stubs, int index, uint64_t generation)
-      : owner_(owner), stubs_(std::move(stubs)), index_(index), generation_(generation) {}
-
-  void Start(std::shared_ptr<KeepAliveReactor> self) {
-    self_ = std::move(self);
-    {
-      util::MutexLock lock(&owner_->live_mu_);
-      ++owner_->live_reactors_;
-    }
-    owner_->client_->PrepareContext(&ctx_, absl::InfiniteFuture());
-    stubs_->lease->async()->LeaseKeepAlive(&ctx_, this);
-    StartRead(&resp_);
-    AddHold();
-    util::TsanRelease(this);  // everything above is visible to the reactions
-    StartCall();
-  }
-
-  // False when the stream is closing; the caller reconnects.
-  bool Send(int64_t id) {
-    util::MutexLock lock(&mu_);
-    if (closed_) return false;
-    queue_.push_back(id);
-    if (!writing_) {
-      writing_ = true;
-      req_.set_id(queue_.front());
-      util::TsanRelease(this);
-      StartWrite(&req_);
-    }
-    return true;
-  }
-
-  void Cancel() { ctx_.TryCancel(); }
-
-  void OnWriteDone(bool ok) override {
-    util::TsanReactionScope reaction(this);
-    util::MutexLock lock(&mu_);
-    if (!queue_.empty()) queue_.pop_front();
-    if (!ok || closed_ || queue_.empty()) {
-      writing_ = false;
-      return;
-    }
-    req_.set_id(queue_.front());
-    util::TsanRelease(this);
-    StartWrite(&req_);
-  }
-
-  void OnReadDone(bool ok) override {
-    util::TsanReactionScope reaction(this);
-    if (ok) {
-      had_response_ = true;
-      owner_->OnResponse(generation_, resp_.id(), resp_.ttl());
-      util::TsanRelease(this);
-      StartRead(&resp_);
-      return;
-    }
-    util::MutexLock lock(&mu_);
-    closed_ = true;
-    util::TsanRelease(this);
-    RemoveHold();
-  }
-
-  void OnDone(const grpc::Status& status) override {
-    util::TsanAcquire(this);  // after every other reaction; `this` may be deleted below
-    {
-      util::MutexLock lock(&mu_);
-      closed_ = true;
-    }
-    owner_->OnStreamDone(generation_, index_, had_response_,
-                         status.ok() ? std::string() : status.error_message());
-    LeaseKeeper* owner = owner_;
-    self_.reset();  // may delete this
-    util::MutexLock lock(&owner->live_mu_);
-    --owner->live_reactors_;
-  }
-
- private:
-  LeaseKeeper* owner_;
-  std::shared_ptr<Stubs> stubs_;
-  int index_;
-  uint64_t generation_;
-  grpc::ClientContext ctx_;
-  pb::LeaseKeepAliveRequest req_;
-  pb::LeaseKeepAliveResponse resp_;
-  std::atomic<bool> had_response_{false};
-  util::Mutex mu_;
-  std::deque<int64_t> queue_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<KeepAliveReactor> self_;
-};
 
 LeaseKeeper::LeaseKeeper(Client* client)
     : client_(client), logger_(client->logger()), loop_(client->loop()) {}
@@ -148,8 +50,7 @@ void LeaseKeeper::Shutdown() {
     if (stream_ != nullptr) stream_->Cancel();
     stream_.reset();
   });
-  util::MutexLock lock(&live_mu_);
-  live_mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(live_mu_) { return live_reactors_ == 0; });
+  streams_.AwaitNone();
 }
 
 void LeaseKeeper::EnsureTicking() {
@@ -162,34 +63,39 @@ void LeaseKeeper::EnsureTicking() {
 
 void LeaseKeeper::Connect() {
   if (shutdown_ || leases_.empty()) return;
-  if (client_->has_auth() && !client_->has_token()) {
-    // Fetch a token first (blocking call: on the background loop), then connect.
-    connecting_ = true;
-    int index = 0;
-    client_->CurrentStubs(&index);
-    client_->background().Post([this, index] {
-      if (!client_->RefreshToken(index).ok()) client_->MarkFailed(index);
-      loop_.Post([this] {
-        connecting_ = false;
-        if (!client_->has_token()) {
+  if (!TokenReadyOrFetch(client_, loop_, &connecting_, [this](bool has_token) {
+        if (!has_token) {
           ScheduleReconnect();
         } else if (stream_ == nullptr) {
           Connect();
         }
-      });
-    });
+      })) {
     return;
   }
   int index = 0;
-  auto stubs = client_->CurrentStubs(&index);
-  ++generation_;
-  auto reactor = std::make_shared<KeepAliveReactor>(this, stubs, index, generation_);
-  stream_ = reactor;
+  std::shared_ptr<Stubs> stubs = client_->CurrentStubs(&index);
+  const uint64_t generation = ++generation_;
   open_streams_.store(1);
   oldest_unanswered_ = absl::InfiniteFuture();
   SPDLOG_LOGGER_DEBUG(logger_, "opening LeaseKeepAlive stream to {}",
                       client_->endpoints()[index].url);
-  reactor->Start(reactor);
+  stream_ = KeepAliveStream::Start(
+      &streams_,
+      [&](grpc::ClientContext* ctx,
+          grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>* r) {
+        client_->PrepareContext(ctx, absl::InfiniteFuture());
+        stubs->lease->async()->LeaseKeepAlive(ctx, r);
+      },
+      {.on_response =
+           [this, generation](pb::LeaseKeepAliveResponse& r) {
+             OnResponse(generation, r.id(), r.ttl());
+           },
+       .on_done =
+           [this, generation, index](bool had_response, const grpc::Status& status) {
+             OnStreamDone(generation, index, had_response,
+                          status.ok() ? std::string() : status.error_message());
+           }},
+      stubs);
   // Send every lease at once on a new stream: the stream may have been down for a while.
   absl::Time now = absl::Now();
   for (auto& [id, e] : leases_) e.next_send = now;
@@ -214,7 +120,9 @@ void LeaseKeeper::Tick() {
   for (auto& [id, e] : leases_) {
     min_interval = std::min(min_interval, e.interval);
     if (stream_ != nullptr && e.next_send <= now) {
-      if (stream_->Send(id)) {
+      pb::LeaseKeepAliveRequest req;
+      req.set_id(id);
+      if (stream_->Send(std::move(req))) {
         if (oldest_unanswered_ == absl::InfiniteFuture()) oldest_unanswered_ = now;
         e.next_send = now + e.interval;
       }

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "etcd/bidi_stream.h"
+#include "etcd/etcdserverpb/rpc.pb.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
 #include "util/sync.h"
@@ -27,7 +29,6 @@
 namespace discovery::etcd {
 
 class Client;
-class KeepAliveReactor;
 
 class LeaseKeeper {
  public:
@@ -53,11 +54,10 @@ class LeaseKeeper {
   // Cancels the stream and waits for it to finish. Called by ~Client.
   void Shutdown();
 
-  // Called by the reactor (gRPC threads).
+ private:
+  // Called from the stream's handlers (gRPC threads).
   void OnResponse(uint64_t generation, int64_t id, int64_t ttl);
   void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response, std::string error);
-
- private:
   struct Entry {
     absl::Duration ttl;
     absl::Duration interval;
@@ -89,7 +89,9 @@ class LeaseKeeper {
 
   // Loop-thread state.
   std::map<int64_t, Entry> leases_;
-  std::shared_ptr<KeepAliveReactor> stream_;
+  using KeepAliveStream =
+      BidiStream<etcdserverpb::LeaseKeepAliveRequest, etcdserverpb::LeaseKeepAliveResponse>;
+  std::shared_ptr<KeepAliveStream> stream_;
   uint64_t generation_ = 0;
   bool connecting_ = false;
   util::EventLoop::TimerId tick_timer_ = 0;
@@ -106,9 +108,7 @@ class LeaseKeeper {
   util::Mutex answers_mu_;
   std::vector<Answer> answers_ ABSL_GUARDED_BY(answers_mu_);
   bool drain_posted_ ABSL_GUARDED_BY(answers_mu_) = false;
-  util::Mutex live_mu_;
-  int live_reactors_ ABSL_GUARDED_BY(live_mu_) = 0;
-  friend class KeepAliveReactor;
+  StreamTracker streams_;
 };
 
 }  // namespace discovery::etcd

@@ -14,98 +14,6 @@ constexpr absl::Duration kProbeEvery = absl::Seconds(2);
 constexpr absl::Duration kProbeTimeout = absl::Seconds(3);
 }  // namespace
 
-class WatchReactor : public grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchResponse> {
- public:
-  WatchReactor(WatchHub* owner, std::shared_ptr<Stubs> stubs, int index, uint64_t generation)
-      : owner_(owner), stubs_(std::move(stubs)), index_(index), generation_(generation) {}
-
-  void Start(std::shared_ptr<WatchReactor> self) {
-    self_ = std::move(self);
-    {
-      util::MutexLock lock(&owner_->live_mu_);
-      ++owner_->live_reactors_;
-    }
-    owner_->client_->PrepareContext(&ctx_, absl::InfiniteFuture());
-    ctx_.AddMetadata("hasleader", "true");
-    stubs_->watch->async()->Watch(&ctx_, this);
-    StartRead(&resp_);
-    AddHold();
-    util::TsanRelease(this);  // everything above is visible to the reactions
-    StartCall();
-  }
-
-  bool Send(pb::WatchRequest req) {
-    util::MutexLock lock(&mu_);
-    if (closed_) return false;
-    queue_.push_back(std::move(req));
-    if (!writing_) {
-      writing_ = true;
-      util::TsanRelease(this);
-      StartWrite(&queue_.front());
-    }
-    return true;
-  }
-
-  void Cancel() { ctx_.TryCancel(); }
-
-  void OnWriteDone(bool ok) override {
-    util::TsanReactionScope reaction(this);
-    util::MutexLock lock(&mu_);
-    if (!queue_.empty()) queue_.pop_front();
-    if (!ok || closed_ || queue_.empty()) {
-      writing_ = false;
-      return;
-    }
-    util::TsanRelease(this);
-    StartWrite(&queue_.front());
-  }
-
-  void OnReadDone(bool ok) override {
-    util::TsanReactionScope reaction(this);
-    if (ok) {
-      had_response_ = true;
-      owner_->OnResponse(generation_, std::move(resp_));
-      resp_.Clear();
-      util::TsanRelease(this);
-      StartRead(&resp_);
-      return;
-    }
-    util::MutexLock lock(&mu_);
-    closed_ = true;
-    util::TsanRelease(this);
-    RemoveHold();
-  }
-
-  void OnDone(const grpc::Status& status) override {
-    util::TsanAcquire(this);  // after every other reaction; `this` may be deleted below
-    {
-      util::MutexLock lock(&mu_);
-      closed_ = true;
-    }
-    owner_->OnStreamDone(generation_, index_, had_response_,
-                         status.ok() ? std::string() : status.error_message());
-    WatchHub* owner = owner_;
-    self_.reset();
-    util::MutexLock lock(&owner->live_mu_);
-    --owner->live_reactors_;
-  }
-
- private:
-  WatchHub* owner_;
-  std::shared_ptr<Stubs> stubs_;
-  int index_;
-  uint64_t generation_;
-  grpc::ClientContext ctx_;
-  pb::WatchResponse resp_;
-  std::atomic<bool> had_response_{false};
-  util::Mutex mu_;
-  // std::deque keeps the element being written at a stable address.
-  std::deque<pb::WatchRequest> queue_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<WatchReactor> self_;
-};
-
 WatchHub::WatchHub(Client* client)
     : client_(client), logger_(client->logger()), loop_(client->loop()) {}
 
@@ -171,41 +79,46 @@ void WatchHub::Shutdown() {
     if (stream_ != nullptr) stream_->Cancel();
     stream_.reset();
   });
-  util::MutexLock lock(&live_mu_);
-  live_mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(live_mu_) { return live_reactors_ == 0; });
+  streams_.AwaitNone();
 }
 
 void WatchHub::Connect() {
   if (shutdown_ || paused_ || watches_.empty()) return;
-  if (client_->has_auth() && !client_->has_token()) {
-    connecting_ = true;
-    int index = 0;
-    client_->CurrentStubs(&index);
-    client_->background().Post([this, index] {
-      if (!client_->RefreshToken(index).ok()) client_->MarkFailed(index);
-      loop_.Post([this] {
-        connecting_ = false;
-        if (!client_->has_token()) {
+  if (!TokenReadyOrFetch(client_, loop_, &connecting_, [this](bool has_token) {
+        if (!has_token) {
           ScheduleReconnect();
         } else if (stream_ == nullptr) {
           Connect();
         }
-      });
-    });
+      })) {
     return;
   }
   int index = 0;
-  auto stubs = client_->CurrentStubs(&index);
-  ++generation_;
-  auto reactor = std::make_shared<WatchReactor>(this, stubs, index, generation_);
-  stream_ = reactor;
+  std::shared_ptr<Stubs> stubs = client_->CurrentStubs(&index);
+  const uint64_t generation = ++generation_;
   open_streams_.store(1);
   by_server_id_.clear();
   pending_creates_.clear();
   progress_sent_ = absl::InfiniteFuture();
   last_message_ = absl::Now();
   SPDLOG_LOGGER_DEBUG(logger_, "opening Watch stream to {}", client_->endpoints()[index].url);
-  reactor->Start(reactor);
+  stream_ = WatchStream::Start(
+      &streams_,
+      [&](grpc::ClientContext* ctx,
+          grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchResponse>* r) {
+        client_->PrepareContext(ctx, absl::InfiniteFuture());
+        // A member without a leader then cancels the watch instead of going silent.
+        ctx->AddMetadata("hasleader", "true");
+        stubs->watch->async()->Watch(ctx, r);
+      },
+      {.on_response = [this,
+                       generation](pb::WatchResponse& r) { OnResponse(generation, std::move(r)); },
+       .on_done =
+           [this, generation, index](bool had_response, const grpc::Status& status) {
+             OnStreamDone(generation, index, had_response,
+                          status.ok() ? std::string() : status.error_message());
+           }},
+      stubs);
   for (auto& [id, w] : watches_) {
     w.server_id = -1;
     SendCreate(id);

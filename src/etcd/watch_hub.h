@@ -26,6 +26,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "etcd/bidi_stream.h"
 #include "etcd/etcdserverpb/rpc.pb.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
@@ -38,7 +39,6 @@ class logger;
 namespace discovery::etcd {
 
 class Client;
-class WatchReactor;
 
 class WatchHub {
  public:
@@ -69,11 +69,10 @@ class WatchHub {
   void SetPausedForTest(bool paused);
   void Shutdown();
 
-  // Called by the reactor (gRPC threads).
+ private:
+  // Called from the stream's handlers (gRPC threads).
   void OnResponse(uint64_t generation, etcdserverpb::WatchResponse response);
   void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response, std::string error);
-
- private:
   struct Watch {
     Spec spec;
     Listener listener;
@@ -96,7 +95,8 @@ class WatchHub {
   std::map<int64_t, WatchId> by_server_id_;
   std::deque<WatchId> pending_creates_;  // 0 = a create whose watch was removed meanwhile
   WatchId next_id_ = 1;
-  std::shared_ptr<WatchReactor> stream_;
+  using WatchStream = BidiStream<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>;
+  std::shared_ptr<WatchStream> stream_;
   uint64_t generation_ = 0;
   bool connecting_ = false;
   absl::Time progress_sent_ = absl::InfiniteFuture();
@@ -107,9 +107,7 @@ class WatchHub {
   bool paused_ = false;
 
   std::atomic<int> open_streams_{0};
-  util::Mutex live_mu_;
-  int live_reactors_ ABSL_GUARDED_BY(live_mu_) = 0;
-  friend class WatchReactor;
+  StreamTracker streams_;
 };
 
 }  // namespace discovery::etcd
