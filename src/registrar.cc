@@ -395,43 +395,51 @@ bool Registration::closed() const {
   return state_->closed;
 }
 
+namespace {
+
+// The preamble and write shared by SetStatus and UpdateMetadata: applies `edit` to the
+// instance under the state's lock (an error from it aborts), then writes the value.
+absl::Status EditAndWrite(const std::shared_ptr<RegistrationState>& st, bool owns_status,
+                          const std::function<absl::Status(Instance&)>& edit) {
+  if (st == nullptr) return absl::FailedPreconditionError("moved-from registration");
+  auto impl = st->registrar.lock();
+  if (impl == nullptr) return absl::FailedPreconditionError("registrar is gone");
+  util::MutexLock wlock(&st->write_mu);
+  {
+    util::MutexLock lock(&st->mu);
+    if (st->closed) return absl::FailedPreconditionError("registration is closed");
+    if (absl::Status s = edit(st->instance); !s.ok()) return s;
+  }
+  return impl->WriteValue(*st, owns_status);
+}
+
+}  // namespace
+
 absl::Status Registration::SetStatus(InstanceStatus status,
                                      std::optional<std::string> custom_state) {
-  if (state_ == nullptr) return absl::FailedPreconditionError("moved-from registration");
-  auto impl = state_->registrar.lock();
-  if (impl == nullptr) return absl::FailedPreconditionError("registrar is gone");
-  util::MutexLock wlock(&state_->write_mu);
-  {
-    util::MutexLock lock(&state_->mu);
-    if (state_->closed) return absl::FailedPreconditionError("registration is closed");
-    if (!IsValidTransition(state_->instance.status, status)) {
+  return EditAndWrite(state_, /*owns_status=*/true, [&](Instance& in) {
+    if (!IsValidTransition(in.status, status)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("status transition ", std::string(ToString(state_->instance.status)), " -> ",
+          absl::StrCat("status transition ", std::string(ToString(in.status)), " -> ",
                        std::string(ToString(status)), " is not allowed"));
     }
-    state_->instance.status = status;
-    if (custom_state.has_value()) state_->instance.custom_state = *custom_state;
-  }
-  return impl->WriteValue(*state_, /*owns_status=*/true);
+    in.status = status;
+    if (custom_state.has_value()) in.custom_state = *custom_state;
+    return absl::OkStatus();
+  });
 }
 
 absl::Status Registration::UpdateMetadata(const std::map<std::string, std::string>& meta) {
-  if (state_ == nullptr) return absl::FailedPreconditionError("moved-from registration");
-  auto impl = state_->registrar.lock();
-  if (impl == nullptr) return absl::FailedPreconditionError("registrar is gone");
-  util::MutexLock wlock(&state_->write_mu);
-  {
-    util::MutexLock lock(&state_->mu);
-    if (state_->closed) return absl::FailedPreconditionError("registration is closed");
+  return EditAndWrite(state_, /*owns_status=*/false, [&](Instance& in) {
     for (const auto& [k, v] : meta) {
       if (v.empty()) {
-        state_->instance.meta.erase(k);
+        in.meta.erase(k);
       } else {
-        state_->instance.meta[k] = v;
+        in.meta[k] = v;
       }
     }
-  }
-  return impl->WriteValue(*state_, /*owns_status=*/false);
+    return absl::OkStatus();
+  });
 }
 
 absl::Status Registration::UpdatePerformance(nlohmann::json performance) {
