@@ -9,13 +9,16 @@
 //
 // This file only declares the flags (CLI11) and dispatches to commands.cc. Exit codes: 0 ok,
 // 1 usage or invalid argument, 2 not found, 3 etcd unreachable or auth failed.
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <iostream>
+#include <string>
 
 #include "CLI/CLI.hpp"
 #include "commands.h"
 #include "common.h"
+#include "grpc/support/log.h"
 
 namespace {
 
@@ -42,6 +45,13 @@ void AddGlobalFlags(CLI::App& app, GlobalOptions& g) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // gRPC's own log lines (e.g. "E1125 ... ssl_transport_security ..." on a TLS handshake
+  // failure) would break the one-stderr-line promise; the error reaches the user through the
+  // failed call. DISCOVERY_LOG_LEVEL=debug keeps them for troubleshooting.
+  if (const char* level = std::getenv("DISCOVERY_LOG_LEVEL");
+      level == nullptr || std::string(level) != "debug") {
+    gpr_set_log_function([](gpr_log_func_args*) {});
+  }
   GlobalOptions global;
   discoveryctl::ListOptions list;
   discoveryctl::GetOptions get;
