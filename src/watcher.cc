@@ -5,6 +5,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "etcd/client.h"
@@ -283,13 +284,18 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
         problem = in.status();
       } else if (in->type != rest.substr(0, slash) || in->instance_id != rest.substr(slash + 1)) {
         problem = absl::InvalidArgumentError("type/instanceId in the value do not match the key");
+      } else if (absl::Status type = ValidateName("type", in->type); !type.ok()) {
+        problem = type;  // no registrar writes it, no tool could address it (NUL, unicode, ...)
+      } else if (absl::Status id = ValidateName("instanceId", in->instance_id); !id.ok()) {
+        problem = id;
       }
     }
     if (!problem.ok()) {
       invalid_values.fetch_add(1);
       if (invalid_keys.insert(key).second) {
-        SPDLOG_LOGGER_WARN(logger, "skipping invalid value at {} ({} bytes): {}", key, value.size(),
-                           std::string(problem.message()));
+        // Escaped: a hostile key may hold NUL, newlines or terminal escape sequences.
+        SPDLOG_LOGGER_WARN(logger, "skipping invalid value at {} ({} bytes): {}",
+                           absl::CHexEscape(key), value.size(), std::string(problem.message()));
       }
       return nullptr;
     }

@@ -39,6 +39,9 @@ absl::StatusOr<StoredInstance> ParseStored(std::string_view prefix, std::string_
   if (in->type != rest.substr(0, slash) || in->instance_id != rest.substr(slash + 1)) {
     return absl::InvalidArgumentError("type/instanceId in the value do not match the key");
   }
+  // As the watcher: names no registrar can write (and no command can address) are invalid.
+  if (absl::Status s = discovery::ValidateName("type", in->type); !s.ok()) return s;
+  if (absl::Status s = discovery::ValidateName("instanceId", in->instance_id); !s.ok()) return s;
   StoredInstance out;
   out.key = std::string(key);
   // DecodeInstance accepted it, so it parses.
