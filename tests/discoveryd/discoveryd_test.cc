@@ -410,6 +410,13 @@ TEST_F(DiscoverydTest, AuthAndBadInputLeaveRegistryUnchanged) {
   };
   std::string big =
       "{\"type\":\"world\",\"group\":\"g\",\"pad\":\"" + std::string(70 * 1024, 'a') + "\"}";
+  // Both fit the 64 KiB body limit but would store a value every reader of the registry
+  // (watchers, this gateway's GET) refuses: nested deeper than 64, or over kMaxInstanceBytes
+  // once the gateway adds timestamps and the lease (found by tests/fuzz/http_fuzz.cc).
+  std::string deep = R"({"type":"world","group":"g","performance":{"a":)" + std::string(70, '[') +
+                     std::string(70, ']') + "}}";
+  std::string near_limit = R"({"type":"world","group":"g","performance":{"pad":")" +
+                           std::string(64 * 1024 - 200, 'x') + "\"}}";
   std::vector<Case> cases = {
       {"no token", "POST", "/sd/v1/instances", body, {}, 401, ""},
       {"wrong token", "POST", "/sd/v1/instances", body, wrong, 401, ""},
@@ -433,6 +440,8 @@ TEST_F(DiscoverydTest, AuthAndBadInputLeaveRegistryUnchanged) {
        400, "status"},
       {"bad weight", "POST", "/sd/v1/instances", R"({"type":"w","group":"g","weight":"x"})", rw,
        400, "weight"},
+      {"nested too deep", "POST", "/sd/v1/instances", deep, rw, 400, "deeper than 64"},
+      {"value over the readers' limit", "POST", "/sd/v1/instances", near_limit, rw, 400, "limit"},
       {"unknown route", "GET", "/sd/v1/nothing", "", rw, 404, ""},
       {"wrong method", "PUT", "/sd/v1/instances", body, rw, 405, ""},
       {"patch absent", "PATCH", "/sd/v1/instances/auth-1?type=world", R"({"status":"ready"})", rw,

@@ -159,7 +159,7 @@ absl::StatusOr<std::unique_ptr<SseClient>> SseClient::Connect(int port, const st
 
 SseClient::~SseClient() {
   {
-    absl::MutexLock lock(&mu_);
+    util::MutexLock lock(&mu_);
     closed_ = true;
   }
   socket_->ShutdownBoth();
@@ -169,7 +169,7 @@ SseClient::~SseClient() {
 void SseClient::Run() {
   for (;;) {
     {
-      absl::MutexLock lock(&mu_);
+      util::MutexLock lock(&mu_);
       if (closed_) return;
     }
     auto chunk = socket_->ReceiveSome();
@@ -178,10 +178,10 @@ void SseClient::Run() {
       break;
     }
     if (chunk->empty()) break;
-    absl::MutexLock lock(&mu_);
+    util::MutexLock lock(&mu_);
     Parse(*chunk);
   }
-  absl::MutexLock lock(&mu_);
+  util::MutexLock lock(&mu_);
   closed_ = true;
 }
 
@@ -222,17 +222,17 @@ void SseClient::Parse(const std::string& chunk) {
 }
 
 int SseClient::status() const {
-  absl::MutexLock lock(&mu_);
+  util::MutexLock lock(&mu_);
   return status_;
 }
 
 bool SseClient::closed() const {
-  absl::MutexLock lock(&mu_);
+  util::MutexLock lock(&mu_);
   return closed_;
 }
 
 std::vector<SseEvent> SseClient::Events() const {
-  absl::MutexLock lock(&mu_);
+  util::MutexLock lock(&mu_);
   return events_;
 }
 

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "util/sync.h"
 
 namespace discovery::testing {
 
@@ -79,7 +79,7 @@ class SseClient {
 
   std::unique_ptr<TestSocket> socket_;
   std::thread reader_;
-  mutable absl::Mutex mu_;
+  mutable util::Mutex mu_;
   int status_ = 0;
   bool closed_ = false;
   bool head_done_ = false;

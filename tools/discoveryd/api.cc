@@ -4,6 +4,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "discovery/instance.h"
@@ -17,102 +18,7 @@ using nlohmann::json;
 
 constexpr int kUpdateAttempts = 5;
 
-HttpResponse BadJson(const std::string& why) {
-  return ErrorResponse(400, "invalid_json", absl::StrCat("request body is not valid JSON: ", why));
-}
-
-// Parses a JSON object body. `allow_empty`: an empty body is an empty object.
-std::optional<json> ParseObject(const std::string& body, bool allow_empty, HttpResponse* error) {
-  if (body.find_first_not_of(" \t\r\n") == std::string::npos) {
-    if (allow_empty) return json::object();
-    *error = BadJson("empty body");
-    return std::nullopt;
-  }
-  json j = json::parse(body, nullptr, false);
-  if (j.is_discarded()) {
-    *error = BadJson("parse error");
-    return std::nullopt;
-  }
-  if (!j.is_object()) {
-    *error = BadJson("expected a JSON object");
-    return std::nullopt;
-  }
-  return j;
-}
-
-absl::Status FieldError(absl::string_view field, absl::string_view problem) {
-  return absl::InvalidArgumentError(absl::StrCat("field \"", field, "\": ", problem));
-}
-
 std::string LeaseHex(int64_t lease) { return absl::StrFormat("%x", lease); }
-
-// The mutable part of a PATCH or heartbeat body, validated before anything touches etcd.
-struct Changes {
-  std::optional<discovery::InstanceStatus> status;
-  std::optional<std::string> custom_state;
-  std::optional<json> performance;
-  std::optional<std::map<std::string, std::string>> meta;  // "" = remove the key
-  bool empty() const { return !status && !custom_state && !performance && !meta; }
-};
-
-absl::StatusOr<Changes> ParseChanges(const json& body, bool allow_meta) {
-  Changes c;
-  for (const auto& [key, value] : body.items()) {
-    if (key == "status") {
-      if (!value.is_string()) return FieldError("status", "expected string");
-      auto st = discovery::ParseInstanceStatus(value.get<std::string>());
-      if (!st.ok()) return FieldError("status", st.status().message());
-      c.status = *st;
-    } else if (key == "customState") {
-      if (!value.is_string()) return FieldError("customState", "expected string");
-      c.custom_state = value.get<std::string>();
-    } else if (key == "performance") {
-      if (!value.is_object()) return FieldError("performance", "expected object");
-      c.performance = value;
-    } else if (key == "meta" && allow_meta) {
-      if (!value.is_object()) return FieldError("meta", "expected object");
-      std::map<std::string, std::string> meta;
-      for (const auto& [mk, mv] : value.items()) {
-        if (mv.is_null()) {
-          meta[mk] = "";
-        } else if (mv.is_string()) {
-          meta[mk] = mv.get<std::string>();
-        } else {
-          return FieldError(absl::StrCat("meta.", mk), "expected string or null");
-        }
-      }
-      c.meta = std::move(meta);
-    } else {
-      return FieldError(key, allow_meta
-                                 ? "unknown field (allowed: status, customState, performance, meta)"
-                                 : "unknown field (allowed: status, customState, performance)");
-    }
-  }
-  return c;
-}
-
-absl::Status Apply(const Changes& c, discovery::Instance* in) {
-  if (c.status && *c.status != in->status) {
-    if (!discovery::IsValidTransition(in->status, *c.status)) {
-      std::string from(discovery::ToString(in->status));
-      std::string to(discovery::ToString(*c.status));
-      return FieldError("status", absl::StrCat("transition ", from, " -> ", to, " is not allowed"));
-    }
-    in->status = *c.status;
-  }
-  if (c.custom_state) in->custom_state = *c.custom_state;
-  if (c.performance) in->performance = *c.performance;
-  if (c.meta) {
-    for (const auto& [k, v] : *c.meta) {
-      if (v.empty()) {
-        in->meta.erase(k);
-      } else {
-        in->meta[k] = v;
-      }
-    }
-  }
-  return absl::OkStatus();
-}
 
 absl::StatusOr<std::optional<mvccpb::KeyValue>> ReadKey(discovery::etcd::Client& client,
                                                         const std::string& key) {
@@ -122,6 +28,22 @@ absl::StatusOr<std::optional<mvccpb::KeyValue>> ReadKey(discovery::etcd::Client&
   if (!r.ok()) return r.status();
   if (r->kvs_size() == 0) return std::optional<mvccpb::KeyValue>();
   return std::optional<mvccpb::KeyValue>(r->kvs(0));
+}
+
+// The instance stored at `key` (`<prefix><type>/<id>`, built from validated names), under the
+// watcher's rules: it decodes, and its type/instanceId are the ones the key names (a value
+// naming another instance is somebody's garbage, never served or rewritten as this one).
+absl::StatusOr<discovery::Instance> DecodeStored(const std::string& key, const std::string& value) {
+  auto in = discovery::DecodeInstance(value);
+  if (!in.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("stored value is not a valid instance: ", in.status().message()));
+  }
+  if (!absl::EndsWith(key, absl::StrCat("/", in->type, "/", in->instance_id))) {
+    return absl::FailedPreconditionError(
+        "stored value is not a valid instance: type/instanceId in the value do not match the key");
+  }
+  return in;
 }
 
 // Read-modify-write of one instance under its current lease, retried when another writer
@@ -134,14 +56,13 @@ absl::StatusOr<discovery::Instance> Update(
     if (!kv.ok()) return kv.status();
     if (!kv->has_value()) return absl::NotFoundError(absl::StrCat("no instance at ", key));
     const mvccpb::KeyValue& cur = **kv;
-    auto in = discovery::DecodeInstance(cur.value());
-    if (!in.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("stored value is not a valid instance: ", in.status().message()));
-    }
+    auto in = DecodeStored(key, cur.value());
+    if (!in.ok()) return in.status();
     if (absl::Status s = mutate(&*in); !s.ok()) return s;
     in->updated_at = absl::Now();
     in->lease_id = cur.lease();
+    absl::StatusOr<std::string> value = EncodeStorable(*in);
+    if (!value.ok()) return value.status();
     pb::TxnRequest txn;
     pb::Compare* cmp = txn.add_compare();
     cmp->set_key(key);
@@ -150,7 +71,7 @@ absl::StatusOr<discovery::Instance> Update(
     cmp->set_mod_revision(cur.mod_revision());
     pb::PutRequest* put = txn.add_success()->mutable_request_put();
     put->set_key(key);
-    put->set_value(discovery::EncodeInstance(*in));
+    put->set_value(*std::move(value));
     put->set_lease(cur.lease());
     auto r = client.Txn(txn);
     if (!r.ok()) return r.status();
@@ -161,36 +82,6 @@ absl::StatusOr<discovery::Instance> Update(
 
 }  // namespace
 
-HttpResponse JsonResponse(int status, const json& j) {
-  HttpResponse r;
-  r.status = status;
-  r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
-  return r;
-}
-
-HttpResponse StatusResponse(const absl::Status& s) {
-  switch (s.code()) {
-    case absl::StatusCode::kInvalidArgument:
-      return ErrorResponse(400, "invalid_argument", std::string(s.message()));
-    case absl::StatusCode::kNotFound:
-      return ErrorResponse(404, "not_found", std::string(s.message()));
-    case absl::StatusCode::kAlreadyExists:
-      return ErrorResponse(409, "already_exists", std::string(s.message()));
-    case absl::StatusCode::kAborted:
-      return ErrorResponse(409, "conflict", std::string(s.message()));
-    case absl::StatusCode::kFailedPrecondition:
-      return ErrorResponse(409, "failed_precondition", std::string(s.message()));
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded:
-      return ErrorResponse(503, "unavailable", std::string(s.message()));
-    case absl::StatusCode::kUnauthenticated:
-    case absl::StatusCode::kPermissionDenied:
-      return ErrorResponse(502, "etcd_auth", std::string(s.message()));
-    default:
-      return ErrorResponse(500, "internal", std::string(s.message()));
-  }
-}
-
 InstanceApi::InstanceApi(std::shared_ptr<discovery::Connection> connection,
                          discovery::Watcher* watcher, TcpHealthChecker* checker, Options options)
     : connection_(std::move(connection)),
@@ -198,10 +89,9 @@ InstanceApi::InstanceApi(std::shared_ptr<discovery::Connection> connection,
       checker_(checker),
       options_(std::move(options)) {}
 
-absl::StatusOr<std::string> InstanceApi::KeyFor(const HttpRequest& req,
-                                                const std::string& id) const {
-  if (absl::Status s = discovery::ValidateName("instanceId", id); !s.ok()) return s;
-  std::string type = req.Query("type");
+absl::StatusOr<std::string> InstanceApi::KeyFor(const InstanceRef& ref) const {
+  const std::string& id = ref.id;
+  std::string type = ref.type;
   if (type.empty()) {
     // Convenience: find the type in the cache. Pass ?type= to go to etcd directly.
     discovery::SnapshotPtr snap = watcher_->snapshot();
@@ -220,40 +110,15 @@ absl::StatusOr<std::string> InstanceApi::KeyFor(const HttpRequest& req,
   return absl::StrCat(options_.prefix, type, "/", id);
 }
 
-HttpResponse InstanceApi::Register(const HttpRequest& req) {
-  HttpResponse error;
-  std::optional<json> body = ParseObject(req.body, false, &error);
-  if (!body) return error;
-  json& j = *body;
-  int ttl = options_.default_ttl_seconds;
-  if (auto it = j.find("ttlSeconds"); it != j.end()) {
-    if (!it->is_number_integer() || it->get<int64_t>() < 1 ||
-        it->get<int64_t>() > options_.max_ttl_seconds) {
-      return StatusResponse(
-          FieldError("ttlSeconds", absl::StrCat("expected integer 1..", options_.max_ttl_seconds)));
-    }
-    ttl = static_cast<int>(it->get<int64_t>());
-    j.erase(it);
-  }
-  j.erase("leaseId");  // the gateway grants the lease
-  if (auto it = j.find("instanceId");
-      it == j.end() || it->is_null() || (it->is_string() && it->get<std::string>().empty())) {
-    j["instanceId"] = discovery::NewUlid();
-  }
-  absl::StatusOr<discovery::Instance> in = discovery::InstanceFromJson(j);
-  if (!in.ok()) return StatusResponse(in.status());
-  if (absl::Status s = discovery::ValidateInstance(*in); !s.ok()) return StatusResponse(s);
-  absl::Time now = absl::Now();
-  if (in->started_at == absl::InfinitePast()) in->started_at = now;
-  in->updated_at = now;
-
+HttpResponse InstanceApi::Register(const RegisterCall& call) {
+  discovery::Instance in = call.instance;
   discovery::etcd::Client& client = *connection_->client();
   pb::LeaseGrantRequest grant;
-  grant.set_ttl(ttl);
+  grant.set_ttl(call.ttl_seconds);
   auto lease = client.LeaseGrant(grant);
   if (!lease.ok()) return StatusResponse(lease.status());
-  in->lease_id = lease->id();
-  std::string key = absl::StrCat(options_.prefix, in->type, "/", in->instance_id);
+  in.lease_id = lease->id();
+  std::string key = absl::StrCat(options_.prefix, in.type, "/", in.instance_id);
 
   pb::TxnRequest txn;
   pb::Compare* cmp = txn.add_compare();
@@ -263,7 +128,7 @@ HttpResponse InstanceApi::Register(const HttpRequest& req) {
   cmp->set_create_revision(0);
   pb::PutRequest* put = txn.add_success()->mutable_request_put();
   put->set_key(key);
-  put->set_value(discovery::EncodeInstance(*in));
+  put->set_value(discovery::EncodeInstance(in));
   put->set_lease(lease->id());
   auto r = client.Txn(txn);
   if (!r.ok() || !r->succeeded()) {
@@ -271,24 +136,21 @@ HttpResponse InstanceApi::Register(const HttpRequest& req) {
     revoke.set_id(lease->id());
     (void)client.LeaseRevoke(revoke);
     if (!r.ok()) return StatusResponse(r.status());
-    return StatusResponse(absl::AlreadyExistsError(absl::StrCat(
-        "instance ", in->instance_id, " of type ", in->type, " is registered already")));
+    return StatusResponse(absl::AlreadyExistsError(
+        absl::StrCat("instance ", in.instance_id, " of type ", in.type, " is registered already")));
   }
-  return JsonResponse(201, {{"instanceId", in->instance_id},
-                            {"type", in->type},
+  return JsonResponse(201, {{"instanceId", in.instance_id},
+                            {"type", in.type},
                             {"key", key},
                             {"leaseId", LeaseHex(lease->id())},
                             {"ttlSeconds", lease->ttl()},
                             {"revision", r->header().revision()}});
 }
 
-HttpResponse InstanceApi::Heartbeat(const HttpRequest& req, const std::string& id) {
-  HttpResponse error;
-  std::optional<json> body = ParseObject(req.body, true, &error);
-  if (!body) return error;
-  absl::StatusOr<Changes> changes = ParseChanges(*body, false);
-  if (!changes.ok()) return StatusResponse(changes.status());
-  absl::StatusOr<std::string> key = KeyFor(req, id);
+HttpResponse InstanceApi::Heartbeat(const HeartbeatCall& call) {
+  const std::string& id = call.ref.id;
+  const Changes& changes = call.changes;
+  absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
 
   discovery::etcd::Client& client = *connection_->client();
@@ -312,40 +174,19 @@ HttpResponse InstanceApi::Heartbeat(const HttpRequest& req, const std::string& i
     return StatusResponse(ttl.status());
   }
   json out = {{"ttlSeconds", *ttl}, {"leaseId", LeaseHex(lease)}};
-  if (!changes->empty()) {
+  if (!changes.empty()) {
     auto updated =
-        Update(client, *key, [&](discovery::Instance* in) { return Apply(*changes, in); });
+        Update(client, *key, [&](discovery::Instance* in) { return ApplyChanges(changes, in); });
     if (!updated.ok()) return StatusResponse(updated.status());
     out["instance"] = discovery::InstanceToJson(*updated);
   }
   return JsonResponse(200, out);
 }
 
-HttpResponse InstanceApi::List(const HttpRequest& req) {
-  discovery::Filter filter;
-  filter.type = req.Query("type");
-  filter.group = req.Query("group");
-  if (!filter.type.empty()) {
-    if (absl::Status s = discovery::ValidateName("type", filter.type); !s.ok()) {
-      return StatusResponse(s);
-    }
-  }
-  if (!filter.group.empty()) {
-    if (absl::Status s = discovery::ValidateName("group", filter.group); !s.ok()) {
-      return StatusResponse(s);
-    }
-  }
-  if (std::string status = req.Query("status"); !status.empty()) {
-    auto st = discovery::ParseInstanceStatus(status);
-    if (!st.ok()) return StatusResponse(FieldError("status", st.status().message()));
-    filter.status = *st;
-  }
-  std::string hc = req.Query("healthCheck");
-  if (!hc.empty() && hc != "true" && hc != "false" && hc != "1" && hc != "0") {
-    return StatusResponse(FieldError("healthCheck", "expected true or false"));
-  }
-  bool health_check = hc == "true" || hc == "1";
-  std::string port_name = req.Query("port");
+HttpResponse InstanceApi::List(const ListCall& call) {
+  const discovery::Filter& filter = call.filter;
+  const bool health_check = call.health_check;
+  const std::string& port_name = call.port_name;
 
   discovery::SnapshotPtr snap = watcher_->snapshot();
   const std::string cache_key =
@@ -389,38 +230,32 @@ HttpResponse InstanceApi::List(const HttpRequest& req) {
   return response;
 }
 
-HttpResponse InstanceApi::Get(const HttpRequest& req, const std::string& id) {
-  absl::StatusOr<std::string> key = KeyFor(req, id);
+HttpResponse InstanceApi::Get(const GetCall& call) {
+  const std::string& id = call.ref.id;
+  absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
   auto kv = ReadKey(*connection_->client(), *key);
   if (!kv.ok()) return StatusResponse(kv.status());
   if (!kv->has_value())
     return StatusResponse(absl::NotFoundError(absl::StrCat("instance ", id, " not found")));
-  auto in = discovery::DecodeInstance((*kv)->value());
-  if (!in.ok()) {
-    return StatusResponse(absl::FailedPreconditionError(
-        absl::StrCat("stored value is not a valid instance: ", in.status().message())));
-  }
+  auto in = DecodeStored(*key, (*kv)->value());
+  if (!in.ok()) return StatusResponse(in.status());
   in->lease_id = (*kv)->lease();
   return JsonResponse(200, discovery::InstanceToJson(*in));
 }
 
-HttpResponse InstanceApi::Patch(const HttpRequest& req, const std::string& id) {
-  HttpResponse error;
-  std::optional<json> body = ParseObject(req.body, false, &error);
-  if (!body) return error;
-  absl::StatusOr<Changes> changes = ParseChanges(*body, true);
-  if (!changes.ok()) return StatusResponse(changes.status());
-  absl::StatusOr<std::string> key = KeyFor(req, id);
+HttpResponse InstanceApi::Patch(const PatchCall& call) {
+  absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
   auto updated = Update(*connection_->client(), *key,
-                        [&](discovery::Instance* in) { return Apply(*changes, in); });
+                        [&](discovery::Instance* in) { return ApplyChanges(call.changes, in); });
   if (!updated.ok()) return StatusResponse(updated.status());
   return JsonResponse(200, discovery::InstanceToJson(*updated));
 }
 
-HttpResponse InstanceApi::Delete(const HttpRequest& req, const std::string& id) {
-  absl::StatusOr<std::string> key = KeyFor(req, id);
+HttpResponse InstanceApi::Delete(const DeleteCall& call) {
+  const std::string& id = call.ref.id;
+  absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
   discovery::etcd::Client& client = *connection_->client();
   pb::DeleteRangeRequest del;

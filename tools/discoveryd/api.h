@@ -11,9 +11,10 @@
 //   delete    = DeleteRange(key) + LeaseRevoke when no other key is attached to the lease
 //   discover  = the gateway's Watcher snapshot (+ optional TCP health check)
 //
-// Every call blocks on etcd (up to the client's call timeout): run them off the io threads.
-// Errors map to HTTP as: kInvalidArgument 400, kNotFound 404, kAlreadyExists / kAborted 409,
-// kUnavailable / kDeadlineExceeded 503, others 500.
+// The calls arrive validated by RequestRouter (router.h): this class only does what needs
+// etcd or the watch cache. Every call but List blocks on etcd (up to the client's call
+// timeout): run them off the io threads. Errors map to HTTP by StatusResponse
+// (http_message.h).
 //
 // Thread-safety: thread-safe.
 #pragma once
@@ -27,7 +28,8 @@
 #include "discovery/etcd.h"
 #include "discovery/watcher.h"
 #include "health_check.h"
-#include "http_server.h"
+#include "http_message.h"
+#include "router.h"
 
 namespace discoveryd {
 
@@ -35,21 +37,21 @@ class InstanceApi {
  public:
   struct Options {
     std::string prefix = "/services/";
-    int default_ttl_seconds = 10;
-    int max_ttl_seconds = 300;
   };
   InstanceApi(std::shared_ptr<discovery::Connection> connection, discovery::Watcher* watcher,
               TcpHealthChecker* checker, Options options);
 
-  HttpResponse Register(const HttpRequest& req);
-  HttpResponse Heartbeat(const HttpRequest& req, const std::string& id);
-  HttpResponse List(const HttpRequest& req);
-  HttpResponse Get(const HttpRequest& req, const std::string& id);
-  HttpResponse Patch(const HttpRequest& req, const std::string& id);
-  HttpResponse Delete(const HttpRequest& req, const std::string& id);
+  HttpResponse Register(const RegisterCall& call);
+  HttpResponse Heartbeat(const HeartbeatCall& call);
+  // Reads the watcher's snapshot (and, with call.health_check, dials the instances).
+  HttpResponse List(const ListCall& call);
+  HttpResponse Get(const GetCall& call);
+  HttpResponse Patch(const PatchCall& call);
+  HttpResponse Delete(const DeleteCall& call);
 
  private:
-  absl::StatusOr<std::string> KeyFor(const HttpRequest& req, const std::string& id) const;
+  // The etcd key of `ref`; an empty type is looked up in the watch cache.
+  absl::StatusOr<std::string> KeyFor(const InstanceRef& ref) const;
 
   std::shared_ptr<discovery::Connection> connection_;
   discovery::Watcher* watcher_;
@@ -64,10 +66,5 @@ class InstanceApi {
   TcpHealthChecker* checker_;
   Options options_;
 };
-
-// The HTTP response for a failed status: {"error":{"code","message"}} with the mapped status.
-HttpResponse StatusResponse(const absl::Status& status);
-// `j` serialised (invalid UTF-8 replaced) with `status`.
-HttpResponse JsonResponse(int status, const nlohmann::json& j);
 
 }  // namespace discoveryd

@@ -4,74 +4,29 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <exception>
 #include <optional>
-#include <vector>
+#include <utility>
+#include <variant>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "api.h"
 #include "auth.h"
-#include "dashboard_html.h"
 #include "discovery/watcher.h"
 #include "etcd/client.h"
 #include "health_check.h"
 #include "http_server.h"
 #include "metrics.h"
+#include "router.h"
 #include "sse.h"
 #include "util/logging.h"
+#include "util/sync.h"
 
 namespace discoveryd {
-namespace {
 
-enum class RouteKind {
-  kNone,
-  kDashboard,
-  kMetrics,
-  kHealthz,
-  kInstances,
-  kInstance,
-  kHeartbeat,
-  kSubscribe
-};
-
-struct RouteMatch {
-  RouteKind kind = RouteKind::kNone;
-  std::string name = "other";  // route template, the metrics label
-  std::string id;
-  std::vector<std::string> methods;
-};
-
-RouteMatch Match(const std::string& raw_path) {
-  std::string path = raw_path;
-  if (path.size() > 1 && path.back() == '/') path.pop_back();
-  RouteMatch m;
-  if (path == "/" || path == "/index.html") {
-    m = {RouteKind::kDashboard, "/", "", {"GET"}};
-  } else if (path == "/metrics") {
-    m = {RouteKind::kMetrics, "/metrics", "", {"GET"}};
-  } else if (path == "/healthz") {
-    m = {RouteKind::kHealthz, "/healthz", "", {"GET"}};
-  } else if (path == "/sd/v1/subscribe") {
-    m = {RouteKind::kSubscribe, "/sd/v1/subscribe", "", {"GET"}};
-  } else if (path == "/sd/v1/instances") {
-    m = {RouteKind::kInstances, "/sd/v1/instances", "", {"GET", "POST"}};
-  } else if (absl::StartsWith(path, "/sd/v1/instances/")) {
-    std::vector<std::string> parts =
-        absl::StrSplit(path.substr(std::string("/sd/v1/instances/").size()), '/');
-    if (parts.size() == 1 && !parts[0].empty()) {
-      m = {RouteKind::kInstance, "/sd/v1/instances/{id}", parts[0], {"GET", "PATCH", "DELETE"}};
-    } else if (parts.size() == 2 && !parts[0].empty() && parts[1] == "heartbeat") {
-      m = {RouteKind::kHeartbeat, "/sd/v1/instances/{id}/heartbeat", parts[0], {"POST"}};
-    }
-  }
-  return m;
-}
-
-bool IsWrite(const std::string& method) { return method != "GET" && method != "HEAD"; }
-
-}  // namespace
+namespace util = discovery::util;
 
 absl::Status ParseListen(const std::string& listen, std::string* host, int* port) {
   size_t colon = listen.rfind(':');
@@ -94,7 +49,7 @@ absl::Status ParseListen(const std::string& listen, std::string* host, int* port
 struct Gateway::Impl {
   GatewayOptions options;
   std::shared_ptr<spdlog::logger> logger;
-  TokenStore tokens;
+  std::optional<RequestRouter> router;  // routing, auth and validation (no I/O)
   std::shared_ptr<discovery::Connection> connection;
   std::unique_ptr<discovery::Watcher> watcher;
   std::unique_ptr<TcpHealthChecker> checker;
@@ -106,153 +61,102 @@ struct Gateway::Impl {
   std::string url;
   bool stopped = false;
 
-  absl::Mutex ping_mu;
+  util::Mutex ping_mu;
   absl::Time ping_at ABSL_GUARDED_BY(ping_mu) = absl::InfinitePast();
   absl::Status ping_status ABSL_GUARDED_BY(ping_mu) = absl::UnavailableError("not checked yet");
 
   void Handle(HttpRequest req, std::shared_ptr<Exchange> ex);
-  void Finish(const std::shared_ptr<Exchange>& ex, const HttpRequest& req, const RouteMatch& m,
+  // The response to `call`: an immediate response as is, a validated call run against etcd or
+  // the watcher on the calling thread.
+  HttpResponse Execute(Call call);
+  void Finish(const std::shared_ptr<Exchange>& ex, const HttpRequest& req, const std::string& route,
               absl::Time start, HttpResponse response);
-  void Subscribe(const HttpRequest& req, const RouteMatch& m, absl::Time start,
-                 const std::shared_ptr<Exchange>& ex);
+  void Subscribe(const HttpRequest& req, const std::string& route, const SubscribeCall& call,
+                 absl::Time start, const std::shared_ptr<Exchange>& ex);
   HttpResponse Healthz();
   absl::Status CachedPing();
 };
 
 void Gateway::Impl::Finish(const std::shared_ptr<Exchange>& ex, const HttpRequest& req,
-                           const RouteMatch& m, absl::Time start, HttpResponse response) {
+                           const std::string& route, absl::Time start, HttpResponse response) {
   absl::Duration took = absl::Now() - start;
-  metrics.ObserveRequest(req.method, m.name, response.status, took);
+  metrics.ObserveRequest(req.method, route, response.status, took);
   SPDLOG_LOGGER_DEBUG(logger, "{} {} {} -> {} ({} ms)", req.remote, req.method, req.target,
                       response.status, absl::ToDoubleMilliseconds(took));
   ex->Reply(std::move(response));
 }
 
-void Gateway::Impl::Handle(HttpRequest req, std::shared_ptr<Exchange> ex) {
-  absl::Time start = absl::Now();
-  RouteMatch m = Match(req.path);
-  if (m.kind == RouteKind::kNone) {
-    return Finish(ex, req, m, start,
-                  ErrorResponse(404, "not_found", absl::StrCat("no route for ", req.path)));
-  }
-  if (std::find(m.methods.begin(), m.methods.end(), req.method) == m.methods.end()) {
-    HttpResponse r =
-        ErrorResponse(405, "method_not_allowed",
-                      absl::StrCat(req.method, " is not allowed on ", m.name,
-                                   " (allowed: ", absl::StrJoin(m.methods, ", "), ")"));
-    r.headers.emplace_back("Allow", absl::StrJoin(m.methods, ", "));
-    return Finish(ex, req, m, start, std::move(r));
-  }
-  bool is_api = m.kind == RouteKind::kInstances || m.kind == RouteKind::kInstance ||
-                m.kind == RouteKind::kHeartbeat || m.kind == RouteKind::kSubscribe;
-  bool guarded = is_api || (options.protect_dashboard &&
-                            (m.kind == RouteKind::kDashboard || m.kind == RouteKind::kMetrics));
-  if (guarded && tokens.enabled()) {
-    std::string token = req.Header("x-api-token");
-    // Browsers cannot set headers on EventSource or page loads: accept ?token= on GETs.
-    if (token.empty() && req.method == "GET") token = req.Query("token");
-    Access access = tokens.Check(token);
-    if (access == Access::kNone) {
-      return Finish(
-          ex, req, m, start,
-          ErrorResponse(401, "unauthenticated",
-                        token.empty() ? "missing X-API-Token header" : "invalid X-API-Token"));
-    }
-    if (IsWrite(req.method) && access != Access::kReadWrite) {
-      return Finish(ex, req, m, start,
-                    ErrorResponse(403, "permission_denied",
-                                  "this token is read-only; writes need a rw token"));
-    }
-  }
-  switch (m.kind) {
-    case RouteKind::kDashboard: {
-      HttpResponse r;
-      r.content_type = "text/html; charset=utf-8";
-      r.body = std::string(kDashboardHtml);
-      r.headers = {{"Cache-Control", "no-cache"},
-                   {"Content-Security-Policy",
-                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                    "connect-src 'self'; img-src 'self' data:"}};
-      return Finish(ex, req, m, start, std::move(r));
-    }
-    case RouteKind::kSubscribe:
-      return Subscribe(req, m, start, ex);
-    case RouteKind::kMetrics: {
+HttpResponse Gateway::Impl::Execute(Call call) {
+  // A throw must not take the io thread or a worker (and the process) down.
+  try {
+    if (auto* c = std::get_if<HttpResponse>(&call)) return std::move(*c);
+    if (std::holds_alternative<MetricsCall>(call)) {
       HttpResponse r;
       r.content_type = "text/plain; version=0.0.4; charset=utf-8";
       r.body = metrics.Render(*watcher, hub->subscribers());
-      return Finish(ex, req, m, start, std::move(r));
+      return r;
     }
-    default:
-      break;
+    if (std::holds_alternative<HealthzCall>(call)) return Healthz();
+    if (const auto* c = std::get_if<ListCall>(&call)) return api->List(*c);
+    if (const auto* c = std::get_if<RegisterCall>(&call)) return api->Register(*c);
+    if (const auto* c = std::get_if<GetCall>(&call)) return api->Get(*c);
+    if (const auto* c = std::get_if<PatchCall>(&call)) return api->Patch(*c);
+    if (const auto* c = std::get_if<DeleteCall>(&call)) return api->Delete(*c);
+    if (const auto* c = std::get_if<HeartbeatCall>(&call)) return api->Heartbeat(*c);
+    return ErrorResponse(500, "internal", "unrouted request");
+  } catch (const std::exception& e) {
+    SPDLOG_LOGGER_ERROR(logger, "request failed: {}", e.what());
+    return ErrorResponse(500, "internal", "internal error");
   }
-  // Discovery without an active health check is a read of the watcher's snapshot: answer it
-  // on the io thread (two thread hops per request cost more than the read itself).
-  if (m.kind == RouteKind::kInstances && req.method == "GET" &&
-      req.Query("healthCheck") != "true") {
-    return Finish(ex, req, m, start, api->List(req));
+}
+
+void Gateway::Impl::Handle(HttpRequest req, std::shared_ptr<Exchange> ex) {
+  absl::Time start = absl::Now();
+  Action action;
+  try {
+    action = router->Route(req);
+  } catch (const std::exception& e) {
+    SPDLOG_LOGGER_ERROR(logger, "{} {}: {}", req.method, req.target, e.what());
+    action.call = ErrorResponse(500, "internal", "internal error");
   }
-  // Everything else may block on etcd: run it on the worker pool.
-  boost::asio::post(*workers, [this, req = std::move(req), m = std::move(m), start, ex]() {
-    HttpResponse r;
-    switch (m.kind) {
-      case RouteKind::kHealthz:
-        r = Healthz();
-        break;
-      case RouteKind::kInstances:
-        r = req.method == "POST" ? api->Register(req) : api->List(req);
-        break;
-      case RouteKind::kInstance:
-        if (req.method == "GET") {
-          r = api->Get(req, m.id);
-        } else if (req.method == "PATCH") {
-          r = api->Patch(req, m.id);
-        } else {
-          r = api->Delete(req, m.id);
-        }
-        break;
-      case RouteKind::kHeartbeat:
-        r = api->Heartbeat(req, m.id);
-        break;
-      default:
-        r = ErrorResponse(500, "internal", "unrouted request");
-    }
-    Finish(ex, req, m, start, std::move(r));
+  if (const auto* c = std::get_if<SubscribeCall>(&action.call)) {
+    return Subscribe(req, action.route, *c, start, ex);
+  }
+  // Answers at once, /metrics, and discovery without an active health check (a read of the
+  // watcher's snapshot): on the io thread (two thread hops per request cost more than the
+  // read itself).
+  const auto* list = std::get_if<ListCall>(&action.call);
+  if (std::holds_alternative<HttpResponse>(action.call) ||
+      std::holds_alternative<MetricsCall>(action.call) ||
+      (list != nullptr && !list->health_check)) {
+    return Finish(ex, req, action.route, start, Execute(std::move(action.call)));
+  }
+  // Everything else may block on etcd (or dial instances): run it on the worker pool.
+  boost::asio::post(*workers, [this, req = std::move(req), action = std::move(action), start,
+                               ex = std::move(ex)]() mutable {
+    Finish(ex, req, action.route, start, Execute(std::move(action.call)));
   });
 }
 
-void Gateway::Impl::Subscribe(const HttpRequest& req, const RouteMatch& m, absl::Time start,
+void Gateway::Impl::Subscribe(const HttpRequest& req, const std::string& route,
+                              const SubscribeCall& call, absl::Time start,
                               const std::shared_ptr<Exchange>& ex) {
-  StreamFilter filter;
-  filter.type = req.Query("type");
-  filter.group = req.Query("group");
-  for (const auto& [what, value] : {std::pair{"type", filter.type}, {"group", filter.group}}) {
-    if (value.empty()) continue;
-    if (absl::Status s = discovery::ValidateName(what, value); !s.ok()) {
-      return Finish(ex, req, m, start, StatusResponse(s));
-    }
-  }
-  int64_t last_event_id = -1;
-  std::string last = req.Header("last-event-id");
-  if (last.empty()) last = req.Query("lastEventId");
-  if (!last.empty() && (!absl::SimpleAtoi(last, &last_event_id) || last_event_id < 0)) {
-    last_event_id = -1;  // not one of our ids: start over
-  }
-  metrics.ObserveRequest(req.method, m.name, 200, absl::Now() - start);
+  metrics.ObserveRequest(req.method, route, 200, absl::Now() - start);
   uint64_t id = hub->NextId();
   EventHub* hub_ptr = hub.get();
   std::shared_ptr<EventStream> stream =
       ex->StartEventStream({}, [hub_ptr, id] { hub_ptr->Detach(id); });
   SPDLOG_LOGGER_DEBUG(logger, "{} subscribed (type={} group={} last-event-id={})", req.remote,
-                      filter.type, filter.group, last_event_id);
-  hub->Attach(id, std::move(stream), std::move(filter), last_event_id);
+                      call.type, call.group, call.last_event_id);
+  hub->Attach(id, std::move(stream), StreamFilter{call.type, call.group}, call.last_event_id);
 }
 
 absl::Status Gateway::Impl::CachedPing() {
-  absl::MutexLock lock(&ping_mu);
+  util::MutexLock lock(&ping_mu);
   if (absl::Now() - ping_at < absl::Seconds(1)) return ping_status;
-  auto r = connection->client()->MemberStatus(-1, absl::Seconds(1));
-  ping_status = r.status();
+  // A quorum read, not Maintenance.Status: a member that is up but has lost quorum answers
+  // Status, yet cannot serve a single write or linearizable read (ChaosTest.QuorumLost...).
+  ping_status = connection->Ping(absl::Seconds(1));
   ping_at = absl::Now();
   return ping_status;
 }
@@ -284,8 +188,10 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
   if (absl::Status s = ParseListen(options.listen, &host, &port); !s.ok()) return s;
   absl::StatusOr<TokenStore> tokens = TokenStore::Load(options.api_token_file, options.api_token);
   if (!tokens.ok()) return tokens.status();
-  impl->tokens = *std::move(tokens);
-  if (options.protect_dashboard && !impl->tokens.enabled()) {
+  impl->router.emplace(RequestRouter::Options{.tokens = *std::move(tokens),
+                                              .protect_dashboard = options.protect_dashboard});
+  const TokenStore& token_store = impl->router->options().tokens;
+  if (options.protect_dashboard && !token_store.enabled()) {
     SPDLOG_LOGGER_WARN(impl->logger, "--protect-dashboard without any API token: nothing to check");
   }
   if (options.etcd.logger == nullptr) options.etcd.logger = options.logger;
@@ -337,7 +243,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
   impl->server->Start();
   SPDLOG_LOGGER_INFO(impl->logger, "discoveryd serving {} (etcd {}, prefix {}, {} API token(s){})",
                      impl->url, absl::StrJoin(impl->options.etcd.endpoints, ","),
-                     impl->options.prefix, impl->tokens.size(),
+                     impl->options.prefix, token_store.size(),
                      impl->options.protect_dashboard ? ", dashboard protected" : "");
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }

@@ -1,7 +1,9 @@
 // File: tools/discoveryd/gateway.h
 //
 // discoveryd wired together: one etcd Connection, one Watcher over the whole prefix, the SSE
-// hub on top of it, the REST API, metrics, auth, and the HTTP server that routes to them.
+// hub on top of it, the REST API, metrics, and the HTTP server. Every request goes through
+// RequestRouter (router.h: routing, auth, validation, no I/O); the gateway runs the validated
+// calls it returns, on the io thread when they only read memory, else on a worker pool.
 // `main.cc` only fills GatewayOptions from flags and environment.
 //
 //   GatewayOptions o;

@@ -53,7 +53,7 @@ std::vector<bool> TcpHealthChecker::Check(const std::vector<Target>& targets) {
   std::vector<size_t> todo;
   absl::Time now = absl::Now();
   {
-    absl::MutexLock lock(&mu_);
+    discovery::util::MutexLock lock(&mu_);
     for (size_t i = 0; i < targets.size(); ++i) {
       auto it = cache_.find(targets[i]);
       if (it != cache_.end() && it->second.expires > now) {
@@ -100,7 +100,7 @@ std::vector<bool> TcpHealthChecker::Check(const std::vector<Target>& targets) {
     if (p.fd >= 0) close(p.fd);
   }
   absl::Time expires = absl::Now() + options_.cache_ttl;
-  absl::MutexLock lock(&mu_);
+  discovery::util::MutexLock lock(&mu_);
   for (size_t i : todo) cache_[targets[i]] = {result[i], expires};
   // Bound the cache: drop expired entries now and then.
   if (cache_.size() > 4096) {

@@ -16,8 +16,8 @@
 #include <utility>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "util/sync.h"
 
 namespace discoveryd {
 
@@ -39,7 +39,7 @@ class TcpHealthChecker {
     absl::Time expires;
   };
   Options options_;
-  absl::Mutex mu_;
+  discovery::util::Mutex mu_;
   std::map<Target, Cached> cache_ ABSL_GUARDED_BY(mu_);
 };
 

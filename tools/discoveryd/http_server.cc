@@ -9,13 +9,15 @@
 #include <deque>
 #include <optional>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "nlohmann/json.hpp"
+#include "http_codec.h"
 #include "util/logging.h"
+#include "util/sync.h"
 
 namespace discoveryd {
 namespace {
+
+namespace util = discovery::util;
 
 namespace beast = boost::beast;
 namespace http = beast::http;
@@ -26,76 +28,7 @@ std::chrono::steady_clock::duration ToChrono(absl::Duration d) {
   return absl::ToChronoNanoseconds(d);
 }
 
-bool IsHttpParseError(const beast::error_code& ec) {
-  return &ec.category() == &http::make_error_code(http::error::bad_target).category();
-}
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 }  // namespace
-
-std::string HttpRequest::Header(std::string_view lower_name) const {
-  auto it = headers.find(std::string(lower_name));
-  return it == headers.end() ? std::string() : it->second;
-}
-
-std::string HttpRequest::Query(std::string_view name) const {
-  auto it = query.find(std::string(name));
-  return it == query.end() ? std::string() : it->second;
-}
-
-std::string PercentDecode(std::string_view in, bool plus_as_space) {
-  std::string out;
-  out.reserve(in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    char c = in[i];
-    if (c == '%' && i + 2 < in.size()) {
-      int hi = HexValue(in[i + 1]);
-      int lo = HexValue(in[i + 2]);
-      if (hi >= 0 && lo >= 0) {
-        out.push_back(static_cast<char>(hi * 16 + lo));
-        i += 2;
-        continue;
-      }
-    }
-    out.push_back(plus_as_space && c == '+' ? ' ' : c);
-  }
-  return out;
-}
-
-void SplitTarget(std::string_view target, HttpRequest* request) {
-  size_t q = target.find('?');
-  request->path = PercentDecode(target.substr(0, q), false);
-  request->query.clear();
-  if (q == std::string_view::npos) return;
-  std::string_view rest = target.substr(q + 1);
-  size_t hash = rest.find('#');
-  if (hash != std::string_view::npos) rest = rest.substr(0, hash);
-  while (!rest.empty()) {
-    size_t amp = rest.find('&');
-    std::string_view item = rest.substr(0, amp);
-    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
-    if (item.empty()) continue;
-    size_t eq = item.find('=');
-    std::string key = PercentDecode(item.substr(0, eq), true);
-    std::string value =
-        eq == std::string_view::npos ? std::string() : PercentDecode(item.substr(eq + 1), true);
-    request->query[key] = std::move(value);
-  }
-}
-
-HttpResponse ErrorResponse(int status, const std::string& code, const std::string& message) {
-  nlohmann::json j = {{"error", {{"code", code}, {"message", message}}}};
-  HttpResponse r;
-  r.status = status;
-  r.body = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return r;
-}
 
 class Session;
 
@@ -106,7 +39,7 @@ struct HttpServer::Impl {
   void Accept();
   void OnAccept(beast::error_code ec, tcp::socket socket);
   void Forget(Session* session) {
-    absl::MutexLock lock(&mu);
+    util::MutexLock lock(&mu);
     sessions.erase(session);
   }
 
@@ -118,7 +51,7 @@ struct HttpServer::Impl {
   std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
   std::atomic<bool> stopping{false};
 
-  mutable absl::Mutex mu;
+  mutable util::Mutex mu;
   std::map<Session*, std::weak_ptr<Session>> sessions ABSL_GUARDED_BY(mu);
 };
 
@@ -128,7 +61,10 @@ struct HttpServer::Impl {
 class Session : public Exchange, public EventStream, public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, HttpServer::Impl* server)
-      : stream_(std::move(socket)), server_(server), timer_(stream_.get_executor()) {
+      : stream_(std::move(socket)),
+        server_(server),
+        limits_{server->options.max_body_bytes, server->options.max_header_bytes},
+        timer_(stream_.get_executor()) {
     beast::error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = absl::StrCat(ep.address().to_string(), ":", ep.port());
@@ -152,7 +88,7 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
                                                 std::function<void()> on_close) override {
     if (replied_.exchange(true)) return nullptr;
     {
-      absl::MutexLock lock(&close_mu_);
+      util::MutexLock lock(&close_mu_);
       on_close_ = std::move(on_close);
     }
     std::string head =
@@ -193,9 +129,7 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
 
   void DoRead() {
     if (closed_.load()) return;
-    parser_.emplace();
-    parser_->body_limit(opts().max_body_bytes);
-    parser_->header_limit(static_cast<uint32_t>(opts().max_header_bytes));
+    NewRequestParser(&parser_, limits_);
     stream_.expires_after(ToChrono(opts().read_timeout));
     http::async_read_header(stream_, buffer_, *parser_,
                             beast::bind_front_handler(&Session::OnHeader, shared_from_this()));
@@ -203,9 +137,7 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
 
   void OnHeader(beast::error_code ec, size_t) {
     if (ec) return OnReadError(ec);
-    auto& msg = parser_->get();
-    auto expect = msg.find(http::field::expect);
-    if (expect != msg.end() && beast::iequals(expect->value(), "100-continue")) {
+    if (WantsContinue(*parser_)) {
       auto cont = std::make_shared<std::string>("HTTP/1.1 100 Continue\r\n\r\n");
       stream_.expires_after(ToChrono(opts().write_timeout));
       net::async_write(stream_, net::buffer(*cont),
@@ -225,65 +157,32 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
   }
 
   void OnReadError(beast::error_code ec) {
-    if (ec == http::error::body_limit) {
-      return ProtocolError(413, "payload_too_large",
-                           absl::StrCat("request body exceeds ", opts().max_body_bytes, " bytes"));
-    }
-    if (ec == http::error::header_limit) {
-      return ProtocolError(431, "header_too_large", "request headers too large");
-    }
-    if (IsHttpParseError(ec) && ec != http::error::end_of_stream &&
-        ec != http::error::partial_message) {
-      return ProtocolError(400, "bad_request",
-                           absl::StrCat("malformed HTTP request: ", ec.message()));
-    }
+    std::optional<HttpResponse> r = ReadErrorResponse(ec, limits_);
     // EOF, reset, timeout of a slow or idle client: just close.
-    DoClose();
+    if (!r.has_value()) return DoClose();
+    if (opts().on_protocol_error) {
+      std::string method = parser_.has_value() ? std::string(parser_->get().method_string()) : "";
+      opts().on_protocol_error(method, r->status);
+    }
+    replied_.store(true);
+    WriteResponse(*std::move(r));
   }
 
   void OnRead(beast::error_code ec, size_t) {
     if (ec) return OnReadError(ec);
     stream_.expires_never();
-    http::request<http::string_body> msg = parser_->release();
+    BeastRequest msg = parser_->release();
     parser_.reset();
     keep_alive_ = msg.keep_alive();
-    HttpRequest req;
-    req.method = std::string(msg.method_string());
-    req.target = std::string(msg.target());
-    SplitTarget(req.target, &req);
-    for (const auto& field : msg) {
-      req.headers[absl::AsciiStrToLower(std::string(field.name_string()))] =
-          std::string(field.value());
-    }
-    req.body = std::move(msg.body());
-    req.remote = remote_;
+    HttpRequest req = ToHttpRequest(std::move(msg), remote_);
     replied_.store(false);
     server_->handler(std::move(req), shared_from_this());
   }
 
-  void ProtocolError(int status, const std::string& code, const std::string& message) {
-    if (opts().on_protocol_error) {
-      std::string method = parser_.has_value() ? std::string(parser_->get().method_string()) : "";
-      opts().on_protocol_error(method, status);
-    }
-    replied_.store(true);
-    HttpResponse r = ErrorResponse(status, code, message);
-    r.close = true;
-    WriteResponse(std::move(r));
-  }
-
   void WriteResponse(HttpResponse r) {
     if (closed_.load()) return;
-    auto res = std::make_shared<http::response<http::string_body>>();
-    res->result(static_cast<unsigned>(r.status));
-    res->version(11);
-    res->set(http::field::server, "discoveryd");
-    if (!r.content_type.empty()) res->set(http::field::content_type, r.content_type);
-    for (const auto& [k, v] : r.headers) res->set(k, v);
-    res->body() = std::move(r.body);
     bool close = r.close || !keep_alive_ || server_->stopping.load();
-    res->keep_alive(!close);
-    res->prepare_payload();
+    auto res = std::make_shared<BeastResponse>(ToBeastResponse(std::move(r), !close));
     stream_.expires_after(ToChrono(opts().write_timeout));
     http::async_write(stream_, *res,
                       [self = shared_from_this(), res, close](beast::error_code ec, size_t) {
@@ -370,7 +269,7 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
     queue_.clear();
     std::function<void()> on_close;
     {
-      absl::MutexLock lock(&close_mu_);
+      util::MutexLock lock(&close_mu_);
       on_close = std::move(on_close_);
       on_close_ = nullptr;
     }
@@ -380,9 +279,10 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
 
   beast::tcp_stream stream_;
   HttpServer::Impl* server_;
+  const ParserLimits limits_;
   net::steady_timer timer_;
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<RequestParser> parser_;
   std::string remote_;
   bool keep_alive_ = true;
   bool writing_ = false;
@@ -392,7 +292,7 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
   std::atomic<bool> closed_{false};
   std::atomic<bool> replied_{false};
   std::atomic<size_t> backlog_{0};
-  absl::Mutex close_mu_;
+  util::Mutex close_mu_;
   std::function<void()> on_close_ ABSL_GUARDED_BY(close_mu_);
 };
 
@@ -411,7 +311,7 @@ void HttpServer::Impl::OnAccept(beast::error_code ec, tcp::socket socket) {
     socket.set_option(tcp::no_delay(true), nd);
     auto session = std::make_shared<Session>(std::move(socket), this);
     {
-      absl::MutexLock lock(&mu);
+      util::MutexLock lock(&mu);
       sessions[session.get()] = session;
     }
     session->Start();
@@ -484,7 +384,7 @@ void HttpServer::Stop() {
   });
   std::vector<std::shared_ptr<Session>> open;
   {
-    absl::MutexLock lock(&impl_->mu);
+    util::MutexLock lock(&impl_->mu);
     for (auto& [ptr, weak] : impl_->sessions) {
       if (auto s = weak.lock()) open.push_back(std::move(s));
     }
@@ -505,7 +405,7 @@ void HttpServer::Stop() {
 }
 
 size_t HttpServer::open_connections() const {
-  absl::MutexLock lock(&impl_->mu);
+  util::MutexLock lock(&impl_->mu);
   return impl_->sessions.size();
 }
 

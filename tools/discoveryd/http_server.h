@@ -14,10 +14,11 @@
 //   (*server)->Stop();
 //
 // What the server enforces by itself (the handler never sees these requests): bodies over
-// `max_body_bytes` (413, connection closed), headers over `max_header_bytes` or unparsable
-// requests (400, closed), clients that send nothing for `read_timeout` while a request is
-// expected (connection closed). Keep-alive follows the request's HTTP version and
-// `Connection` header.
+// `max_body_bytes` (413, connection closed), headers over `max_header_bytes` (431, closed),
+// unparsable requests (400, closed), clients that send nothing for `read_timeout` while a
+// request is expected (connection closed). Keep-alive follows the request's HTTP version and
+// `Connection` header. Parsing, the answers to bad requests and the HttpRequest/HttpResponse
+// conversions are the socket-free functions of http_codec.h.
 //
 // Thread-safety: HttpServer is thread-safe. The handler runs on an io thread and must not
 // block: hand blocking work to another executor and call Exchange::Reply from there.
@@ -26,7 +27,6 @@
 #include <atomic>
 #include <cstddef>
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -35,40 +35,14 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "http_message.h"
 
 namespace spdlog {
 class logger;
 }
 
 namespace discoveryd {
-
-using HeaderList = std::vector<std::pair<std::string, std::string>>;
-
-struct HttpRequest {
-  std::string method;                          // as sent, e.g. "GET"
-  std::string target;                          // raw request target
-  std::string path;                            // percent-decoded path, without the query
-  std::map<std::string, std::string> query;    // percent-decoded; the last value wins
-  std::map<std::string, std::string> headers;  // lower-case names; the last value wins
-  std::string body;
-  std::string remote;  // peer address, for logs
-
-  // Header value by lower-case name, empty when absent.
-  std::string Header(std::string_view lower_name) const;
-  // Query parameter, empty when absent.
-  std::string Query(std::string_view name) const;
-  bool HasQuery(std::string_view name) const { return query.count(std::string(name)) > 0; }
-};
-
-struct HttpResponse {
-  int status = 200;
-  std::string content_type = "application/json";
-  std::string body{};
-  HeaderList headers{};
-  bool close = false;  // close the connection after this response
-};
 
 // The body of a streamed (Server-Sent Events) response. Thread-safe.
 class EventStream {
@@ -103,8 +77,8 @@ class HttpServer {
     std::string host = "127.0.0.1";
     int port = 8080;  // 0 = pick a free port (see port())
     int io_threads = 2;
-    size_t max_body_bytes = 64 * 1024;
-    size_t max_header_bytes = 16 * 1024;
+    size_t max_body_bytes = kDefaultMaxBodyBytes;
+    size_t max_header_bytes = kDefaultMaxHeaderBytes;
     // Time a client may take to send a whole request (also the idle time of a keep-alive
     // connection between requests).
     absl::Duration read_timeout = absl::Seconds(10);
@@ -147,12 +121,5 @@ class HttpServer {
   std::atomic<bool> started_{false};
   std::atomic<bool> stopped_{false};
 };
-
-// Percent-decodes `in` ('+' stays '+'; `plus_as_space` turns it into ' ' for queries).
-std::string PercentDecode(std::string_view in, bool plus_as_space);
-// Fills path and query from target.
-void SplitTarget(std::string_view target, HttpRequest* request);
-// {"error":{"code":code,"message":message}} with `status`.
-HttpResponse ErrorResponse(int status, const std::string& code, const std::string& message);
 
 }  // namespace discoveryd

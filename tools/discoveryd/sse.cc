@@ -29,7 +29,7 @@ void EventHub::Start() {
       {}, [this](const discovery::ChangeEvent& ev) { OnChange(ev); }, false);
   // Events after the subscription are all delivered to OnChange; the snapshot read now is at
   // least as new as the subscription point.
-  absl::MutexLock lock(&mu_);
+  discovery::util::MutexLock lock(&mu_);
   floor_ = std::max(floor_, watcher_->snapshot()->revision());
   last_revision_ = std::max(last_revision_, floor_);
 }
@@ -38,7 +38,7 @@ void EventHub::Stop() {
   subscription_.Reset();
   std::map<uint64_t, Client> clients;
   {
-    absl::MutexLock lock(&mu_);
+    discovery::util::MutexLock lock(&mu_);
     stopped_ = true;
     clients.swap(clients_);
   }
@@ -46,7 +46,7 @@ void EventHub::Stop() {
 }
 
 uint64_t EventHub::NextId() {
-  absl::MutexLock lock(&mu_);
+  discovery::util::MutexLock lock(&mu_);
   return next_id_++;
 }
 
@@ -59,7 +59,7 @@ bool EventHub::Matches(const StreamFilter& f, const Entry& e) {
 void EventHub::Attach(uint64_t id, std::shared_ptr<EventStream> stream, StreamFilter filter,
                       int64_t last_event_id) {
   if (stream == nullptr) return;
-  absl::MutexLock lock(&mu_);
+  discovery::util::MutexLock lock(&mu_);
   if (stopped_) {
     stream->Close();
     return;
@@ -101,12 +101,12 @@ void EventHub::Attach(uint64_t id, std::shared_ptr<EventStream> stream, StreamFi
 }
 
 void EventHub::Detach(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  discovery::util::MutexLock lock(&mu_);
   clients_.erase(id);
 }
 
 size_t EventHub::subscribers() const {
-  absl::MutexLock lock(&mu_);
+  discovery::util::MutexLock lock(&mu_);
   return clients_.size();
 }
 
@@ -122,7 +122,7 @@ void EventHub::OnChange(const discovery::ChangeEvent& ev) {
                      Dump({{"type", discovery::ToString(ev.type)},
                            {"revision", ev.revision},
                            {"instance", discovery::InstanceToJson(*ev.instance)}}));
-  absl::MutexLock lock(&mu_);
+  discovery::util::MutexLock lock(&mu_);
   if (stopped_) return;
   std::vector<uint64_t> dead;
   for (auto& [id, c] : clients_) {

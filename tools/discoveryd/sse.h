@@ -29,9 +29,9 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "discovery/watcher.h"
 #include "http_server.h"
+#include "util/sync.h"
 
 namespace discoveryd {
 
@@ -84,7 +84,7 @@ class EventHub {
   Options options_;
   discovery::Subscription subscription_;
 
-  mutable absl::Mutex mu_;
+  mutable discovery::util::Mutex mu_;
   std::deque<Entry> ring_ ABSL_GUARDED_BY(mu_);
   // Every event with revision > floor_ is in ring_.
   int64_t floor_ ABSL_GUARDED_BY(mu_) = 0;

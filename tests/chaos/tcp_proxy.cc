@@ -1,0 +1,215 @@
+#include "tcp_proxy.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace discovery::testing {
+namespace {
+
+void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// Closes with RST instead of FIN: the peer sees "connection reset", like a cut link.
+void Reset(int fd) {
+  struct linger l = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  close(fd);
+}
+
+int ConnectUpstream(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  // Loopback connects complete (or are refused) at once, also to a SIGSTOPped member whose
+  // kernel still completes handshakes into its backlog.
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  SetNonBlocking(fd);
+  return fd;
+}
+
+// One proxied connection: side 0 is the client, side 1 the upstream member.
+struct Conn {
+  std::array<int, 2> fd = {-1, -1};
+  std::array<std::string, 2> pending;  // read from fd[i], to be written to fd[1 - i]
+  std::array<bool, 2> read_eof = {false, false};
+  std::array<bool, 2> shut = {false, false};  // fd[1 - i] got SHUT_WR after side i's EOF
+  bool dead = false;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TcpProxy>> TcpProxy::Start(int target_port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = 0;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 128) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::string err = strerror(errno);
+    close(fd);
+    return absl::InternalError(absl::StrCat("proxy listen: ", err));
+  }
+  SetNonBlocking(fd);
+  return std::unique_ptr<TcpProxy>(new TcpProxy(fd, ntohs(addr.sin_port), target_port));
+}
+
+TcpProxy::TcpProxy(int listen_fd, int port, int target_port)
+    : listen_fd_(listen_fd), port_(port), target_port_(target_port) {
+  if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) wake_[0] = wake_[1] = -1;
+  thread_ = std::thread([this] { Run(); });
+}
+
+TcpProxy::~TcpProxy() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  if (wake_[1] >= 0) (void)!write(wake_[1], "x", 1);
+  thread_.join();
+  close(listen_fd_);
+  if (wake_[0] >= 0) close(wake_[0]);
+  if (wake_[1] >= 0) close(wake_[1]);
+}
+
+std::string TcpProxy::endpoint() const { return absl::StrCat("http://127.0.0.1:", port_); }
+
+void TcpProxy::Pause() { SetMode(Mode::kPaused); }
+void TcpProxy::Resume() { SetMode(Mode::kForward); }
+void TcpProxy::Cut() { SetMode(Mode::kCut); }
+void TcpProxy::Heal() { SetMode(Mode::kForward); }
+
+void TcpProxy::SetMode(Mode mode) {
+  std::unique_lock<std::mutex> lock(mu_);
+  mode_ = mode;
+  uint64_t want = ++requested_;
+  if (wake_[1] >= 0) (void)!write(wake_[1], "x", 1);
+  applied_cv_.wait(lock, [&] { return applied_ >= want; });
+}
+
+void TcpProxy::Run() {
+  std::vector<Conn> conns;
+  std::vector<char> buf(64 * 1024);
+  auto close_all = [&](bool reset) {
+    for (Conn& c : conns) {
+      for (int fd : c.fd) reset ? Reset(fd) : (void)close(fd);
+    }
+    conns.clear();
+    connections_ = 0;
+  };
+  while (true) {
+    Mode mode;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_) break;
+      mode = mode_;
+      if (mode == Mode::kCut) close_all(true);
+      applied_ = requested_;
+    }
+    applied_cv_.notify_all();
+
+    std::vector<pollfd> pfds;
+    pfds.push_back({wake_[0], POLLIN, 0});
+    if (mode != Mode::kPaused) pfds.push_back({listen_fd_, POLLIN, 0});
+    if (mode == Mode::kForward) {
+      for (Conn& c : conns) {
+        for (int side = 0; side < 2; ++side) {
+          short events = 0;
+          if (c.pending[side].empty() && !c.read_eof[side]) events |= POLLIN;
+          if (!c.pending[1 - side].empty()) events |= POLLOUT;
+          pfds.push_back({c.fd[side], events, 0});
+        }
+      }
+    }
+    if (poll(pfds.data(), pfds.size(), 200) < 0 && errno != EINTR) break;
+    if (pfds[0].revents != 0) {
+      char drain[64];
+      while (read(wake_[0], drain, sizeof(drain)) > 0) {
+      }
+      continue;  // re-read the mode before moving a byte
+    }
+    if (mode != Mode::kPaused && (pfds[1].revents & POLLIN) != 0) {
+      while (true) {
+        int cfd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (cfd < 0) break;
+        ++accepted_;
+        if (mode == Mode::kCut) {
+          Reset(cfd);
+          continue;
+        }
+        int ufd = ConnectUpstream(target_port_);
+        if (ufd < 0) {
+          Reset(cfd);  // member down: the client sees a reset, as without the proxy
+          continue;
+        }
+        Conn c;
+        c.fd = {cfd, ufd};
+        conns.push_back(std::move(c));
+        ++connections_;
+      }
+    }
+    if (mode != Mode::kForward) continue;
+    for (Conn& c : conns) {
+      for (int side = 0; side < 2; ++side) {
+        if (c.dead || !c.pending[side].empty() || c.read_eof[side]) continue;
+        ssize_t n = read(c.fd[side], buf.data(), buf.size());
+        if (n > 0) {
+          c.pending[side].assign(buf.data(), static_cast<size_t>(n));
+        } else if (n == 0) {
+          c.read_eof[side] = true;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+          c.dead = true;
+        }
+      }
+      for (int side = 0; side < 2 && !c.dead; ++side) {
+        std::string& p = c.pending[side];
+        if (!p.empty()) {
+          ssize_t n = send(c.fd[1 - side], p.data(), p.size(), MSG_NOSIGNAL);
+          if (n > 0) {
+            p.erase(0, static_cast<size_t>(n));
+          } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            c.dead = true;
+          }
+        }
+        if (!c.dead && c.read_eof[side] && p.empty() && !c.shut[side]) {
+          shutdown(c.fd[1 - side], SHUT_WR);
+          c.shut[side] = true;
+        }
+      }
+      if (c.shut[0] && c.shut[1]) c.dead = true;
+    }
+    for (size_t i = 0; i < conns.size();) {
+      if (conns[i].dead) {
+        for (int fd : conns[i].fd) Reset(fd);
+        conns[i] = std::move(conns.back());
+        conns.pop_back();
+        --connections_;
+      } else {
+        ++i;
+      }
+    }
+  }
+  close_all(false);
+}
+
+}  // namespace discovery::testing
