@@ -64,6 +64,8 @@ template <class Req, class Resp>
 class BidiStream final : public grpc::ClientBidiReactor<Req, Resp> {
  public:
   using Open = std::function<void(grpc::ClientContext*, grpc::ClientBidiReactor<Req, Resp>*)>;
+  // Handlers run on gRPC threads, possibly before Start() has returned: they must not touch
+  // the owner's stream pointer (post to the owner's loop instead, as both owners do).
   struct Handlers {
     // Each response, on a gRPC thread, one at a time. The response may be moved from.
     std::function<void(Resp& response)> on_response;
@@ -71,8 +73,9 @@ class BidiStream final : public grpc::ClientBidiReactor<Req, Resp> {
     std::function<void(bool had_response, const grpc::Status& status)> on_done;
   };
 
-  // Opens the stream: `open` prepares the context and binds this reactor to the call.
-  // `keep` (e.g. the endpoint's stubs) is held until the call is over.
+  // Opens the stream: `open` (called synchronously, before the call starts) prepares the
+  // context and binds this reactor to the call. `keep` (e.g. the endpoint's stubs `open`
+  // uses) is held until the call is over; pass a copy, `open` may still need the original.
   static std::shared_ptr<BidiStream> Start(StreamTracker* tracker, const Open& open,
                                            Handlers handlers, std::shared_ptr<void> keep) {
     std::shared_ptr<BidiStream> s(new BidiStream(tracker, std::move(handlers), std::move(keep)));

@@ -415,9 +415,9 @@ bool TokenReadyOrFetch(Client* client, util::EventLoop& loop, bool* connecting,
   *connecting = true;
   int index = 0;
   client->CurrentStubs(&index);
-  client->background().Post([client, index, &loop, connecting, then = std::move(then)] {
+  client->background().Post([client, index, &loop, connecting, then = std::move(then)]() mutable {
     if (!client->RefreshToken(index).ok()) client->MarkFailed(index);
-    loop.Post([client, connecting, then] {
+    loop.Post([client, connecting, then = std::move(then)] {
       *connecting = false;
       then(client->has_token());
     });

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +20,13 @@ namespace {
 
 void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
+// Small writes (keepalives) must not wait for Nagle + delayed ACK (~40 ms): the proxied
+// paths would otherwise be slower than direct ones and shift the timings under test.
+void SetNoDelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 // Closes with RST instead of FIN: the peer sees "connection reset", like a cut link.
 void Reset(int fd) {
   struct linger l = {1, 0};
@@ -26,20 +34,27 @@ void Reset(int fd) {
   close(fd);
 }
 
+// Loopback connects complete (or are refused) at once, also to a SIGSTOPped member whose
+// kernel still completes handshakes into its backlog; only a full backlog makes one wait, so
+// the wait is bounded (the serving thread must stay responsive).
 int ConnectUpstream(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return -1;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  // Loopback connects complete (or are refused) at once, also to a SIGSTOPped member whose
-  // kernel still completes handshakes into its backlog.
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
+    int err = errno;
+    pollfd p = {fd, POLLOUT, 0};
+    socklen_t len = sizeof(err);
+    if (err != EINPROGRESS || poll(&p, 1, 1000) != 1 ||
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+      close(fd);
+      return -1;
+    }
   }
-  SetNonBlocking(fd);
+  SetNoDelay(fd);
   return fd;
 }
 
@@ -49,7 +64,9 @@ struct Conn {
   std::array<std::string, 2> pending;  // read from fd[i], to be written to fd[1 - i]
   std::array<bool, 2> read_eof = {false, false};
   std::array<bool, 2> shut = {false, false};  // fd[1 - i] got SHUT_WR after side i's EOF
-  bool dead = false;
+  std::array<size_t, 2> pfd = {0, 0};         // index of fd[i] in this round's pollfds
+  bool dead = false;                          // an error: close both sides with RST
+  bool done = false;                          // both directions finished cleanly
 };
 
 }  // namespace
@@ -104,7 +121,7 @@ void TcpProxy::SetMode(Mode mode) {
   mode_ = mode;
   uint64_t want = ++requested_;
   if (wake_[1] >= 0) (void)!write(wake_[1], "x", 1);
-  applied_cv_.wait(lock, [&] { return applied_ >= want; });
+  applied_cv_.wait(lock, [&] { return applied_ >= want || failed_; });
 }
 
 void TcpProxy::Run() {
@@ -137,11 +154,17 @@ void TcpProxy::Run() {
           short events = 0;
           if (c.pending[side].empty() && !c.read_eof[side]) events |= POLLIN;
           if (!c.pending[1 - side].empty()) events |= POLLOUT;
+          c.pfd[side] = pfds.size();
           pfds.push_back({c.fd[side], events, 0});
         }
       }
     }
-    if (poll(pfds.data(), pfds.size(), 200) < 0 && errno != EINTR) break;
+    if (poll(pfds.data(), pfds.size(), 200) < 0 && errno != EINTR) {
+      std::lock_guard<std::mutex> lock(mu_);
+      failed_ = true;  // SetMode must not wait for a thread that is gone
+      applied_cv_.notify_all();
+      break;
+    }
     if (pfds[0].revents != 0) {
       char drain[64];
       while (read(wake_[0], drain, sizeof(drain)) > 0) {
@@ -162,6 +185,7 @@ void TcpProxy::Run() {
           Reset(cfd);  // member down: the client sees a reset, as without the proxy
           continue;
         }
+        SetNoDelay(cfd);
         Conn c;
         c.fd = {cfd, ufd};
         conns.push_back(std::move(c));
@@ -170,6 +194,14 @@ void TcpProxy::Run() {
     }
     if (mode != Mode::kForward) continue;
     for (Conn& c : conns) {
+      // An error or hang-up with nothing left to read: poll would report it on every round
+      // (it cannot be masked), so the connection is over.
+      for (int side = 0; side < 2; ++side) {
+        short re = pfds[c.pfd[side]].revents;
+        if ((re & (POLLERR | POLLNVAL)) != 0 || ((re & POLLHUP) != 0 && (re & POLLIN) == 0)) {
+          c.dead = true;
+        }
+      }
       for (int side = 0; side < 2; ++side) {
         if (c.dead || !c.pending[side].empty() || c.read_eof[side]) continue;
         ssize_t n = read(c.fd[side], buf.data(), buf.size());
@@ -196,11 +228,11 @@ void TcpProxy::Run() {
           c.shut[side] = true;
         }
       }
-      if (c.shut[0] && c.shut[1]) c.dead = true;
+      if (c.shut[0] && c.shut[1]) c.done = true;
     }
     for (size_t i = 0; i < conns.size();) {
-      if (conns[i].dead) {
-        for (int fd : conns[i].fd) Reset(fd);
+      if (conns[i].dead || conns[i].done) {
+        for (int fd : conns[i].fd) conns[i].dead ? Reset(fd) : (void)close(fd);
         conns[i] = std::move(conns.back());
         conns.pop_back();
         --connections_;

@@ -71,6 +71,7 @@ class TcpProxy {
   uint64_t requested_ = 0;      // guarded by mu_: bumped by SetMode
   uint64_t applied_ = 0;        // guarded by mu_: the serving thread's last applied request
   bool stop_ = false;           // guarded by mu_
+  bool failed_ = false;         // guarded by mu_: the serving thread died (poll failed)
 
   std::atomic<int> connections_{0};
   std::atomic<int64_t> accepted_{0};

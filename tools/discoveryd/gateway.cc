@@ -64,6 +64,7 @@ struct Gateway::Impl {
   util::Mutex ping_mu;
   absl::Time ping_at ABSL_GUARDED_BY(ping_mu) = absl::InfinitePast();
   absl::Status ping_status ABSL_GUARDED_BY(ping_mu) = absl::UnavailableError("not checked yet");
+  bool ping_in_flight ABSL_GUARDED_BY(ping_mu) = false;
 
   void Handle(HttpRequest req, std::shared_ptr<Exchange> ex);
   // The response to `call`: an immediate response as is, a validated call run against etcd or
@@ -152,13 +153,22 @@ void Gateway::Impl::Subscribe(const HttpRequest& req, const std::string& route,
 }
 
 absl::Status Gateway::Impl::CachedPing() {
-  util::MutexLock lock(&ping_mu);
-  if (absl::Now() - ping_at < absl::Seconds(1)) return ping_status;
+  {
+    util::MutexLock lock(&ping_mu);
+    // Fresh enough, or another request is asking etcd right now: answer from the cache
+    // instead of queueing workers behind a slow probe during an outage.
+    if (absl::Now() - ping_at < absl::Seconds(1) || ping_in_flight) return ping_status;
+    ping_in_flight = true;
+  }
   // A quorum read, not Maintenance.Status: a member that is up but has lost quorum answers
   // Status, yet cannot serve a single write or linearizable read (ChaosTest.QuorumLost...).
-  ping_status = connection->Ping(absl::Seconds(1));
+  // 3 s lets the client try every member (1 s each) before calling etcd unavailable.
+  absl::Status s = connection->Ping(absl::Seconds(3));
+  util::MutexLock lock(&ping_mu);
+  ping_status = s;
   ping_at = absl::Now();
-  return ping_status;
+  ping_in_flight = false;
+  return s;
 }
 
 HttpResponse Gateway::Impl::Healthz() {
