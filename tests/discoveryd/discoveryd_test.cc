@@ -3,6 +3,7 @@
 // SSE clients in the test. The dashboard test drives a real headless Chromium over the
 // DevTools protocol.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 
 #include <csignal>
 #include <fstream>
@@ -28,6 +29,7 @@ using testing::Must;
 using testing::Response;
 using testing::SseClient;
 using testing::SseEvent;
+using testing::TestSocket;
 using testing::TimeScale;
 using testing::WaitUntil;
 using testing::WorldBody;
@@ -385,6 +387,61 @@ TEST_F(DiscoverydTest, ManySubscribersOnAFewThreads) {
                                  "discovery_sse_subscribers 0");
       },
       absl::Seconds(5)));
+}
+
+// A subscriber that stops reading must not make the gateway queue events for it without
+// bound: once it is --sse-max-backlog behind, its stream is closed; the others keep up.
+TEST_F(DiscoverydTest, SlowSseClientIsCutOffOthersKeepUp) {
+  GatewayProc gw = StartGateway({"--sse-max-backlog", "65536"});
+  ASSERT_GT(gw.port, 0);
+  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("big").dump())).status, 201);
+  auto fast = SseClient::Connect(gw.port, "/sd/v1/subscribe?type=world");
+  ASSERT_TRUE(fast.ok()) << fast.status();
+  // The slow one: subscribes, takes the response head, then never reads again (with a small
+  // receive buffer, so the kernel absorbs little on its side).
+  auto slow = TestSocket::Connect(gw.port, absl::Seconds(5));
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  int small = 4096;
+  setsockopt((*slow)->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  ASSERT_TRUE((*slow)->SendAll("GET /sd/v1/subscribe?type=world HTTP/1.1\r\nHost: x\r\n\r\n").ok());
+  auto head = (*slow)->ReceiveSome(256);
+  ASSERT_TRUE(head.ok() && absl::StartsWith(*head, "HTTP/1.1 200")) << head.status();
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return absl::StrContains(Must(Http(gw.port, "GET", "/metrics")).body,
+                                 "discovery_sse_subscribers 2");
+      },
+      absl::Seconds(5)));
+
+  // ~12 MiB of events: 400 updates carrying 30 KiB of metadata each.
+  const std::string filler(30 * 1024, 'x');
+  constexpr int kUpdates = 400;
+  for (int i = 0; i < kUpdates; ++i) {
+    json patch = {{"meta", {{"n", std::to_string(i)}, {"filler", filler}}}};
+    ASSERT_EQ(Must(Http(gw.port, "PATCH", "/sd/v1/instances/big?type=world", patch.dump())).status,
+              200)
+        << i;
+  }
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        return absl::StrContains(Must(Http(gw.port, "GET", "/metrics")).body,
+                                 "discovery_sse_subscribers 1");
+      },
+      absl::Seconds(10)))
+      << "the slow subscriber was not cut off";  // its stream's on_close ran: socket closed
+  EXPECT_TRUE(absl::StrContains(gw.proc->ReadStderr(), "too slow")) << gw.proc->ReadStderr();
+  // The fast subscriber saw every update through the last one.
+  EXPECT_TRUE((*fast)->WaitFor(
+      [&](const std::vector<SseEvent>& ev) {
+        return HasEvent(ev, "update", [&](const json& d) {
+          return d.contains("instance") &&
+                 d["instance"]["meta"].value("n", "") == std::to_string(kUpdates - 1);
+        });
+      },
+      absl::Seconds(20)));
+  EXPECT_FALSE((*fast)->closed());
+  EXPECT_TRUE(gw.proc->Running());
+  EXPECT_EQ(Must(Http(gw.port, "GET", "/healthz")).status, 200);
 }
 
 TEST_F(DiscoverydTest, AuthAndBadInputLeaveRegistryUnchanged) {

@@ -233,6 +233,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
   so.io_threads = options.io_threads;
   so.read_timeout = options.read_timeout;
   so.stream_keepalive = options.sse_keepalive;
+  so.max_stream_backlog_bytes = options.sse_max_backlog_bytes;
   so.logger = options.logger;
   Impl* raw = impl.get();
   so.on_protocol_error = [raw](const std::string& method, int status) {

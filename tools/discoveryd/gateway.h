@@ -47,6 +47,10 @@ struct GatewayOptions {
   int worker_threads = 4;  // blocking etcd calls of the REST API
   absl::Duration read_timeout = absl::Seconds(10);
   absl::Duration sse_keepalive = absl::Seconds(15);
+  // An SSE client with more than this many bytes queued (not yet taken by its socket) is too
+  // slow: its stream is closed (it may reconnect with Last-Event-ID) instead of growing the
+  // gateway's memory without bound.
+  size_t sse_max_backlog_bytes = 1024 * 1024;
   absl::Duration initial_sync_wait = absl::Seconds(3);
   std::shared_ptr<spdlog::logger> logger{};  // "discoveryd"
 };

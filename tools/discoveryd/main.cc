@@ -55,6 +55,10 @@ int main(int argc, char** argv) {
                  "seconds a client may take to send a request (also the keep-alive idle time)")
       ->capture_default_str()
       ->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--sse-max-backlog", options.sse_max_backlog_bytes,
+                 "bytes an SSE client may fall behind before its stream is closed")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{4096}, size_t{1} << 30));
   app.add_option("--io-threads", options.io_threads, "HTTP io threads")->capture_default_str();
   app.add_option("--workers", options.worker_threads, "threads for blocking etcd calls")
       ->capture_default_str();
