@@ -2,6 +2,7 @@
 // value validation and exit codes. No etcd needed.
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_split.h"
 #include "common.h"
 #include "health_check.h"
 #include "output.h"
@@ -95,6 +96,50 @@ TEST(OutputTest, TableAlignsColumns) {
   nlohmann::json j = InstanceWithLease(*a);
   EXPECT_EQ(j["leaseId"], "694d");
   EXPECT_EQ(j["leaseTtlSeconds"], 7);
+}
+
+TEST(OutputTest, PrintableEscapesControlsKeepsUnicode) {
+  EXPECT_EQ(Printable("plain"), "plain");
+  EXPECT_EQ(Printable("\x1b[31mred\r\n"), "\\x1B[31mred\\x0D\\x0A");
+  EXPECT_EQ(Printable("\xC2\x85"), "\\x85");  // C1 control NEL
+  EXPECT_EQ(Printable("a\xFF"
+                      "b"),
+            "a\xEF\xBF\xBD"
+            "b");
+  EXPECT_EQ(Printable("\xE2\x82"), "\xEF\xBF\xBD\xEF\xBF\xBD");  // truncated sequence
+  EXPECT_EQ(Printable("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");  // overlong '/'
+  EXPECT_EQ(Printable("서울-1 🎮"), "서울-1 🎮");
+}
+
+TEST(OutputTest, DisplayWidthCountsWideCharactersTwice) {
+  EXPECT_EQ(DisplayWidth("kr-1"), 4u);
+  EXPECT_EQ(DisplayWidth("서울"), 4u);
+  EXPECT_EQ(DisplayWidth("東京x"), 5u);
+  EXPECT_EQ(DisplayWidth("é"), 1u);          // precomposed
+  EXPECT_EQ(DisplayWidth("e\xCC\x81"), 1u);  // e + combining acute
+  EXPECT_EQ(DisplayWidth("🎮"), 2u);
+}
+
+TEST(OutputTest, TableAlignsWideAndHostileCells) {
+  auto a = ParseStored("/services/", "/services/world/a",
+                       R"({"instanceId":"a","type":"world","group":"서울","hostname":"h",
+                           "customState":"\u001b[2Jwiped","status":"ready"})");
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = ParseStored("/services/", "/services/world/b",
+                       R"({"instanceId":"b","type":"world","group":"kr-1","hostname":"h",
+                           "status":"ready"})");
+  ASSERT_TRUE(b.ok()) << b.status();
+  std::string table = FormatTable({*a, *b}, absl::FromUnixSeconds(0));
+  EXPECT_EQ(table.find('\x1b'), std::string::npos) << table;
+  EXPECT_NE(table.find("\\x1B[2Jwiped"), std::string::npos) << table;
+  // Every row puts ID in the same terminal column.
+  std::vector<std::string> lines = absl::StrSplit(table, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u);
+  auto id_column = [](const std::string& line, const std::string& id) {
+    return DisplayWidth(line.substr(0, line.find("  " + id + "  ") + 2));
+  };
+  EXPECT_EQ(id_column(lines[1], "a"), id_column(lines[0], "ID"));
+  EXPECT_EQ(id_column(lines[2], "b"), id_column(lines[0], "ID"));
 }
 
 TEST(StoreTest, ParseStoredAppliesTheWatcherRules) {

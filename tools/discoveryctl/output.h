@@ -4,6 +4,7 @@
 
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -15,8 +16,18 @@ namespace discoveryctl {
 
 // A fixed-width table, one row per instance, columns
 // TYPE GROUP ID ADDRESS PORTS STATUS CUSTOM-STATE VERSION TTL AGE (empty fields print "-").
-// Always ends with a newline; only the header when `instances` is empty.
+// Cells go through Printable() and are aligned by DisplayWidth(). Always ends with a newline;
+// only the header when `instances` is empty.
 std::string FormatTable(const std::vector<StoredInstance>& instances, absl::Time now);
+
+// `s` as a terminal may safely show it: control characters (ESC sequences could recolour the
+// operator's terminal or move its cursor, CR/LF would break the table) become \xNN, invalid
+// UTF-8 becomes U+FFFD; valid UTF-8 (names in Korean, emoji) is kept.
+std::string Printable(std::string_view s);
+
+// Terminal columns a valid UTF-8 string takes: East Asian wide and fullwidth characters
+// (Hangul, CJK, fullwidth forms, most emoji) count 2, combining marks 0, others 1.
+size_t DisplayWidth(std::string_view s);
 
 // "game=8001,grpc=50051", or "-" when there are none.
 std::string FormatPorts(const std::map<std::string, int>& ports);
