@@ -27,7 +27,6 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr int kMaxNameLength = 64;
-constexpr int kMaxNestingDepth = 64;
 constexpr int kMinPort = 1;
 constexpr int kMaxPort = 65535;
 constexpr int kMinWeight = 0;
@@ -246,40 +245,6 @@ absl::Status ReadMeta(const Json::object_t& obj, std::map<std::string, std::stri
     }
   }
   return absl::OkStatus();
-}
-
-// Rejects input nested deeper than kMaxNestingDepth without recursing. Counts [ and {
-// outside strings; malformed input is left for the parser to reject.
-bool NestingWithinLimit(std::string_view s) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;  // skip the escaped character
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    switch (c) {
-      case '"':
-        in_string = true;
-        break;
-      case '[':
-      case '{':
-        if (++depth > kMaxNestingDepth) return false;
-        break;
-      case ']':
-      case '}':
-        if (depth > 0) --depth;
-        break;
-      default:
-        break;
-    }
-  }
-  return true;
 }
 
 // Known fields in encoding order, with their JSON values (omitted fields are skipped).
@@ -508,14 +473,46 @@ absl::StatusOr<Instance> InstanceFromJson(const nlohmann::json& json) {
   return in;
 }
 
+bool JsonNestingWithin(std::string_view s, int limit) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // skip the escaped character
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"':
+        in_string = true;
+        break;
+      case '[':
+      case '{':
+        if (++depth > limit) return false;
+        break;
+      case ']':
+      case '}':
+        if (depth > 0) --depth;
+        break;
+      default:
+        break;
+    }
+  }
+  return true;
+}
+
 absl::StatusOr<Instance> DecodeInstance(std::string_view json, size_t max_bytes) {
   if (json.size() > max_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("instance JSON: ", json.size(), " bytes exceeds the limit of ", max_bytes));
   }
-  if (!NestingWithinLimit(json)) {
+  if (!JsonNestingWithin(json)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("instance JSON: nesting deeper than ", kMaxNestingDepth));
+        absl::StrCat("instance JSON: nesting deeper than ", kMaxInstanceNesting));
   }
   Json parsed = Json::parse(json.begin(), json.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded()) {

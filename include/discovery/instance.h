@@ -75,6 +75,13 @@ using InstancePtr = std::shared_ptr<const Instance>;
 
 // Upper bound on an encoded instance the watcher and decoders accept (64 KiB).
 inline constexpr size_t kMaxInstanceBytes = 64 * 1024;
+// Upper bound on array/object nesting the decoders accept.
+inline constexpr int kMaxInstanceNesting = 64;
+
+// True when `json` nests arrays/objects at most `limit` deep. Checked without recursing, so it
+// is safe on hostile input; counts [ and { outside strings, and leaves malformed input for a
+// parser to reject.
+bool JsonNestingWithin(std::string_view json, int limit = kMaxInstanceNesting);
 
 // Encodes as one compact JSON object (no newlines).
 std::string EncodeInstance(const Instance& instance);

@@ -69,32 +69,6 @@ HttpResponse BadJson(const std::string& why) {
   return ErrorResponse(400, "invalid_json", absl::StrCat("request body is not valid JSON: ", why));
 }
 
-// True when `s` nests arrays/objects at most `limit` deep, without recursing. Counts [ and {
-// outside strings; malformed input is left for the parser to reject.
-bool NestingWithin(std::string_view s, int limit) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    char c = s[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;  // skip the escaped character
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return false;
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return true;
-}
-
 // Parses a JSON object body. `allow_empty`: an empty body is an empty object.
 std::optional<json> ParseObject(const std::string& body, bool allow_empty, HttpResponse* error) {
   if (body.find_first_not_of(" \t\r\n") == std::string::npos) {
@@ -102,7 +76,7 @@ std::optional<json> ParseObject(const std::string& body, bool allow_empty, HttpR
     *error = BadJson("empty body");
     return std::nullopt;
   }
-  if (!NestingWithin(body, kMaxBodyNesting)) {
+  if (!discovery::JsonNestingWithin(body, kMaxBodyNesting)) {
     *error = ErrorResponse(
         400, "invalid_json",
         absl::StrCat("request body nests arrays/objects deeper than ", kMaxBodyNesting, " levels"));

@@ -37,7 +37,7 @@ namespace discoveryd {
 
 // Bodies nested deeper than this are refused: the readers of the registry (DecodeInstance)
 // refuse values nested deeper, and nothing should recurse on client input that deep.
-inline constexpr int kMaxBodyNesting = 64;
+inline constexpr int kMaxBodyNesting = discovery::kMaxInstanceNesting;
 
 // The mutable part of a PATCH or heartbeat body.
 struct Changes {
