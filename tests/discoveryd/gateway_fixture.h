@@ -53,6 +53,37 @@ inline std::function<bool(const json&)> IdIs(const std::string& id, const std::s
   };
 }
 
+// Spawns discoveryd (the DISCOVERYD binary) against `endpoints_csv` and waits up to `timeout`
+// for its "serving http://127.0.0.1:PORT/" line. On failure (non-fatal) the returned port is 0.
+inline GatewayProc SpawnGateway(const std::string& endpoints_csv,
+                                std::vector<std::string> extra = {},
+                                std::vector<std::pair<std::string, std::string>> env = {},
+                                const std::string& listen = "127.0.0.1:0",
+                                absl::Duration timeout = absl::Seconds(15)) {
+  std::vector<std::string> argv = {DISCOVERYD, "--listen", listen, "--endpoints", endpoints_csv};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  GatewayProc gw;
+  auto proc = ChildProcess::Spawn(
+      {.argv = argv, .env = env, .unset_env_prefixes = {"ETCD_", "DISCOVERY_"}});
+  EXPECT_TRUE(proc.ok()) << proc.status();
+  if (!proc.ok()) return gw;
+  gw.proc = *std::move(proc);
+  static const std::regex kServing("discoveryd serving http://127\\.0\\.0\\.1:([0-9]+)/");
+  bool ready = WaitUntil(
+      [&] {
+        std::smatch m;
+        std::string err = gw.proc->ReadStderr();
+        if (std::regex_search(err, m, kServing)) {
+          gw.port = std::stoi(m[1]);
+          return true;
+        }
+        return !gw.proc->Running();
+      },
+      timeout);
+  EXPECT_TRUE(ready && gw.port > 0) << "discoveryd did not start:\n" << gw.proc->ReadStderr();
+  return gw;
+}
+
 class DiscoverydTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -61,33 +92,10 @@ class DiscoverydTest : public ::testing::Test {
     cluster_ = *std::move(c);
   }
 
-  // Spawns discoveryd and waits for its "serving http://127.0.0.1:PORT/" line.
   GatewayProc StartGateway(std::vector<std::string> extra = {},
                            std::vector<std::pair<std::string, std::string>> env = {},
                            const std::string& listen = "127.0.0.1:0") {
-    std::vector<std::string> argv = {DISCOVERYD, "--listen", listen, "--endpoints",
-                                     cluster_->EndpointsCsv()};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    GatewayProc gw;
-    auto proc = ChildProcess::Spawn(
-        {.argv = argv, .env = env, .unset_env_prefixes = {"ETCD_", "DISCOVERY_"}});
-    EXPECT_TRUE(proc.ok()) << proc.status();
-    if (!proc.ok()) return gw;
-    gw.proc = *std::move(proc);
-    static const std::regex kServing("discoveryd serving http://127\\.0\\.0\\.1:([0-9]+)/");
-    bool ready = WaitUntil(
-        [&] {
-          std::smatch m;
-          std::string err = gw.proc->ReadStderr();
-          if (std::regex_search(err, m, kServing)) {
-            gw.port = std::stoi(m[1]);
-            return true;
-          }
-          return !gw.proc->Running();
-        },
-        absl::Seconds(15));
-    EXPECT_TRUE(ready && gw.port > 0) << "discoveryd did not start:\n" << gw.proc->ReadStderr();
-    return gw;
+    return SpawnGateway(cluster_->EndpointsCsv(), std::move(extra), std::move(env), listen);
   }
 
   std::string Keys() {

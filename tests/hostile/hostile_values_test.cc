@@ -35,7 +35,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <regex>
 #include <set>
 #include <string>
 #include <utility>
@@ -53,6 +52,7 @@
 #include "discovery/watcher.h"
 #include "etcd/client.h"
 #include "etcd_harness.h"
+#include "gateway_fixture.h"
 #include "http_test_client.h"
 #include "nlohmann/json.hpp"
 
@@ -390,24 +390,11 @@ class HostileValuesTest : public ::testing::Test {
   }
 
   void StartGateway(std::unique_ptr<ChildProcess>* proc, int* port) {
-    auto child = ChildProcess::Spawn(
-        {.argv = {DISCOVERYD, "--listen", "127.0.0.1:0", "--endpoints", cluster_->EndpointsCsv()},
-         .unset_env_prefixes = {"ETCD_", "DISCOVERY_"}});
-    ASSERT_TRUE(child.ok()) << child.status();
-    *proc = *std::move(child);
-    static const std::regex kServing("discoveryd serving http://127\\.0\\.0\\.1:([0-9]+)/");
-    ASSERT_TRUE(WaitUntil(
-        [&] {
-          std::smatch m;
-          std::string err = (*proc)->ReadStderr();
-          if (std::regex_search(err, m, kServing)) {
-            *port = std::stoi(m[1]);
-            return true;
-          }
-          return !(*proc)->Running();
-        },
-        kWait));
-    ASSERT_GT(*port, 0) << (*proc)->ReadStderr();
+    testing::GatewayProc gw =
+        testing::SpawnGateway(cluster_->EndpointsCsv(), {}, {}, "127.0.0.1:0", kWait);
+    *proc = std::move(gw.proc);
+    *port = gw.port;
+    ASSERT_GT(*port, 0);
   }
 
   std::vector<std::string> CtlArgv(const std::vector<std::string>& args) {
