@@ -55,6 +55,7 @@
 #include "etcd/watch_hub.h"
 #include "etcd_harness.h"
 #include "nlohmann/json.hpp"
+#include "sample_instance.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -208,21 +209,7 @@ Json Target(const std::string& what, bool met) {
 // Test data
 
 Instance MakeInstance(int i, const std::string& type = "world") {
-  Instance in;
-  in.instance_id = absl::StrFormat("01JCYFZQ7D4NB4MZ5S6Z%06d", i);
-  in.type = type;
-  in.group = absl::StrCat("kr-", i % 8);
-  in.hostname = absl::StrCat("game-", i, ".kr.example.com");
-  in.public_ip = absl::StrFormat("123.45.%d.%d", (i / 250) % 250, i % 250);
-  in.private_ip = absl::StrFormat("10.0.%d.%d", (i / 250) % 250, i % 250);
-  in.ports = {{"game", 8001}, {"grpc", 50051}};
-  in.status = discovery::InstanceStatus::kReady;
-  in.version = "1.4.2";
-  in.region = "ap-northeast-2";
-  in.zone = "a";
-  in.weight = 100;
-  in.performance = {{"tps", 1200}, {"load", (i % 100) / 100.0}};
-  in.started_at = absl::FromUnixSeconds(1700000000);
+  Instance in = discovery_bench::SampleInstance(i, type);
   in.updated_at = absl::Now();
   return in;
 }

@@ -29,30 +29,17 @@
 #include "discovery/instance.h"
 #include "discovery/picker.h"
 #include "discovery/watcher.h"
+#include "sample_instance.h"
 
 namespace {
 
 using discovery::Instance;
 using discovery::InstancePtr;
 
-// A realistic instance (the DESIGN.md example, with a per-index id).
+// A realistic instance (bench/sample_instance.h) with metadata, fixed timestamps and a lease.
 Instance MakeInstance(int i, const std::string& type = "world") {
-  Instance in;
-  in.instance_id = absl::StrFormat("01JCYFZQ7D4NB4MZ5S6Z%06d", i);
-  in.type = type;
-  in.group = absl::StrCat("kr-", i % 8);
-  in.hostname = absl::StrCat("game-", i, ".kr.example.com");
-  in.public_ip = absl::StrFormat("123.45.%d.%d", (i / 250) % 250, i % 250);
-  in.private_ip = absl::StrFormat("10.0.%d.%d", (i / 250) % 250, i % 250);
-  in.ports = {{"game", 8001}, {"grpc", 50051}};
-  in.status = discovery::InstanceStatus::kReady;
-  in.version = "1.4.2";
-  in.region = "ap-northeast-2";
-  in.zone = "a";
-  in.weight = 100;
+  Instance in = discovery_bench::SampleInstance(i, type);
   in.meta = {{"k", "v"}};
-  in.performance = {{"tps", 1200}, {"load", (i % 100) / 100.0}};
-  in.started_at = absl::FromUnixSeconds(1700000000);
   in.updated_at = absl::FromUnixSeconds(1700000000 + i);
   in.lease_id = 0x694d7a1c2f3b4c01 + i;
   return in;
