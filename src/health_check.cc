@@ -12,6 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "util/clock.h"
+#include "util/grpc_deadline.h"
 
 namespace discovery {
 namespace {
@@ -50,7 +52,7 @@ bool HttpCheck(int fd, const std::string& host, const std::string& path, absl::T
   size_t sent = 0;
   while (sent < req.size()) {
     pollfd p{fd, POLLOUT, 0};
-    int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+    int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - util::MonoNow()));
     if (ms <= 0 || poll(&p, 1, ms) != 1) return false;
     ssize_t n = send(fd, req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) return false;
@@ -59,7 +61,7 @@ bool HttpCheck(int fd, const std::string& host, const std::string& path, absl::T
   std::string head;
   while (head.find("\r\n") == std::string::npos && head.size() < 1024) {
     pollfd p{fd, POLLIN, 0};
-    int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+    int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - util::MonoNow()));
     if (ms <= 0 || poll(&p, 1, ms) != 1) return false;
     char buf[256];
     ssize_t n = recv(fd, buf, sizeof(buf), 0);
@@ -82,13 +84,13 @@ bool HealthChecker::Probe(const Instance& in) const {
   if (port == 0 && options_.port_name.empty() && !in.ports.empty()) port = in.ports.begin()->second;
   const std::string& host = in.Address();
   if (port == 0 || host.empty()) return false;
-  absl::Time deadline = absl::Now() + options_.timeout;
+  absl::Time deadline = util::MonoNow() + options_.timeout;
   if (options_.kind == HealthCheckKind::kGrpc) {
     auto channel =
         grpc::CreateChannel(absl::StrCat(host, ":", port), grpc::InsecureChannelCredentials());
     auto stub = grpc::health::v1::Health::NewStub(channel);
     grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(deadline));
+    ctx.set_deadline(util::GrpcDeadline(deadline));
     grpc::health::v1::HealthCheckRequest req;
     req.set_service(options_.grpc_service);
     grpc::health::v1::HealthCheckResponse resp;
@@ -106,7 +108,7 @@ bool HealthChecker::Probe(const Instance& in) const {
 bool HealthChecker::IsHealthy(const Instance& in) {
   std::string key =
       absl::StrCat(in.Address(), ":", in.Port(options_.port_name), "/", in.instance_id);
-  absl::Time now = absl::Now();
+  absl::Time now = util::MonoNow();
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = cache_.find(key);
@@ -114,7 +116,7 @@ bool HealthChecker::IsHealthy(const Instance& in) {
   }
   bool healthy = Probe(in);
   std::lock_guard<std::mutex> lock(mu_);
-  cache_[key] = Verdict{healthy, absl::Now()};
+  cache_[key] = Verdict{healthy, util::MonoNow()};
   if (cache_.size() > 100000) cache_.clear();  // bound memory on churny fleets
   return healthy;
 }
@@ -125,7 +127,7 @@ std::vector<InstancePtr> HealthChecker::Filter(const std::vector<InstancePtr>& i
   constexpr size_t kParallel = 32;
   std::vector<char> healthy(instances.size(), 0);
   std::vector<size_t> unknown;
-  absl::Time now = absl::Now();
+  absl::Time now = util::MonoNow();
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (size_t i = 0; i < instances.size(); ++i) {

@@ -13,6 +13,7 @@
 #include "etcd/client.h"
 #include "etcd/lease_keeper.h"
 #include "spdlog/spdlog.h"
+#include "util/clock.h"
 #include "util/logging.h"
 #include "util/sync.h"
 
@@ -264,7 +265,7 @@ absl::Status Registrar::Impl::WriteValue(RegistrationState& st, bool owns_status
       put->set_value(Encode(st.instance, st.lease_id));
       txn.add_failure()->mutable_request_range()->set_key(st.key);
       st.perf_dirty = false;
-      st.last_perf_write = absl::Now();
+      st.last_perf_write = util::MonoNow();
     }
     auto resp = client->Txn(txn);
     if (!resp.ok()) {
@@ -457,8 +458,8 @@ absl::Status Registration::UpdatePerformance(nlohmann::json performance) {
     state_->perf_dirty = true;
     if (state_->perf_flush_scheduled) return absl::OkStatus();
     state_->perf_flush_scheduled = true;
-    delay =
-        std::max(absl::ZeroDuration(), state_->last_perf_write + absl::Seconds(1) - absl::Now());
+    delay = std::max(absl::ZeroDuration(),
+                     state_->last_perf_write + absl::Seconds(1) - util::MonoNow());
   }
   std::weak_ptr<RegistrationState> weak = state_;
   std::weak_ptr<Registrar::Impl> weak_impl = impl;
@@ -566,7 +567,7 @@ absl::StatusOr<Registration> Registrar::Register(Instance instance, Registration
     st->instance = std::move(instance);
     st->lease_id = lease;
     st->mod_revision = *put;
-    st->last_perf_write = now;
+    st->last_perf_write = util::MonoNow();
   }
   {
     util::MutexLock lock(&impl_->mu);

@@ -11,6 +11,7 @@
 #include "etcd/client.h"
 #include "etcd/watch_hub.h"
 #include "spdlog/spdlog.h"
+#include "util/clock.h"
 #include "util/logging.h"
 #include "util/sync.h"
 
@@ -42,8 +43,9 @@ bool Filter::Matches(const Instance& in) const {
 // ---- Snapshot ----
 
 Snapshot::Snapshot(int64_t revision,
-                   std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types)
-    : revision_(revision), types_(std::move(types)) {
+                   std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types,
+                   uint64_t history)
+    : revision_(revision), history_(history), types_(std::move(types)) {
   for (const auto& [name, set] : types_) size_ += set->instances.size();
 }
 
@@ -202,6 +204,8 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   // Subscriptions.
   mutable util::Mutex subs_mu;
   std::map<uint64_t, std::shared_ptr<Sub>> subs ABSL_GUARDED_BY(subs_mu);
+  std::map<uint64_t, std::function<void(const SnapshotPtr&)>> reset_listeners
+      ABSL_GUARDED_BY(subs_mu);
   uint64_t next_sub ABSL_GUARDED_BY(subs_mu) = 1;
   util::Mutex queue_mu;
   std::deque<std::pair<uint64_t, ChangeEvent>> queue ABSL_GUARDED_BY(queue_mu);
@@ -340,7 +344,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   }
 
   void ApplySync(RangeResult& r) {
-    absl::Time now = absl::Now();
+    absl::Time now = util::MonoNow();
     FlushPublish();  // events applied before the resync go out first
     std::unordered_map<std::string, InstancePtr> fresh;
     fresh.reserve(r.kvs.size());
@@ -436,7 +440,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   }
 
   void ApplyEvents(const pb::WatchResponse& resp) {
-    absl::Time now = absl::Now();
+    absl::Time now = util::MonoNow();
     // Events of one revision (a Txn, or every key of a revoked lease) share mod_revision.
     const int64_t applied = revision;
     for (const auto& ev : resp.events()) {
@@ -484,7 +488,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
     std::vector<ChangeEvent> changes = std::move(pending_changes);
     pending_touched.clear();
     pending_changes.clear();
-    Publish(touched, absl::Now());
+    Publish(touched, util::MonoNow());
     Dispatch(changes);
   }
 
@@ -549,7 +553,7 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
         if (self == nullptr || self->stopping) return;
         auto it = self->protection.find(type);
         if (it != self->protection.end() &&
-            self->EvaluateProtection(type, it->second, absl::Now())) {
+            self->EvaluateProtection(type, it->second, util::MonoNow())) {
           self->UpdatePickers(type);
         }
       });
@@ -680,7 +684,7 @@ absl::Status Watcher::WaitForSync(absl::Duration timeout) {
   util::MutexLock lock(&impl_->sync_mu);
   Impl* impl = impl_.get();
   auto cond = [impl]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl->sync_mu) { return impl->synced; };
-  if (impl->sync_mu.AwaitWithDeadline(cond, absl::Now() + timeout)) {
+  if (impl->sync_mu.AwaitWithDeadline(cond, util::MonoNow() + timeout)) {
     return absl::OkStatus();
   }
   std::string why = impl_->last_error.ok() ? std::string("no answer yet")
@@ -730,6 +734,25 @@ Subscription Watcher::Subscribe(Filter filter, std::function<void(const ChangeEv
     }
     // Barrier: a callback running on the loop right now finishes before we return.
     if (impl->opts.delivery == Delivery::kLibraryThread) impl->client->loop().RunSync([] {});
+  });
+}
+
+Subscription Watcher::OnHistoryReset(std::function<void(const SnapshotPtr&)> callback) {
+  uint64_t id = 0;
+  {
+    util::MutexLock lock(&impl_->subs_mu);
+    id = impl_->next_sub++;
+    impl_->reset_listeners[id] = std::move(callback);
+  }
+  std::weak_ptr<Impl> weak = impl_;
+  return Subscription([weak, id] {
+    auto impl = weak.lock();
+    if (impl == nullptr) return;
+    {
+      util::MutexLock lock(&impl->subs_mu);
+      impl->reset_listeners.erase(id);
+    }
+    impl->client->loop().RunSync([] {});  // a listener running now finishes first
   });
 }
 

@@ -73,6 +73,10 @@ class Snapshot {
   };
 
   int64_t revision() const { return revision_; }
+  // Which history `revision` belongs to: 0 until the first sync, then bumped each time the
+  // watcher replaced its history (etcd's revision went backwards: wiped or restored with the
+  // same cluster id, or another cluster). Revisions of different histories do not compare.
+  uint64_t history() const { return history_; }
   size_t size() const { return size_; }
   // Every instance, sorted by (type, group, instanceId).
   std::vector<InstancePtr> All() const;
@@ -85,10 +89,12 @@ class Snapshot {
 
   // Internal (the watcher builds snapshots).
   Snapshot(int64_t revision,
-           std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types);
+           std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types,
+           uint64_t history = 0);
 
  private:
   int64_t revision_;
+  uint64_t history_ = 0;
   size_t size_ = 0;
   std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types_;
 };
@@ -119,9 +125,11 @@ struct WatcherOptions {
 
 struct WatcherStats {
   int64_t revision = 0;
-  uint64_t events = 0;          // watch events applied
-  uint64_t resyncs = 0;         // full re-reads after compaction / cluster change
-  uint64_t invalid_values = 0;  // values skipped as not valid instances
+  uint64_t events = 0;           // watch events applied
+  uint64_t resyncs = 0;          // full re-reads after compaction / cluster change / rewind
+  uint64_t history_resets = 0;   // of which the store's history was replaced (Snapshot::history)
+  uint64_t resync_backoffs = 0;  // resyncs delayed by the resync rate limit
+  uint64_t invalid_values = 0;   // values skipped as not valid instances
   uint64_t protection_activations = 0;
   size_t instances = 0;
   bool synced = false;
@@ -162,6 +170,11 @@ class Watcher {
   // `initial`, the current matching instances are delivered first as kAdded (initial=true).
   Subscription Subscribe(Filter filter, std::function<void(const ChangeEvent&)> callback,
                          bool initial = false);
+  // Called on the library thread each time the watcher replaced its history (see
+  // Snapshot::history), with the new snapshot, before the differences from the old cache
+  // are delivered to subscriptions (as kAdded/kUpdated/kRemoved at the new snapshot's
+  // revision). A consumer that keeps revisions (e.g. discoveryd's SSE ids) starts over here.
+  Subscription OnHistoryReset(std::function<void(const SnapshotPtr&)> callback);
   // kPoll mode: runs queued callbacks on this thread, in revision order; returns how many ran.
   size_t Poll(size_t max_events = SIZE_MAX);
 

@@ -78,6 +78,18 @@ bool IsAuthTokenError(const grpc::Status& s) {
          absl::StrContains(s.error_message(), "invalid auth token");
 }
 
+// After a failed attempt: false when the deadline has passed, else (after a full round over
+// all `n` endpoints) sleeps a growing pause (100 ms per round, at most 500 ms) and returns true.
+bool PauseBeforeRetry(int attempt, int n, absl::Time deadline) {
+  if (util::MonoNow() >= deadline) return false;
+  if ((attempt + 1) % n == 0) {
+    absl::Duration pause =
+        std::min(absl::Milliseconds(100 * ((attempt + 1) / n)), absl::Milliseconds(500));
+    absl::SleepFor(std::min(pause, deadline - util::MonoNow()));
+  }
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<Endpoint> ParseEndpoint(const std::string& url) {
@@ -235,7 +247,7 @@ void Client::MarkFailed(int index) {
 }
 
 void Client::PrepareContext(grpc::ClientContext* ctx, absl::Time deadline) {
-  if (deadline != absl::InfiniteFuture()) ctx->set_deadline(absl::ToChronoTime(deadline));
+  if (deadline != absl::InfiniteFuture()) ctx->set_deadline(util::GrpcDeadline(deadline));
   if (has_auth()) {
     util::MutexLock lock(&token_mu_);
     if (!token_.empty()) ctx->AddMetadata("token", token_);
@@ -249,7 +261,7 @@ absl::Status Client::RefreshToken(int endpoint_index) {
   req.set_password(options_.password);
   pb::AuthenticateResponse resp;
   grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+  ctx.set_deadline(util::GrpcDeadline(util::MonoNow() + options_.call_timeout));
   grpc::Status s = stubs_[endpoint_index]->auth->Authenticate(&ctx, req, &resp);
   if (!s.ok()) {
     absl::Status st = FromGrpc(s, "etcd Authenticate");
@@ -267,7 +279,7 @@ absl::StatusOr<Resp> Client::Unary(
     const char* what, absl::Duration timeout,
     const std::function<grpc::Status(Stubs&, grpc::ClientContext*, Resp*)>& call) {
   if (timeout <= absl::ZeroDuration()) timeout = options_.call_timeout;
-  const absl::Time deadline = absl::Now() + timeout;
+  const absl::Time deadline = util::MonoNow() + timeout;
   const int n = static_cast<int>(stubs_.size());
   // One endpoint may hang (SIGSTOPped member, partition): give each attempt a share of the
   // deadline so the others still get a chance.
@@ -292,14 +304,16 @@ absl::StatusOr<Resp> Client::Unary(
             absl::IsInvalidArgument(s)) {
           return s;
         }
+        // Unreachable or not answering: fail over and pause like any failed attempt, never
+        // spin on Authenticate for the whole call timeout.
         MarkFailed(index);
         last = grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-        if (absl::Now() >= deadline) break;
+        if (!PauseBeforeRetry(attempt, n, deadline)) break;
         continue;
       }
       need_token = false;
     }
-    absl::Time now = absl::Now();
+    absl::Time now = util::MonoNow();
     if (now >= deadline) break;
     grpc::ClientContext ctx;
     PrepareContext(&ctx, std::min(deadline, now + attempt_budget));
@@ -316,13 +330,7 @@ absl::StatusOr<Resp> Client::Unary(
                      s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
     if (!retryable) break;
     MarkFailed(index);
-    if (absl::Now() >= deadline) break;
-    // After a full round over all endpoints, back off briefly before the next round.
-    if ((attempt + 1) % n == 0) {
-      absl::Duration pause =
-          std::min(absl::Milliseconds(100 * ((attempt + 1) / n)), absl::Milliseconds(500));
-      absl::SleepFor(std::min(pause, deadline - absl::Now()));
-    }
+    if (!PauseBeforeRetry(attempt, n, deadline)) break;
   }
   if (last.ok()) {
     last = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded");
@@ -402,7 +410,7 @@ absl::StatusOr<pb::StatusResponse> Client::MemberStatus(int endpoint, absl::Dura
   }
   if (timeout <= absl::ZeroDuration()) timeout = options_.call_timeout;
   grpc::ClientContext ctx;
-  PrepareContext(&ctx, absl::Now() + timeout);
+  PrepareContext(&ctx, util::MonoNow() + timeout);
   pb::StatusResponse resp;
   grpc::Status s = stubs_[endpoint]->maintenance->Status(&ctx, req, &resp);
   if (!s.ok()) return FromGrpc(s, "etcd Status");

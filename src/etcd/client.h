@@ -22,7 +22,9 @@
 #include "absl/time/time.h"
 #include "discovery/etcd.h"
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
+#include "util/clock.h"
 #include "util/event_loop.h"
+#include "util/grpc_deadline.h"
 #include "util/sync.h"
 
 namespace spdlog {
@@ -105,7 +107,8 @@ class Client : public std::enable_shared_from_this<Client> {
   std::shared_ptr<Stubs> CurrentStubs(int* index);
   // Reports that endpoint `index` failed; the next call or stream uses the next endpoint.
   void MarkFailed(int index);
-  // Prepares a context: deadline (InfiniteFuture = none) and the auth token.
+  // Prepares a context: deadline (util::MonoNow()-based; InfiniteFuture = none) and the auth
+  // token.
   void PrepareContext(grpc::ClientContext* ctx, absl::Time deadline);
   // Fetches a new auth token (no-op without credentials). Called when etcd says the token is
   // invalid.

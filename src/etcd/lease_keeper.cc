@@ -3,6 +3,7 @@
 #include "absl/strings/match.h"
 #include "etcd/client.h"
 #include "spdlog/spdlog.h"
+#include "util/clock.h"
 
 namespace discovery::etcd {
 
@@ -17,7 +18,7 @@ void LeaseKeeper::Add(int64_t lease_id, absl::Duration ttl, absl::Duration inter
   // run in order, so a later Remove/lease_count sees this entry.
   loop_.Post([this, lease_id, ttl, interval, listener = std::move(listener)]() mutable {
     if (shutdown_) return;
-    absl::Time now = absl::Now();
+    absl::Time now = util::MonoNow();
     Entry e;
     e.ttl = ttl;
     e.interval = std::max(interval, absl::Milliseconds(100));
@@ -97,7 +98,7 @@ void LeaseKeeper::Connect() {
            }},
       stubs);
   // Send every lease at once on a new stream: the stream may have been down for a while.
-  absl::Time now = absl::Now();
+  absl::Time now = util::MonoNow();
   for (auto& [id, e] : leases_) e.next_send = now;
   Tick();
 }
@@ -115,7 +116,7 @@ void LeaseKeeper::ScheduleReconnect() {
 
 void LeaseKeeper::Tick() {
   if (shutdown_) return;
-  absl::Time now = absl::Now();
+  absl::Time now = util::MonoNow();
   absl::Duration min_interval = absl::InfiniteDuration();
   for (auto& [id, e] : leases_) {
     min_interval = std::min(min_interval, e.interval);
@@ -185,7 +186,7 @@ void LeaseKeeper::HandleAnswer(const Answer& answer) {
     Dispatch(listener, Event{EventType::kLost, id, 0});
     return;
   }
-  e.last_ack = absl::Now();
+  e.last_ack = util::MonoNow();
   e.last_ttl = ttl;
   if (e.at_risk) {
     e.at_risk = false;

@@ -5,6 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "etcd/client.h"
 #include "spdlog/spdlog.h"
+#include "util/clock.h"
 
 namespace discovery::etcd {
 
@@ -100,7 +101,7 @@ void WatchHub::Connect() {
   by_server_id_.clear();
   pending_creates_.clear();
   progress_sent_ = absl::InfiniteFuture();
-  last_message_ = absl::Now();
+  last_message_ = util::MonoNow();
   SPDLOG_LOGGER_DEBUG(logger_, "opening Watch stream to {}", client_->endpoints()[index].url);
   stream_ = WatchStream::Start(
       &streams_,
@@ -154,7 +155,7 @@ void WatchHub::ScheduleReconnect() {
 
 void WatchHub::CheckLiveness() {
   if (shutdown_ || stream_ == nullptr) return;
-  absl::Time now = absl::Now();
+  absl::Time now = util::MonoNow();
   if (progress_sent_ != absl::InfiniteFuture() && now - progress_sent_ > kProbeTimeout) {
     SPDLOG_LOGGER_WARN(logger_, "Watch stream unanswered for {}; reconnecting",
                        absl::FormatDuration(now - progress_sent_));
@@ -187,7 +188,7 @@ void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse resp) {
   loop_.Post([this, generation, resp = std::move(resp)]() mutable {
     if (generation != generation_ || shutdown_) return;
     backoff_.Reset();
-    last_message_ = absl::Now();
+    last_message_ = util::MonoNow();
     progress_sent_ = absl::InfiniteFuture();
     if (resp.created()) {
       if (pending_creates_.empty()) return;

@@ -76,7 +76,7 @@ void EventLoop::Run() {
         if (stopping_) return;
         if (!tasks_.empty()) {
           auto it = tasks_.begin();
-          absl::Time now = absl::Now();
+          absl::Time now = util::MonoNow();
           if (it->first.first <= now) {
             task = std::move(it->second);
             when_.erase(it->first.second);

@@ -15,6 +15,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "util/clock.h"
 #include "util/sync.h"
 
 namespace discovery::util {
@@ -31,7 +32,7 @@ class EventLoop {
 
   void Post(Task task) { PostAt(absl::InfinitePast(), std::move(task)); }
   TimerId PostAfter(absl::Duration delay, Task task) {
-    return PostAt(absl::Now() + delay, std::move(task));
+    return PostAt(util::MonoNow() + delay, std::move(task));
   }
   TimerId PostAt(absl::Time when, Task task);
   // True when the timer was still pending (it will not run).

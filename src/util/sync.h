@@ -23,6 +23,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "util/clock.h"
 
 #if defined(__SANITIZE_THREAD__)
 #define DISCOVERY_TSAN 1
@@ -105,8 +106,9 @@ class ABSL_LOCKABLE Mutex {
       Await(pred);
       return true;
     }
-    // absl::Time is wall-clock time, like system_clock (ToChronoTime saturates far deadlines).
-    const std::chrono::system_clock::time_point until = absl::ToChronoTime(deadline);
+    // `deadline` is on the monotonic clock (util/clock.h): a wall-clock step neither wakes
+    // the waiter early nor keeps it asleep for minutes.
+    const std::chrono::steady_clock::time_point until = ToSteady(deadline);
     std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
     ++waiters_;
     bool ok = pred();
@@ -165,7 +167,7 @@ class Notification {
   bool WaitForNotificationWithTimeout(absl::Duration timeout) const {
     MutexLock lock(&mu_);
     return mu_.AwaitWithDeadline([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return notified_; },
-                                 absl::Now() + timeout);
+                                 MonoNow() + timeout);
   }
 
  private:

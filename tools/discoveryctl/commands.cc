@@ -15,6 +15,7 @@
 #include "output.h"
 #include "spdlog/spdlog.h"
 #include "store.h"
+#include "util/clock.h"
 
 namespace discoveryctl {
 namespace {
@@ -92,7 +93,7 @@ void RunChecks(discovery::Registration& registration, const HealthCheck& check,
                absl::Duration interval, spdlog::logger& log) {
   const absl::Duration timeout = std::min(interval, kMaxCheckTimeout);
   HealthTracker tracker;
-  absl::Time next = absl::Now();
+  absl::Time next = discovery::util::MonoNow();
   while (!discovery::ShutdownSignal::Received()) {
     absl::Status result = check.Run(timeout);
     if (!result.ok()) {
@@ -113,7 +114,7 @@ void RunChecks(discovery::Registration& registration, const HealthCheck& check,
       }
     }
     next += interval;
-    absl::Time now = absl::Now();
+    absl::Time now = discovery::util::MonoNow();
     if (next < now) next = now;  // a slow check: do not try to catch up
     if (discovery::ShutdownSignal::Wait(next - now)) break;
   }

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "util/clock.h"
 
 namespace discoveryctl {
 namespace {
@@ -34,7 +35,7 @@ class Fd {
 };
 
 int RemainingMs(absl::Time deadline) {
-  absl::Duration left = deadline - absl::Now();
+  absl::Duration left = deadline - discovery::util::MonoNow();
   if (left <= absl::ZeroDuration()) return 0;
   return static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(left)));
 }
@@ -188,7 +189,7 @@ absl::StatusOr<std::unique_ptr<HealthCheck>> HealthCheck::Tcp(const std::string&
 }
 
 absl::Status HealthCheck::Run(absl::Duration timeout) const {
-  const absl::Time deadline = absl::Now() + timeout;
+  const absl::Time deadline = discovery::util::MonoNow() + timeout;
   absl::StatusOr<int> connected = Connect(host_, port_, deadline);
   if (!connected.ok()) return connected.status();
   Fd fd(*connected);

@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "router.h"
 #include "sse.h"
+#include "util/clock.h"
 #include "util/logging.h"
 #include "util/sync.h"
 
@@ -80,7 +81,7 @@ struct Gateway::Impl {
 
 void Gateway::Impl::Finish(const std::shared_ptr<Exchange>& ex, const HttpRequest& req,
                            const std::string& route, absl::Time start, HttpResponse response) {
-  absl::Duration took = absl::Now() - start;
+  absl::Duration took = discovery::util::MonoNow() - start;
   metrics.ObserveRequest(req.method, route, response.status, took);
   SPDLOG_LOGGER_DEBUG(logger, "{} {} {} -> {} ({} ms)", req.remote, req.method, req.target,
                       response.status, absl::ToDoubleMilliseconds(took));
@@ -112,7 +113,7 @@ HttpResponse Gateway::Impl::Execute(Call call) {
 }
 
 void Gateway::Impl::Handle(HttpRequest req, std::shared_ptr<Exchange> ex) {
-  absl::Time start = absl::Now();
+  absl::Time start = discovery::util::MonoNow();
   Action action;
   try {
     action = router->Route(req);
@@ -142,7 +143,7 @@ void Gateway::Impl::Handle(HttpRequest req, std::shared_ptr<Exchange> ex) {
 void Gateway::Impl::Subscribe(const HttpRequest& req, const std::string& route,
                               const SubscribeCall& call, absl::Time start,
                               const std::shared_ptr<Exchange>& ex) {
-  metrics.ObserveRequest(req.method, route, 200, absl::Now() - start);
+  metrics.ObserveRequest(req.method, route, 200, discovery::util::MonoNow() - start);
   uint64_t id = hub->NextId();
   EventHub* hub_ptr = hub.get();
   std::shared_ptr<EventStream> stream =
@@ -157,7 +158,8 @@ absl::Status Gateway::Impl::CachedPing() {
     util::MutexLock lock(&ping_mu);
     // Fresh enough, or another request is asking etcd right now: answer from the cache
     // instead of queueing workers behind a slow probe during an outage.
-    if (absl::Now() - ping_at < absl::Seconds(1) || ping_in_flight) return ping_status;
+    if (discovery::util::MonoNow() - ping_at < absl::Seconds(1) || ping_in_flight)
+      return ping_status;
     ping_in_flight = true;
   }
   // A quorum read, not Maintenance.Status: a member that is up but has lost quorum answers
@@ -166,7 +168,7 @@ absl::Status Gateway::Impl::CachedPing() {
   absl::Status s = connection->Ping(absl::Seconds(3));
   util::MutexLock lock(&ping_mu);
   ping_status = s;
-  ping_at = absl::Now();
+  ping_at = discovery::util::MonoNow();
   ping_in_flight = false;
   return s;
 }

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "util/clock.h"
+
 namespace discoveryd {
 namespace {
 
@@ -51,7 +53,7 @@ int StartConnect(const std::string& host, int port, bool* done, bool* up) {
 std::vector<bool> TcpHealthChecker::Check(const std::vector<Target>& targets) {
   std::vector<bool> result(targets.size(), false);
   std::vector<size_t> todo;
-  absl::Time now = absl::Now();
+  absl::Time now = discovery::util::MonoNow();
   {
     discovery::util::MutexLock lock(&mu_);
     for (size_t i = 0; i < targets.size(); ++i) {
@@ -77,10 +79,11 @@ std::vector<bool> TcpHealthChecker::Check(const std::vector<Target>& targets) {
     fds.push_back({fd, POLLOUT, 0});
     owner.push_back(i);
   }
-  absl::Time deadline = absl::Now() + options_.timeout;
+  absl::Time deadline = discovery::util::MonoNow() + options_.timeout;
   size_t pending = fds.size();
   while (pending > 0) {
-    int wait_ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+    int wait_ms =
+        static_cast<int>(absl::ToInt64Milliseconds(deadline - discovery::util::MonoNow()));
     if (wait_ms <= 0) break;
     int n = poll(fds.data(), fds.size(), wait_ms);
     if (n < 0 && errno == EINTR) continue;
@@ -99,7 +102,7 @@ std::vector<bool> TcpHealthChecker::Check(const std::vector<Target>& targets) {
   for (pollfd& p : fds) {
     if (p.fd >= 0) close(p.fd);
   }
-  absl::Time expires = absl::Now() + options_.cache_ttl;
+  absl::Time expires = discovery::util::MonoNow() + options_.cache_ttl;
   discovery::util::MutexLock lock(&mu_);
   for (size_t i : todo) cache_[targets[i]] = {result[i], expires};
   // Bound the cache: drop expired entries now and then.

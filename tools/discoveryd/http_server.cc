@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "http_codec.h"
+#include "util/clock.h"
 #include "util/logging.h"
 #include "util/sync.h"
 
@@ -393,8 +394,8 @@ void HttpServer::Stop() {
   open.clear();
   if (impl_->guard.has_value()) impl_->guard->reset();
   // Sessions finish their close on the io threads; give them a moment, then stop hard.
-  absl::Time deadline = absl::Now() + absl::Seconds(2);
-  while (open_connections() > 0 && absl::Now() < deadline && started_.load()) {
+  absl::Time deadline = discovery::util::MonoNow() + absl::Seconds(2);
+  while (open_connections() > 0 && discovery::util::MonoNow() < deadline && started_.load()) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   impl_->ioc.stop();
