@@ -1,5 +1,6 @@
 // Tests of the real-etcd test harness itself (tests/support): ChildProcess, the small
-// utilities, and EtcdCluster against the installed etcd binary.
+// utilities, and EtcdCluster against the installed etcd binary (EtcdHarnessTest: the
+// production habits: same-identity wipes, snapshot restore, RBAC users, auth tokens).
 
 #include <signal.h>
 #include <sys/types.h>
@@ -13,8 +14,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "etcd_harness.h"
@@ -317,6 +320,294 @@ TEST(EtcdClusterTest, WipeAndRestartAllStartsAnEmptyClusterOnTheSamePorts) {
   absl::StatusOr<std::string> put = cluster->Etcdctl({"put", "/harness/wiped", "y"});
   EXPECT_TRUE(put.ok()) << put.status();
   EXPECT_GE(WaitForLeader(*cluster), 0);
+}
+
+// ---------------------------------------------------------------- production habits
+
+// MemberStatus(i) or a failed expectation (and a zero status).
+EtcdMemberStatus StatusOf(EtcdCluster& cluster, int i) {
+  absl::StatusOr<EtcdMemberStatus> s = cluster.MemberStatus(i);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? *s : EtcdMemberStatus{};
+}
+
+// `etcdctl get --prefix <prefix>` as root: "key\nvalue\n..." (or the error text).
+std::string Dump(EtcdCluster& cluster, const std::string& prefix) {
+  absl::StatusOr<std::string> out = cluster.Etcdctl({"get", "--prefix", prefix});
+  return out.ok() ? *out : std::string(out.status().message());
+}
+
+// Range request for `key` through member i's gRPC gateway with a simple token.
+absl::StatusOr<HttpResponse> RangeWithToken(EtcdCluster& cluster, int i, const std::string& key,
+                                            const std::string& token) {
+  return cluster.GatewayPost(i, "/v3/kv/range",
+                             absl::StrCat("{\"key\":\"", absl::Base64Escape(key), "\"}"), token);
+}
+
+TEST(EtcdHarnessTest, WipeAndRestartSameIdentityKeepsClusterIdButRevisionStartsOver) {
+  std::unique_ptr<EtcdCluster> cluster = StartOrDie(3);
+  ASSERT_NE(cluster, nullptr);
+  for (int k = 0; k < 5; ++k) {
+    ASSERT_TRUE(cluster->Etcdctl({"put", absl::StrCat("/harness/k", k), "v"}).ok());
+  }
+  const std::string token = cluster->cluster_token();
+  const std::vector<std::string> endpoints = cluster->ClientEndpoints();
+  std::vector<EtcdMemberStatus> before;
+  for (int i = 0; i < 3; ++i) before.push_back(StatusOf(*cluster, i));
+  ASSERT_NE(before[0].cluster_id, 0u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(before[static_cast<size_t>(i)].cluster_id, before[0].cluster_id);
+    EXPECT_GE(before[static_cast<size_t>(i)].revision, 6);
+  }
+
+  // "systemctl restart etcd" of the leader changes nothing either.
+  const int leader = WaitForLeader(*cluster);
+  ASSERT_GE(leader, 0);
+  absl::Status restarted = cluster->GracefulRestart(leader);
+  ASSERT_TRUE(restarted.ok()) << restarted;
+  EXPECT_EQ(StatusOf(*cluster, leader).cluster_id, before[0].cluster_id);
+  EXPECT_EQ(StatusOf(*cluster, leader).revision, before[0].revision);
+
+  ASSERT_TRUE(cluster->EnableAuth("s3cret").ok());
+  absl::Status wiped = cluster->WipeAndRestartSameIdentity();
+  ASSERT_TRUE(wiped.ok()) << wiped;
+  EXPECT_EQ(cluster->cluster_token(), token);
+  EXPECT_EQ(cluster->ClientEndpoints(), endpoints);
+  EXPECT_EQ(cluster->Credentials(), "");  // auth is off again
+  for (int i = 0; i < 3; ++i) {
+    const EtcdMemberStatus after = StatusOf(*cluster, i);
+    EXPECT_EQ(after.cluster_id, before[0].cluster_id) << "member " << i;
+    EXPECT_EQ(after.member_id, before[static_cast<size_t>(i)].member_id) << "member " << i;
+    EXPECT_EQ(after.revision, 1) << "member " << i;
+  }
+  EXPECT_EQ(Dump(*cluster, "/harness/"), "");
+  absl::StatusOr<std::string> anon = cluster->EtcdctlAs("", {"put", "/harness/anon", "ok"});
+  EXPECT_TRUE(anon.ok()) << anon.status();
+
+  // Whereas WipeAndRestartAll (new token) gives a different cluster id.
+  ASSERT_TRUE(cluster->WipeAndRestartAll().ok());
+  EXPECT_NE(StatusOf(*cluster, 0).cluster_id, before[0].cluster_id);
+  EXPECT_EQ(StatusOf(*cluster, 0).revision, 1);
+}
+
+TEST(EtcdHarnessTest, SnapshotRestoreBringsBackKeysRevisionAndAuth) {
+  std::unique_ptr<EtcdCluster> cluster = StartOrDie(3);
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_TRUE(cluster->Etcdctl({"put", "/harness/a", "1"}).ok());
+  ASSERT_TRUE(cluster->Etcdctl({"put", "/harness/b", "2"}).ok());
+  ASSERT_TRUE(cluster->EnableAuth("s3cret").ok());
+  const EtcdMemberStatus at_save = StatusOf(*cluster, 0);
+  const std::string snap = cluster->dir() + "/backup.db";
+  absl::Status saved = cluster->SnapshotSave(snap);
+  ASSERT_TRUE(saved.ok()) << saved;
+  ASSERT_TRUE(std::filesystem::exists(snap));
+  const std::string dump_at_save = Dump(*cluster, "/harness/");
+  EXPECT_EQ(dump_at_save, "/harness/a\n1\n/harness/b\n2\n");
+
+  // Life goes on after the backup...
+  ASSERT_TRUE(cluster->Etcdctl({"put", "/harness/c", "3"}).ok());
+  ASSERT_TRUE(cluster->Etcdctl({"del", "/harness/a"}).ok());
+  ASSERT_TRUE(cluster->Etcdctl({"put", "/harness/b", "22"}).ok());
+  const int64_t rev_before_restore = StatusOf(*cluster, 0).revision;
+  ASSERT_EQ(rev_before_restore, at_save.revision + 3);
+
+  // ...until the cluster is restored from it.
+  absl::Status restored = cluster->RestoreSnapshot(snap);
+  ASSERT_TRUE(restored.ok()) << restored;
+  EXPECT_EQ(cluster->Credentials(), "root:s3cret");
+  for (int i = 0; i < 3; ++i) {
+    const EtcdMemberStatus s = StatusOf(*cluster, i);
+    EXPECT_EQ(s.cluster_id, at_save.cluster_id) << "member " << i;
+    EXPECT_EQ(s.revision, at_save.revision) << "member " << i;
+  }
+  EXPECT_EQ(Dump(*cluster, "/harness/"), dump_at_save);
+  EXPECT_FALSE(cluster->EtcdctlAs("", {"get", "/harness/a"}).ok());  // auth still on
+  EXPECT_GE(WaitForLeader(*cluster), 0);
+  ASSERT_TRUE(cluster->Etcdctl({"put", "/harness/d", "4"}).ok());
+  EXPECT_EQ(StatusOf(*cluster, 1).revision, at_save.revision + 1);
+}
+
+TEST(EtcdHarnessTest, SnapshotRestoreFollowsTheSnapshotsAuthAndTheCurrentToken) {
+  std::unique_ptr<EtcdCluster> cluster = StartOrDie(1);
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_TRUE(cluster->Etcdctl({"put", "/harness/k", "plain"}).ok());
+  absl::StatusOr<std::string> lease = cluster->Etcdctl({"lease", "grant", "600"});
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  const std::vector<std::string> words = absl::StrSplit(*lease, ' ');  // lease <id> granted...
+  ASSERT_GE(words.size(), 2u) << *lease;
+  const std::string lease_id = words[1];
+  ASSERT_TRUE(cluster->Etcdctl({"put", "/leased/k", "v", "--lease=" + lease_id}).ok());
+  const EtcdMemberStatus original = StatusOf(*cluster, 0);
+  const std::string plain = cluster->dir() + "/plain.db";
+  ASSERT_TRUE(cluster->SnapshotSave(plain).ok());
+  ASSERT_TRUE(cluster->EnableAuth("s3cret").ok());
+  ASSERT_TRUE(cluster->Etcdctl({"put", "/harness/k", "auth"}).ok());
+  const std::string with_auth = cluster->dir() + "/auth.db";
+  ASSERT_TRUE(cluster->SnapshotSave(with_auth).ok());
+
+  // A snapshot taken before `auth enable` brings the cluster back without auth.
+  absl::Status restored = cluster->RestoreSnapshot(plain);
+  ASSERT_TRUE(restored.ok()) << restored;
+  EXPECT_EQ(cluster->Credentials(), "");
+  absl::StatusOr<std::string> anon = cluster->EtcdctlAs("", {"get", "/harness/k"});
+  ASSERT_TRUE(anon.ok()) << anon.status();
+  EXPECT_EQ(*anon, "/harness/k\nplain\n");
+  EXPECT_EQ(StatusOf(*cluster, 0).revision, original.revision);
+  // Leases come back with their keys.
+  absl::StatusOr<std::string> ttl = cluster->Etcdctl({"lease", "timetolive", lease_id, "--keys"});
+  ASSERT_TRUE(ttl.ok()) << ttl.status();
+  EXPECT_TRUE(absl::StrContains(*ttl, "attached keys([/leased/k])")) << *ttl;
+
+  // And back to the one with auth.
+  restored = cluster->RestoreSnapshot(with_auth);
+  ASSERT_TRUE(restored.ok()) << restored;
+  EXPECT_EQ(cluster->Credentials(), "root:s3cret");
+  EXPECT_EQ(Dump(*cluster, "/harness/"), "/harness/k\nauth\n");
+  EXPECT_FALSE(cluster->EtcdctlAs("", {"get", "/harness/k"}).ok());
+
+  // The cluster id is derived from token + member URLs, not read from the snapshot:
+  // after WipeAndRestartAll (new token) a restore keeps the new id.
+  ASSERT_TRUE(cluster->WipeAndRestartAll().ok());
+  const uint64_t new_id = StatusOf(*cluster, 0).cluster_id;
+  EXPECT_NE(new_id, original.cluster_id);
+  restored = cluster->RestoreSnapshot(plain);
+  ASSERT_TRUE(restored.ok()) << restored;
+  EXPECT_EQ(StatusOf(*cluster, 0).cluster_id, new_id);
+  EXPECT_EQ(Dump(*cluster, "/harness/"), "/harness/k\nplain\n");
+
+  EXPECT_EQ(cluster->RestoreSnapshot(cluster->dir() + "/missing.db").code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(EtcdHarnessTest, EnableAuthWithUsersGrantsOnlyWhatRbacShGrants) {
+  std::unique_ptr<EtcdCluster> cluster = StartOrDie(1);
+  ASSERT_NE(cluster, nullptr);
+  using Type = EtcdPermission::Type;
+  const EtcdUser registrar{.name = "discovery-registrar",
+                           .password = "reg:pw",
+                           .permissions = {EtcdPermission::Prefix("/services/"),
+                                           EtcdPermission::Key("/config/registrar")}};
+  const EtcdUser reader{.name = "discovery-reader",
+                        .password = "read-pw",
+                        .permissions = {EtcdPermission::Prefix("/services/", Type::kRead),
+                                        EtcdPermission::Range("/r/a", "/r/c", Type::kRead)}};
+  absl::Status enabled = cluster->EnableAuthWithUsers("rootpw", {registrar, reader});
+  ASSERT_TRUE(enabled.ok()) << enabled;
+  EXPECT_EQ(cluster->Credentials(), "root:rootpw");
+  EXPECT_EQ(cluster->EnableAuthWithUsers("rootpw", {}).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  const std::string reg = registrar.credentials();
+  const std::string rd = reader.credentials();
+  auto ok = [&](const std::string& who, std::vector<std::string> args) {
+    absl::StatusOr<std::string> r = cluster->EtcdctlAs(who, args);
+    return r.ok() ? ::testing::AssertionSuccess() : ::testing::AssertionFailure() << r.status();
+  };
+  auto denied = [&](const std::string& who, std::vector<std::string> args) {
+    absl::StatusOr<std::string> r = cluster->EtcdctlAs(who, args);
+    if (r.ok()) return ::testing::AssertionFailure() << "allowed: " << *r;
+    if (!absl::StrContains(r.status().message(), "permission denied") &&
+        !absl::StrContains(r.status().message(), "user name is empty")) {
+      return ::testing::AssertionFailure() << "failed for another reason: " << r.status();
+    }
+    return ::testing::AssertionSuccess();
+  };
+
+  EXPECT_TRUE(ok(reg, {"put", "/services/a", "1"}));
+  EXPECT_TRUE(ok(reg, {"get", "/services/a"}));
+  EXPECT_TRUE(ok(reg, {"get", "--prefix", "/services/"}));
+  EXPECT_TRUE(ok(reg, {"put", "/config/registrar", "x"}));
+  EXPECT_TRUE(denied(reg, {"put", "/config/registrar2", "x"}));  // a single key, no prefix
+  EXPECT_TRUE(denied(reg, {"put", "/other", "x"}));
+  EXPECT_TRUE(denied(reg, {"get", "/r/b"}));
+  // Leases need no role; a lease-bound put is checked against the key only.
+  absl::StatusOr<std::string> lease = cluster->EtcdctlAs(reg, {"lease", "grant", "30"});
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  const std::vector<std::string> words = absl::StrSplit(*lease, ' ');  // lease <id> granted...
+  ASSERT_GE(words.size(), 2u) << *lease;
+  EXPECT_TRUE(ok(reg, {"put", "/services/leased", "1", "--lease=" + words[1]}));
+
+  EXPECT_TRUE(ok(rd, {"get", "--prefix", "/services/"}));
+  EXPECT_TRUE(ok(rd, {"get", "/r/b"}));
+  EXPECT_TRUE(denied(rd, {"get", "/r/c"}));  // range end is exclusive
+  EXPECT_TRUE(denied(rd, {"put", "/services/a", "2"}));
+  EXPECT_TRUE(denied(rd, {"get", "/config/registrar"}));
+
+  EXPECT_TRUE(denied("", {"get", "/services/a"}));
+  EXPECT_FALSE(cluster->EtcdctlAs("discovery-reader:wrong", {"get", "/services/a"}).ok());
+  EXPECT_TRUE(ok(cluster->Credentials(), {"put", "/other", "root may"}));
+
+  // Users can be added later, with auth on (rbac.sh run again after adding a user).
+  absl::Status added =
+      cluster->AddUser({.name = "late", .password = "pw", .role = "discovery-reader"});
+  ASSERT_TRUE(added.ok()) << added;
+  EXPECT_TRUE(ok("late:pw", {"get", "/services/a"}));
+  EXPECT_TRUE(denied("late:pw", {"put", "/services/a", "3"}));
+}
+
+TEST(EtcdHarnessTest, SimpleTokenExpiresAfterIdleTtl) {
+  absl::StatusOr<std::unique_ptr<EtcdCluster>> started =
+      EtcdCluster::Start({.extra_args = {"--auth-token-ttl", "2"}});
+  ASSERT_TRUE(started.ok()) << started.status();
+  EtcdCluster& cluster = **started;
+  absl::Status enabled = cluster.EnableAuthWithUser("rootpw", "app", "app-pw", {"/app/"});
+  ASSERT_TRUE(enabled.ok()) << enabled;
+
+  absl::StatusOr<std::string> token = cluster.SimpleToken(0, "app", "app-pw");
+  ASSERT_TRUE(token.ok()) << token.status();
+  absl::StatusOr<HttpResponse> r = RangeWithToken(cluster, 0, "/app/x", *token);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200) << r->body;
+  r = RangeWithToken(cluster, 0, "/other", *token);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(absl::StrContains(r->body, "permission denied")) << r->body;
+
+  // The TTL counts from the last use and etcd sweeps once a second: after 2 s + 1 s +
+  // margin of idleness the token must be gone. The idle time itself is what is tested
+  // (any probe would restart the TTL), hence a plain wait here.
+  absl::SleepFor(absl::Milliseconds(3500));
+  r = RangeWithToken(cluster, 0, "/app/x", *token);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 401) << r->body;
+  EXPECT_TRUE(absl::StrContains(r->body, "invalid auth token")) << r->body;
+
+  token = cluster.SimpleToken(0, "app", "app-pw");
+  ASSERT_TRUE(token.ok()) << token.status();
+  r = RangeWithToken(cluster, 0, "/app/x", *token);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200) << r->body;
+}
+
+TEST(EtcdHarnessTest, SimpleTokenSurvivesRestartUntilAWriteIsPersisted) {
+  std::unique_ptr<EtcdCluster> cluster = StartOrDie(1);
+  ASSERT_NE(cluster, nullptr);
+  ASSERT_TRUE(cluster->EnableAuthWithUser("rootpw", "app", "app-pw", {"/app/"}).ok());
+  absl::StatusOr<std::string> token = cluster->SimpleToken(0, "app", "app-pw");
+  ASSERT_TRUE(token.ok()) << token.status();
+
+  // No write since the login: the restarted member re-applies the Authenticate entry
+  // from its WAL, and the token works again.
+  absl::Status restarted = cluster->Restart(0);
+  ASSERT_TRUE(restarted.ok()) << restarted;
+  absl::StatusOr<HttpResponse> r = RangeWithToken(*cluster, 0, "/app/x", *token);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200) << r->body;
+
+  // A write, flushed by the graceful stop, moves the persisted consistent index past
+  // the login: now the token is forgotten.
+  ASSERT_TRUE(cluster->EtcdctlAs("app:app-pw", {"put", "/app/x", "1"}).ok());
+  restarted = cluster->GracefulRestart(0);
+  ASSERT_TRUE(restarted.ok()) << restarted;
+  r = RangeWithToken(*cluster, 0, "/app/x", *token);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 401) << r->body;
+  EXPECT_TRUE(absl::StrContains(r->body, "invalid auth token")) << r->body;
+  EXPECT_EQ(cluster->Credentials(), "root:rootpw");  // auth is persistent, tokens are not
+  absl::StatusOr<std::string> fresh = cluster->SimpleToken(0, "app", "app-pw");
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  r = RangeWithToken(*cluster, 0, "/app/x", *fresh);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200) << r->body;
 }
 
 }  // namespace

@@ -9,13 +9,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <optional>
 #include <utility>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
@@ -59,36 +55,6 @@ std::string ChooseBaseDir(int members) {
     if (avail >= need && (mem == 0 || mem >= need + (512ull << 20))) return "/dev/shm";
   }
   return "";
-}
-
-// Parses the unsigned integer following `"key":` at or after `from` in `json`.
-std::optional<uint64_t> FindUint(absl::string_view json, absl::string_view key, size_t from = 0,
-                                 size_t* end = nullptr) {
-  const std::string needle = absl::StrCat("\"", key, "\":");
-  size_t pos = json.find(needle, from);
-  if (pos == absl::string_view::npos) return std::nullopt;
-  pos += needle.size();
-  while (pos < json.size() && json[pos] == ' ') ++pos;
-  size_t stop = pos;
-  while (stop < json.size() && absl::ascii_isdigit(static_cast<unsigned char>(json[stop]))) {
-    ++stop;
-  }
-  uint64_t value = 0;
-  if (!absl::SimpleAtoi(json.substr(pos, stop - pos), &value)) return std::nullopt;
-  if (end != nullptr) *end = stop;
-  return value;
-}
-
-// Parses the string following `"key":"` at or after `from` (no escape handling).
-std::optional<std::string> FindString(absl::string_view json, absl::string_view key,
-                                      size_t from = 0) {
-  const std::string needle = absl::StrCat("\"", key, "\":\"");
-  size_t pos = json.find(needle, from);
-  if (pos == absl::string_view::npos) return std::nullopt;
-  pos += needle.size();
-  const size_t stop = json.find('"', pos);
-  if (stop == absl::string_view::npos) return std::nullopt;
-  return std::string(json.substr(pos, stop - pos));
 }
 
 }  // namespace
@@ -210,6 +176,8 @@ std::string EtcdCluster::InitialClusterLocked() const {
 absl::Status EtcdCluster::SpawnMemberLocked(int i) {
   Member& m = members_[static_cast<size_t>(i)];
   ChildProcessOptions o;
+  // --initial-cluster* are only read when the data dir is empty (bootstrap); a member
+  // with a WAL (Restart, RestoreSnapshot) ignores them and rejoins its recorded cluster.
   o.argv = {etcd_path_,
             "--name",
             m.name,
@@ -253,12 +221,14 @@ absl::Status EtcdCluster::SpawnMemberLocked(int i) {
   return absl::OkStatus();
 }
 
-absl::Status EtcdCluster::BootstrapAndWait(absl::Time deadline) {
+absl::Status EtcdCluster::BootstrapAndWait(absl::Time deadline, bool new_token) {
   std::vector<Snapshot> snaps;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    token_ = absl::StrCat("discovery-test-", ::getpid(), "-", absl::ToUnixMicros(absl::Now()), "-",
-                          generation_++);
+    if (new_token || token_.empty()) {
+      token_ = absl::StrCat("discovery-test-", ::getpid(), "-", absl::ToUnixMicros(absl::Now()),
+                            "-", generation_++);
+    }
     for (Member& m : members_) {
       std::error_code ec;
       std::filesystem::remove_all(m.data_dir, ec);
@@ -528,134 +498,59 @@ absl::Status EtcdCluster::Restart(int i, absl::Duration timeout) {
   return WaitSnapshotsHealthy(snaps, deadline);
 }
 
-absl::Status EtcdCluster::WipeAndRestartAll(absl::Duration timeout) {
+absl::Status EtcdCluster::GracefulRestart(int i, absl::Duration timeout) {
+  if (i < 0 || i >= size()) return absl::OutOfRangeError(absl::StrCat("no member ", i));
+  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  std::shared_ptr<ChildProcess> proc;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Member& m = members_[static_cast<size_t>(i)];
+    proc = m.proc;
+    if (proc != nullptr) {
+      (void)proc->Signal(SIGCONT);  // a stopped process would never see SIGTERM
+      (void)proc->Signal(SIGTERM);
+      m.stopped = false;
+    }
+  }
+  // Leadership transfer and backend flush take a moment: wait outside the lock.
+  if (proc != nullptr) {
+    const absl::Duration left = std::max(absl::ZeroDuration(), deadline - absl::Now());
+    if (absl::StatusOr<int> exited = proc->Wait(left / TimeScaleFactor()); !exited.ok()) {
+      (void)proc->Kill();
+      std::lock_guard<std::mutex> lock(mu_);
+      members_[static_cast<size_t>(i)].proc.reset();
+      return absl::DeadlineExceededError(absl::StrCat(MemberName(i), " did not exit within ",
+                                                      absl::FormatDuration(TimeScale(timeout)),
+                                                      " of SIGTERM; killed it\n", LogTail(i)));
+    }
+  }
+  std::vector<Snapshot> snaps;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Member& m = members_[static_cast<size_t>(i)];
+    m.proc.reset();
+    if (absl::Status s = SpawnMemberLocked(i); !s.ok()) return s;
+    snaps.push_back({i, m.client_port, m.proc});
+  }
+  return WaitSnapshotsHealthy(snaps, deadline);
+}
+
+absl::Status EtcdCluster::WipeAndBootstrap(absl::Duration timeout, bool new_token) {
   const absl::Time deadline = absl::Now() + TimeScale(timeout);
   {
     std::lock_guard<std::mutex> lock(mu_);
     KillAllLocked();
     credentials_.clear();
   }
-  return BootstrapAndWait(deadline);
+  return BootstrapAndWait(deadline, new_token);
 }
 
-// ---------------------------------------------------------------- etcdctl
-
-absl::StatusOr<EtcdCluster::CtlResult> EtcdCluster::RunEtcdctl(
-    const std::vector<std::string>& endpoints, const std::vector<std::string>& args,
-    absl::Duration timeout) {
-  const std::string credentials = Credentials();
-  const std::string what = absl::StrCat("etcdctl ", absl::StrJoin(args, " "));
-  if (endpoints.empty()) return absl::FailedPreconditionError(what + ": no live etcd member");
-
-  const absl::Duration scaled = TimeScale(timeout);
-  ChildProcessOptions o;
-  o.argv = {etcdctl_path_, absl::StrCat("--endpoints=", absl::StrJoin(endpoints, ",")),
-            // Let etcdctl give up (with its own error message) just before we kill it.
-            absl::StrCat("--command-timeout=",
-                         std::max<int64_t>(100, absl::ToInt64Milliseconds(scaled * 0.9)), "ms")};
-  if (!credentials.empty()) o.argv.push_back(absl::StrCat("--user=", credentials));
-  o.argv.insert(o.argv.end(), args.begin(), args.end());
-  o.env = {{"ETCDCTL_API", "3"}};
-  o.unset_env_prefixes = {"ETCDCTL_"};
-  absl::StatusOr<std::unique_ptr<ChildProcess>> child = ChildProcess::Spawn(std::move(o));
-  if (!child.ok()) return child.status();
-
-  absl::StatusOr<int> exit_value = (*child)->Wait(timeout);
-  if (!exit_value.ok()) {
-    (void)(*child)->Kill();
-    return absl::DeadlineExceededError(absl::StrCat(what, ": timed out after ",
-                                                    absl::FormatDuration(scaled),
-                                                    "; stderr: ", (*child)->ReadStderr()));
-  }
-  CtlResult result;
-  result.exit_value = *exit_value;
-  result.out = (*child)->ReadStdout();
-  result.err = (*child)->ReadStderr();
-  return result;
+absl::Status EtcdCluster::WipeAndRestartAll(absl::Duration timeout) {
+  return WipeAndBootstrap(timeout, /*new_token=*/true);
 }
 
-absl::StatusOr<std::string> EtcdCluster::CtlOutput(absl::StatusOr<CtlResult> r,
-                                                   const std::vector<std::string>& args) {
-  if (!r.ok()) return r.status();
-  if (r->exit_value != 0) {
-    return absl::UnknownError(absl::StrCat("etcdctl ", absl::StrJoin(args, " "), " exited with ",
-                                           r->exit_value, ": ", r->err, r->out));
-  }
-  return std::move(r->out);
-}
-
-absl::StatusOr<std::string> EtcdCluster::Etcdctl(const std::vector<std::string>& args,
-                                                 absl::Duration timeout) {
-  return CtlOutput(RunEtcdctl(LiveEndpoints(), args, timeout), args);
-}
-
-absl::StatusOr<std::string> EtcdCluster::EtcdctlAt(int i, const std::vector<std::string>& args,
-                                                   absl::Duration timeout) {
-  if (i < 0 || i >= size()) return absl::OutOfRangeError(absl::StrCat("no member ", i));
-  return CtlOutput(RunEtcdctl({ClientEndpoint(i)}, args, timeout), args);
-}
-
-absl::Status EtcdCluster::EnableAuth(std::string root_password) {
-  const std::string credentials = absl::StrCat("root:", root_password);
-  if (absl::StatusOr<std::string> r = Etcdctl({"user", "add", credentials}); !r.ok()) {
-    return r.status();
-  }
-  // etcdctl grants the root role to root if needed.
-  if (absl::StatusOr<std::string> r = Etcdctl({"auth", "enable"}); !r.ok()) return r.status();
-  std::lock_guard<std::mutex> lock(mu_);
-  credentials_ = credentials;
-  return absl::OkStatus();
-}
-
-absl::StatusOr<int> EtcdCluster::LeaderIndex() {
-  // Member IDs -> indices (names are "m<i>").
-  absl::StatusOr<std::string> list = Etcdctl({"member", "list", "-w", "json"}, absl::Seconds(5));
-  if (!list.ok()) return list.status();
-  std::map<uint64_t, int> index_of;
-  for (size_t pos = 0;;) {
-    size_t end = 0;
-    std::optional<uint64_t> id = FindUint(*list, "ID", pos, &end);
-    if (!id.has_value()) break;
-    // A member that never started has no "name": only look inside this member's object.
-    const size_t next = list->find("\"ID\":", end);
-    std::optional<std::string> name =
-        FindString(absl::string_view(*list).substr(0, next), "name", end);
-    pos = end;
-    int index = -1;
-    if (name.has_value() && absl::StartsWith(*name, "m") &&
-        absl::SimpleAtoi(name->substr(1), &index) && index >= 0 && index < size()) {
-      index_of[*id] = index;
-    }
-  }
-
-  // Every live member's view of the leader; they must agree.
-  absl::StatusOr<CtlResult> status =
-      RunEtcdctl(LiveEndpoints(), {"endpoint", "status", "-w", "json"}, absl::Seconds(5));
-  if (!status.ok()) return status.status();
-  std::optional<uint64_t> leader;
-  int answers = 0;
-  for (size_t pos = status->out.find("\"Endpoint\":"); pos != std::string::npos;) {
-    const size_t next = status->out.find("\"Endpoint\":", pos + 1);
-    const absl::string_view entry = absl::string_view(status->out).substr(pos, next - pos);
-    pos = next;
-    std::optional<uint64_t> l = FindUint(entry, "leader");
-    if (!l.has_value()) continue;
-    ++answers;
-    if (*l == 0) return absl::UnavailableError("etcd: a member reports no leader");
-    if (leader.has_value() && *leader != *l) {
-      return absl::UnavailableError("etcd: members disagree on the leader (election running)");
-    }
-    leader = *l;
-  }
-  if (answers == 0) {
-    return absl::UnavailableError(absl::StrCat("etcdctl endpoint status gave no answer (exit ",
-                                               status->exit_value, "): ", status->err));
-  }
-  const auto it = index_of.find(*leader);
-  if (it == index_of.end()) {
-    return absl::UnavailableError(absl::StrCat("etcd leader ", *leader, " is not a known member"));
-  }
-  return it->second;
+absl::Status EtcdCluster::WipeAndRestartSameIdentity(absl::Duration timeout) {
+  return WipeAndBootstrap(timeout, /*new_token=*/false);
 }
 
 }  // namespace discovery::testing

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -132,7 +133,12 @@ int PickFreePort() {
   std::abort();  // Not reachable in practice: the ephemeral range has ~28k ports.
 }
 
-absl::StatusOr<HttpResponse> HttpGet(int port, const std::string& path, absl::Duration timeout) {
+namespace {
+
+absl::StatusOr<HttpResponse> HttpRequest(
+    absl::string_view method, int port, const std::string& path, const std::string& request_body,
+    const std::vector<std::pair<std::string, std::string>>& request_headers,
+    absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + TimeScale(timeout);
   const std::string where = absl::StrCat("http://127.0.0.1:", port, path);
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -158,9 +164,14 @@ absl::StatusOr<HttpResponse> HttpGet(int port, const std::string& path, absl::Du
     }
   }
 
-  const std::string request = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
-                                           "\r\nUser-Agent: discovery-test-harness\r\n"
-                                           "Accept: */*\r\nConnection: close\r\n\r\n");
+  std::string request = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: 127.0.0.1:", port,
+                                     "\r\nUser-Agent: discovery-test-harness\r\n"
+                                     "Accept: */*\r\nConnection: close\r\n");
+  for (const auto& [name, value] : request_headers) {
+    absl::StrAppend(&request, name, ": ", value, "\r\n");
+  }
+  if (method != "GET") absl::StrAppend(&request, "Content-Length: ", request_body.size(), "\r\n");
+  absl::StrAppend(&request, "\r\n", request_body);
   size_t sent = 0;
   while (sent < request.size()) {
     const ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
@@ -195,14 +206,14 @@ absl::StatusOr<HttpResponse> HttpGet(int port, const std::string& path, absl::Du
 
   const size_t header_end = raw.find("\r\n\r\n");
   if (header_end == std::string::npos) {
-    return absl::DataLossError(absl::StrCat("GET ", where, ": malformed response"));
+    return absl::DataLossError(absl::StrCat(method, " ", where, ": malformed response"));
   }
   const absl::string_view headers = absl::string_view(raw).substr(0, header_end);
   HttpResponse resp;
   // Status line: HTTP/1.1 200 OK
   const size_t sp = headers.find(' ');
   if (sp == absl::string_view::npos || !absl::SimpleAtoi(headers.substr(sp + 1, 3), &resp.status)) {
-    return absl::DataLossError(absl::StrCat("GET ", where, ": bad status line"));
+    return absl::DataLossError(absl::StrCat(method, " ", where, ": bad status line"));
   }
   absl::string_view body = absl::string_view(raw).substr(header_end + 4);
   if (absl::StrContains(absl::AsciiStrToLower(headers), "transfer-encoding: chunked")) {
@@ -213,6 +224,18 @@ absl::StatusOr<HttpResponse> HttpGet(int port, const std::string& path, absl::Du
     resp.body = std::string(body);
   }
   return resp;
+}
+
+}  // namespace
+
+absl::StatusOr<HttpResponse> HttpGet(int port, const std::string& path, absl::Duration timeout) {
+  return HttpRequest("GET", port, path, "", {}, timeout);
+}
+
+absl::StatusOr<HttpResponse> HttpPost(
+    int port, const std::string& path, const std::string& body,
+    const std::vector<std::pair<std::string, std::string>>& headers, absl::Duration timeout) {
+  return HttpRequest("POST", port, path, body, headers, timeout);
 }
 
 std::string TailFile(const std::string& path, size_t max_bytes) {

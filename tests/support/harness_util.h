@@ -1,6 +1,6 @@
 // Small test utilities shared by the real-etcd harness and integration tests:
 // time scaling for slow (sanitizer) builds, deadline-bounded polling, free ports
-// and a minimal blocking HTTP/1.1 GET client.
+// and a minimal blocking HTTP/1.1 client (GET, POST).
 //
 // Every timeout accepted by the support library is multiplied by TimeScaleFactor(),
 // so tests write their deadlines for a normal build and sanitizer CI (which sets
@@ -11,6 +11,8 @@
 
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -44,6 +46,12 @@ struct HttpResponse {
 // Blocking HTTP/1.1 GET of http://127.0.0.1:<port><path> with `Connection: close`.
 // The whole exchange (connect, send, receive) is bounded by TimeScale(timeout).
 absl::StatusOr<HttpResponse> HttpGet(int port, const std::string& path, absl::Duration timeout);
+
+// Same for a POST of `body` (Content-Length is added; pass e.g.
+// {"Content-Type", "application/json"} in `headers`).
+absl::StatusOr<HttpResponse> HttpPost(
+    int port, const std::string& path, const std::string& body,
+    const std::vector<std::pair<std::string, std::string>>& headers, absl::Duration timeout);
 
 // Last `max_bytes` bytes of the file at `path` (starting at a line boundary when
 // possible); empty if the file cannot be read.
