@@ -5,6 +5,8 @@
 #
 #   role discovery-registrar   readwrite on the prefix  -> user discovery-registrar
 #                              (game servers, discoveryctl register sidecars, discoveryd)
+#                              and on the single key <prefix without '/'>.epoch (e.g.
+#                              /services.epoch): discoveryd's SSE epoch, shared by replicas
 #   role discovery-reader      read on the prefix       -> user discovery-reader
 #                              (gateways, matchmakers, dashboards: Range + Watch only)
 #   user root with role root   (etcd requires it before `auth enable`; administration only)
@@ -35,6 +37,7 @@ case "$PREFIX" in
   /*/) ;;
   *) echo "rbac.sh: DISCOVERY_PREFIX \"$PREFIX\" must start and end with '/'" >&2; exit 1 ;;
 esac
+EPOCH_KEY="${PREFIX%/}.epoch"
 # Credentials come from the variables above, not from an ETCDCTL_USER left in the shell.
 unset ETCDCTL_USER ETCDCTL_PASSWORD
 
@@ -85,6 +88,10 @@ ensure_role() {
   # Granting the same permission again is a no-op in etcd.
   ctl role grant-permission "$name" --prefix=true "$perm" "$PREFIX" >/dev/null
   echo "role $name: $perm on $PREFIX (prefix)"
+  if [ "$perm" = readwrite ]; then
+    ctl role grant-permission "$name" readwrite "$EPOCH_KEY" >/dev/null
+    echo "role $name: readwrite on $EPOCH_KEY (discoveryd's SSE epoch)"
+  fi
 }
 
 ensure_user root "$ROOT_PW" root
