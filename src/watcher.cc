@@ -391,6 +391,7 @@ WatcherStats Watcher::stats() const {
   s.protection_activations = impl_->protection_activations.load();
   s.history_resets = impl_->history_resets.load();
   s.resync_backoffs = impl_->resync_backoffs.load();
+  s.resync_delay = absl::Nanoseconds(impl_->resync_delay_ns.load());
   s.rewind_false_alarms = impl_->rewind_false_alarms.load();
   s.synced = synced();
   return s;

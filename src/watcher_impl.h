@@ -116,13 +116,19 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   std::set<std::string> invalid_keys;
   std::vector<PickerEntry> pickers;
   std::map<std::string, Protection> protection;
-  // Rate limit of full resyncs (and of watch re-creation after a false rewind alarm).
-  util::Backoff sync_backoff{absl::Milliseconds(200), absl::Seconds(30)};
+  // Rate limit of full resyncs (and of watch re-creation after a false rewind alarm): the first
+  // attempt runs at once, then 200 ms, 400 ms, ... 30 s (jittered).
+  util::Backoff sync_backoff{absl::Milliseconds(100), absl::Seconds(30)};
   bool stopping = false;
 
   // Stats.
   std::atomic<uint64_t> events{0}, resyncs{0}, invalid_values{0}, protection_activations{0},
       history_resets{0}, resync_backoffs{0}, rewind_false_alarms{0};
+  std::atomic<int64_t> resync_delay_ns{0};
+  void CountDelay(absl::Duration delay) {
+    resync_delay_ns.store(absl::ToInt64Nanoseconds(delay));
+    resync_backoffs.fetch_add(1);
+  }
 
   // Sync state.
   mutable util::Mutex sync_mu;

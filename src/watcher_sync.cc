@@ -14,9 +14,10 @@
 // the differences at the new revision.
 //
 // Rate limit. Every full resync, whatever its cause, and every watch re-creation after a false
-// alarm goes through `sync_backoff` (jittered exponential, 200 ms .. 30 s). The first one after
-// a watch that stayed up kHealthyWatch runs at once; a successful sync does NOT start the
-// backoff over (a watch refused right after every sync would otherwise loop at full speed).
+// alarm goes through `sync_backoff` (jittered exponential, 200 ms .. 30 s after an immediate first
+// one). The first one after a watch that stayed up kHealthyWatch runs at once; a successful sync
+// does NOT start the backoff over (a watch refused right after every sync would otherwise loop at
+// full speed).
 #include <algorithm>
 #include <atomic>
 
@@ -171,7 +172,7 @@ void Watcher::Impl::RetryAfterFailure(SyncCause cause, const absl::Status& why) 
     auto self = weak.lock();
     if (self == nullptr || self->stopping) return;
     absl::Duration delay = self->sync_backoff.Next();
-    self->resync_backoffs.fetch_add(1);
+    self->CountDelay(delay);
     SPDLOG_LOGGER_WARN(self->logger, "{} of {} failed: {}; retry in {}", CauseName(cause),
                        self->watch_prefix, std::string(why.message()), absl::FormatDuration(delay));
     self->client->loop().PostAfter(delay, [weak, cause] {
@@ -197,7 +198,7 @@ void Watcher::Impl::ScheduleSync(SyncCause cause) {
     StartSync(cause);
     return;
   }
-  resync_backoffs.fetch_add(1);
+  CountDelay(delay);
   SPDLOG_LOGGER_INFO(logger, "{} of {} in {} (resync rate limit)", CauseName(cause), watch_prefix,
                      absl::FormatDuration(delay));
   std::weak_ptr<Impl> weak = weak_from_this();
@@ -208,7 +209,7 @@ void Watcher::Impl::ScheduleSync(SyncCause cause) {
 
 void Watcher::Impl::ScheduleWatch() {
   absl::Duration delay = NextSyncDelay();
-  if (delay > absl::ZeroDuration()) resync_backoffs.fetch_add(1);
+  if (delay > absl::ZeroDuration()) CountDelay(delay);
   std::weak_ptr<Impl> weak = weak_from_this();
   client->loop().PostAfter(delay, [weak] {
     if (auto s = weak.lock(); s != nullptr && !s->stopping && s->watch_id == 0) s->StartWatch();

@@ -134,6 +134,7 @@ struct WatcherStats {
   uint64_t resyncs = 0;          // full re-reads after compaction / cluster change / rewind
   uint64_t history_resets = 0;   // of which the store's history was replaced (Snapshot::history)
   uint64_t resync_backoffs = 0;  // (re)syncs and watch re-creations delayed by the rate limit
+  absl::Duration resync_delay = absl::ZeroDuration();  // the last such delay (grows to ~30 s)
   // etcd looked behind the cache (the watch hub's DataLoss, or a Range below the cache's
   // revision or raft term) but a linearizable read showed it was not (a lagging member).
   uint64_t rewind_false_alarms = 0;
