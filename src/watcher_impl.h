@@ -119,6 +119,9 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   // Rate limit of full resyncs (and of watch re-creation after a false rewind alarm): the first
   // attempt runs at once, then 200 ms, 400 ms, ... 30 s (jittered).
   util::Backoff sync_backoff{absl::Milliseconds(100), absl::Seconds(30)};
+  // Retries of a failed Range (etcd unreachable): consecutive failures only, reset by a Range
+  // that worked, so a watcher notices etcd is back within 10 s.
+  util::Backoff retry_backoff{absl::Milliseconds(200), absl::Seconds(10)};
   bool stopping = false;
 
   // Stats.

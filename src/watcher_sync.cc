@@ -14,10 +14,11 @@
 // the differences at the new revision.
 //
 // Rate limit. Every full resync, whatever its cause, and every watch re-creation after a false
-// alarm goes through `sync_backoff` (jittered exponential, 200 ms .. 30 s after an immediate first
-// one). The first one after a watch that stayed up kHealthyWatch runs at once; a successful sync
-// does NOT start the backoff over (a watch refused right after every sync would otherwise loop at
-// full speed).
+// alarm goes through `sync_backoff`: at once, then 200 ms, 400 ms, ... 30 s (jittered). It starts
+// over only when a watch stayed up kHealthyWatch, NOT when a sync succeeded (a watch refused
+// right after every sync would otherwise loop at full speed). A Range that fails (etcd
+// unreachable) is retried through `retry_backoff` (200 ms .. 10 s, reset by a Range that works).
+// Both delays are counted in stats.resync_backoffs.
 #include <algorithm>
 #include <atomic>
 
@@ -171,7 +172,7 @@ void Watcher::Impl::RetryAfterFailure(SyncCause cause, const absl::Status& why) 
   client->loop().Post([weak, cause, why] {
     auto self = weak.lock();
     if (self == nullptr || self->stopping) return;
-    absl::Duration delay = self->sync_backoff.Next();
+    absl::Duration delay = self->retry_backoff.Next();
     self->CountDelay(delay);
     SPDLOG_LOGGER_WARN(self->logger, "{} of {} failed: {}; retry in {}", CauseName(cause),
                        self->watch_prefix, std::string(why.message()), absl::FormatDuration(delay));
@@ -259,6 +260,7 @@ void Watcher::Impl::ApplySync(RangeResult& r, bool history_reset) {
   }
   mod_revisions = std::move(fresh_revs);
   if (!first) resyncs.fetch_add(1);
+  retry_backoff.Reset();  // (the resync rate limit, sync_backoff, is not: see NextSyncDelay)
   if (replace) {
     history_resets.fetch_add(1);
     if (new_cluster) {
