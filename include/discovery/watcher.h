@@ -20,7 +20,12 @@
 // Consistency: the cache starts from a (paged) Range at one revision, then applies the watch
 // from revision + 1. A broken stream resumes from the last seen revision (no loss, no
 // duplicates). If that revision was compacted or etcd is a different cluster (wiped and
-// restarted), the watcher re-reads everything and emits only the differences. Values that
+// restarted), the watcher re-reads everything and emits only the differences. If etcd's
+// history went back (wiped or restored from a snapshot with the same cluster id: its revision,
+// or raft term, is below the one the cache holds, confirmed by a linearizable read), the
+// re-read replaces the cache: Snapshot::history is bumped, OnHistoryReset listeners run, then
+// the differences are delivered. Full re-reads are rate-limited (jittered exponential backoff
+// up to ~30 s that only starts over once a watch has stayed up for a few seconds). Values that
 // are not valid instances are skipped, logged once per key and counted; they never affect
 // other instances. While etcd is unreachable the last snapshot stays in place.
 //
@@ -128,8 +133,12 @@ struct WatcherStats {
   uint64_t events = 0;           // watch events applied
   uint64_t resyncs = 0;          // full re-reads after compaction / cluster change / rewind
   uint64_t history_resets = 0;   // of which the store's history was replaced (Snapshot::history)
-  uint64_t resync_backoffs = 0;  // resyncs delayed by the resync rate limit
-  uint64_t invalid_values = 0;   // values skipped as not valid instances
+  uint64_t resync_backoffs = 0;  // (re)syncs and watch re-creations delayed by the rate limit
+  absl::Duration resync_delay = absl::ZeroDuration();  // the last such delay (grows to ~30 s)
+  // etcd looked behind the cache (the watch hub's DataLoss, or a Range below the cache's
+  // revision or raft term) but a linearizable read showed it was not (a lagging member).
+  uint64_t rewind_false_alarms = 0;
+  uint64_t invalid_values = 0;  // values skipped as not valid instances
   uint64_t protection_activations = 0;
   size_t instances = 0;
   bool synced = false;

@@ -366,6 +366,8 @@ TEST_F(WatcherTest, ConvergesAfterEtcdIsWipedAndRestarted) {
   std::string diff;
   EXPECT_TRUE(CacheEqualsEtcd(*w, &diff)) << diff;
   EXPECT_GE(w->stats().resyncs, 1u);
+  EXPECT_EQ(w->stats().history_resets, 1u);  // a new cluster id is a new history
+  EXPECT_EQ(w->snapshot()->history(), 2u);
 }
 
 TEST_F(WatcherTest, GarbageValuesAreSkippedAndCounted) {
