@@ -1,10 +1,8 @@
 #include "http_server.h"
 
 #include <spdlog/spdlog.h>
-#include <sys/resource.h>
 
 #include <algorithm>
-#include <array>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -13,6 +11,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "fd_limits.h"
 #include "http_codec.h"
 #include "util/clock.h"
 #include "util/logging.h"
@@ -32,33 +31,11 @@ std::chrono::steady_clock::duration ToChrono(absl::Duration d) {
   return absl::ToChronoNanoseconds(d);
 }
 
-constexpr size_t kFdReserve = 128;
 // A stream's write buffer larger than this is released once written (a drained init of
 // thousands of instances must not stay allocated for the life of the stream).
 constexpr size_t kKeepBufferBytes = 64 * 1024;
 
-// The answer to a connection over the cap: fixed, small enough for any socket send buffer.
-const std::string& RejectResponse() {
-  static const std::string kResponse = [] {
-    std::string body =
-        R"({"error":{"code":"unavailable","message":"too many connections, retry later"}})";
-    return absl::StrCat(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        "Retry-After: 1\r\nConnection: close\r\nContent-Length: ",
-        body.size(), "\r\n\r\n", body);
-  }();
-  return kResponse;
-}
-
 }  // namespace
-
-size_t DefaultMaxConnections() {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return 1 << 20;
-  size_t soft = static_cast<size_t>(rl.rlim_cur);
-  size_t reserve = std::min(kFdReserve, soft / 2);
-  return std::max<size_t>(1, soft - reserve);
-}
 
 class Session;
 
@@ -423,15 +400,8 @@ void HttpServer::Impl::Reject(tcp::socket socket) {
     SPDLOG_LOGGER_WARN(logger, "{} connections open (--max-connections): refusing more ({} so far)",
                        max_connections, n);
   }
+  RefuseConnection(socket.native_handle());
   beast::error_code ec;
-  socket.non_blocking(true, ec);
-  // A fresh socket's send buffer is empty: the small answer goes in one write or not at all.
-  socket.write_some(net::buffer(RejectResponse()), ec);
-  socket.shutdown(tcp::socket::shutdown_send, ec);
-  // Take what the client already sent, so that the close sends a FIN rather than a reset.
-  std::array<char, 4096> drain{};
-  beast::error_code rec;
-  for (int i = 0; i < 4 && !rec; ++i) socket.read_some(net::buffer(drain), rec);
   socket.close(ec);
 }
 

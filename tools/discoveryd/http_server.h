@@ -93,12 +93,6 @@ class Exchange {
 
 using HttpHandler = std::function<void(HttpRequest request, std::shared_ptr<Exchange> exchange)>;
 
-// The default connection cap: the RLIMIT_NOFILE soft limit minus a reserve of
-// min(128, limit / 2) fds for everything else the process opens (etcd gRPC channels, health
-// check dials, log files, the listening socket, eventfds/epoll). Raise the limit (discoveryd
-// raises the soft limit to the hard one at start) rather than the reserve.
-size_t DefaultMaxConnections();
-
 class HttpServer {
  public:
   struct Options {
@@ -115,7 +109,7 @@ class HttpServer {
     size_t max_stream_backlog_bytes = 1024 * 1024;
     absl::Duration stream_keepalive = absl::Seconds(15);
     // Connections open at once; past it a connection gets a 503 and is closed. 0 =
-    // DefaultMaxConnections().
+    // DefaultMaxConnections() (fd_limits.h: the fd soft limit minus a reserve).
     size_t max_connections = 0;
     // Called for every response the server makes up by itself (413, 400), for metrics.
     std::function<void(const std::string& method, int status)> on_protocol_error{};

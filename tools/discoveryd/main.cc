@@ -5,18 +5,13 @@
 //   ETCD_ENDPOINTS=http://127.0.0.1:2379 discoveryd --listen 127.0.0.1:8080
 //
 // This file only parses flags and environment and wires the gateway; see gateway.h.
-#include <spdlog/spdlog.h>
-#include <sys/resource.h>
-
-#include <cerrno>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <iostream>
 
 #include "CLI/CLI.hpp"
 #include "discovery/etcd.h"
 #include "discovery/registrar.h"
+#include "fd_limits.h"
 #include "gateway.h"
 #include "util/logging.h"
 
@@ -25,36 +20,6 @@ namespace {
 std::string Env(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::string(v) : fallback;
-}
-
-// Every connection is a file descriptor: raise the soft RLIMIT_NOFILE to the hard limit (the
-// default connection cap is sized from it). RLIM_INFINITY is not a valid fd limit on Linux:
-// take fs.nr_open then.
-void RaiseFdLimit() {
-  auto logger = discovery::util::ComponentLogger(nullptr, "discoveryd");
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
-    SPDLOG_LOGGER_WARN(logger, "getrlimit(RLIMIT_NOFILE): {}", std::strerror(errno));
-    return;
-  }
-  rlim_t target = rl.rlim_max;
-  if (target == RLIM_INFINITY) {
-    unsigned long nr_open = 1 << 20;
-    std::ifstream("/proc/sys/fs/nr_open") >> nr_open;
-    target = static_cast<rlim_t>(nr_open);
-  }
-  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur >= target) {
-    SPDLOG_LOGGER_INFO(logger, "RLIMIT_NOFILE {} (already the hard limit)", rl.rlim_cur);
-    return;
-  }
-  rlim_t old = rl.rlim_cur;
-  rl.rlim_cur = target;
-  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-    SPDLOG_LOGGER_WARN(logger, "raising RLIMIT_NOFILE from {} to {}: {}", old, target,
-                       std::strerror(errno));
-    return;
-  }
-  SPDLOG_LOGGER_INFO(logger, "raised RLIMIT_NOFILE from {} to {}", old, target);
 }
 
 }  // namespace
@@ -107,7 +72,8 @@ int main(int argc, char** argv) {
   options.read_timeout = absl::Seconds(read_timeout_s);
   if (!endpoints.empty()) options.etcd.endpoints = discovery::SplitEndpoints(endpoints);
 
-  RaiseFdLimit();
+  // Every connection is a file descriptor (the default --max-connections is sized from it).
+  discoveryd::RaiseFdLimit(discovery::util::ComponentLogger(nullptr, "discoveryd"));
   if (absl::Status s = discovery::ShutdownSignal::Install(); !s.ok()) {
     std::cerr << "discoveryd: " << s << "\n";
     return 1;
