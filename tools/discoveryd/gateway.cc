@@ -236,6 +236,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
   so.read_timeout = options.read_timeout;
   so.stream_keepalive = options.sse_keepalive;
   so.max_stream_backlog_bytes = options.sse_max_backlog_bytes;
+  so.max_connections = options.max_connections;
   so.logger = options.logger;
   Impl* raw = impl.get();
   so.on_protocol_error = [raw](const std::string& method, int status) {
@@ -250,13 +251,17 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
     return server.status();
   }
   impl->server = *std::move(server);
+  impl->metrics.SetConnectionStats([raw] { return raw->server->stats(); });
   std::string shown = host.find(':') != std::string::npos ? absl::StrCat("[", host, "]") : host;
   impl->url = absl::StrCat("http://", shown, ":", impl->server->port(), "/");
   impl->options = std::move(options);
   impl->server->Start();
-  SPDLOG_LOGGER_INFO(impl->logger, "discoveryd serving {} (etcd {}, prefix {}, {} API token(s){})",
+  SPDLOG_LOGGER_INFO(impl->logger,
+                     "discoveryd serving {} (etcd {}, prefix {}, max {} connections, {} API "
+                     "token(s){})",
                      impl->url, absl::StrJoin(impl->options.etcd.endpoints, ","),
-                     impl->options.prefix, token_store.size(),
+                     impl->options.prefix, impl->server->stats().max_connections,
+                     token_store.size(),
                      impl->options.protect_dashboard ? ", dashboard protected" : "");
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }

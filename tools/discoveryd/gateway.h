@@ -51,6 +51,9 @@ struct GatewayOptions {
   // slow: its stream is closed (it may reconnect with Last-Event-ID) instead of growing the
   // gateway's memory without bound.
   size_t sse_max_backlog_bytes = 1024 * 1024;
+  // HTTP connections open at once (SSE streams included); past it a connection gets a 503
+  // and is closed. 0 = from the fd limit (HttpServer's DefaultMaxConnections()).
+  size_t max_connections = 0;
   absl::Duration initial_sync_wait = absl::Seconds(3);
   std::shared_ptr<spdlog::logger> logger{};  // "discoveryd"
 };

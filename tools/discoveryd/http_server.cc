@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -10,6 +11,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "fd_limits.h"
 #include "http_codec.h"
 #include "util/clock.h"
 #include "util/logging.h"
@@ -29,16 +31,25 @@ std::chrono::steady_clock::duration ToChrono(absl::Duration d) {
   return absl::ToChronoNanoseconds(d);
 }
 
+// A stream's write buffer larger than this is released once written (a drained init of
+// thousands of instances must not stay allocated for the life of the stream).
+constexpr size_t kKeepBufferBytes = 64 * 1024;
+
 }  // namespace
 
 class Session;
 
 struct HttpServer::Impl {
   Impl(Options o, HttpHandler h)
-      : options(std::move(o)), handler(std::move(h)), acceptor(net::make_strand(ioc)) {}
+      : options(std::move(o)),
+        handler(std::move(h)),
+        acceptor(net::make_strand(ioc)),
+        accept_timer(acceptor.get_executor()) {}
 
   void Accept();
   void OnAccept(beast::error_code ec, tcp::socket socket);
+  void PauseAccepting(const beast::error_code& ec);
+  void Reject(tcp::socket socket);
   void Forget(Session* session) {
     util::MutexLock lock(&mu);
     sessions.erase(session);
@@ -49,6 +60,15 @@ struct HttpServer::Impl {
   std::shared_ptr<spdlog::logger> logger;
   net::io_context ioc;
   tcp::acceptor acceptor;
+  // Touched only on the acceptor's strand.
+  net::steady_timer accept_timer;
+  util::Backoff accept_backoff{absl::Milliseconds(100), absl::Seconds(1)};
+  absl::Time last_reject_log = absl::InfinitePast();
+  size_t max_connections = 0;  // effective cap, set by Create
+
+  std::atomic<uint64_t> rejected{0};
+  std::atomic<uint64_t> accept_pauses{0};
+  std::atomic<uint64_t> slow_streams{0};
   std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
   std::atomic<bool> stopping{false};
 
@@ -106,13 +126,23 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
   // ---- EventStream ----
   bool Send(std::string data) override {
     if (closed_.load()) return false;
-    if (backlog_.load() > server_->options.max_stream_backlog_bytes) {
-      SPDLOG_LOGGER_WARN(server_->logger, "stream client {} too slow ({} bytes behind): closing",
-                         remote_, backlog_.load());
-      Close();
-      return false;
-    }
-    backlog_.fetch_add(data.size());
+    // The rule is documented in http_server.h: the first Send, or one into an empty queue, is
+    // taken whole; any other only within the backlog bound. Check and add in one step, so
+    // concurrent Sends cannot both pass.
+    const size_t limit = server_->options.max_stream_backlog_bytes;
+    const bool first = first_send_.exchange(false);
+    size_t queued = backlog_.load();
+    do {
+      if (!first && queued != 0 && queued + data.size() > limit) {
+        server_->slow_streams.fetch_add(1);
+        SPDLOG_LOGGER_WARN(server_->logger,
+                           "stream client {} too slow ({} bytes behind, {} more would pass the "
+                           "{} byte backlog): closing",
+                           remote_, queued, data.size(), limit);
+        Close();
+        return false;
+      }
+    } while (!backlog_.compare_exchange_weak(queued, queued + data.size()));
     net::post(stream_.get_executor(), [self = shared_from_this(), d = std::move(data)]() mutable {
       self->Enqueue(std::move(d));
     });
@@ -227,9 +257,13 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
     timer_.expires_after(ToChrono(opts().stream_keepalive));
     timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
       if (ec || self->closed_.load()) return;
-      std::string ping = ": keep-alive\n\n";
-      self->backlog_.fetch_add(ping.size());
-      self->Enqueue(std::move(ping));
+      // Only an idle stream needs a ping: bytes already on their way keep it alive, and a
+      // client that reads nothing must not grow its queue by pings.
+      if (!self->writing_ && self->queue_.empty()) {
+        std::string ping = ": keep-alive\n\n";
+        self->backlog_.fetch_add(ping.size());
+        self->Enqueue(std::move(ping));
+      }
       self->ArmKeepalive();
     });
   }
@@ -242,6 +276,11 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
 
   void WriteNext() {
     inflight_.clear();
+    if (!queue_.empty()) {
+      // Take the first chunk's buffer instead of copying it (an init may be megabytes).
+      inflight_ = std::move(queue_.front());
+      queue_.pop_front();
+    }
     while (!queue_.empty()) {
       inflight_ += queue_.front();
       queue_.pop_front();
@@ -255,6 +294,9 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
     net::async_write(stream_, net::buffer(inflight_),
                      [self = shared_from_this()](beast::error_code ec, size_t n) {
                        self->backlog_.fetch_sub(std::min(n, self->backlog_.load()));
+                       if (self->inflight_.capacity() > kKeepBufferBytes) {
+                         std::string().swap(self->inflight_);
+                       }
                        if (ec) return self->DoClose();
                        self->stream_.expires_never();
                        self->WriteNext();
@@ -292,6 +334,7 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
   std::array<char, 4096> scratch_{};
   std::atomic<bool> closed_{false};
   std::atomic<bool> replied_{false};
+  std::atomic<bool> first_send_{true};
   std::atomic<size_t> backlog_{0};
   util::Mutex close_mu_;
   std::function<void()> on_close_ ABSL_GUARDED_BY(close_mu_);
@@ -306,18 +349,60 @@ void HttpServer::Impl::Accept() {
 void HttpServer::Impl::OnAccept(beast::error_code ec, tcp::socket socket) {
   if (stopping.load() || !acceptor.is_open()) return;
   if (ec) {
-    SPDLOG_LOGGER_WARN(logger, "accept: {}", ec.message());
-  } else {
-    beast::error_code nd;
-    socket.set_option(tcp::no_delay(true), nd);
-    auto session = std::make_shared<Session>(std::move(socket), this);
-    {
-      util::MutexLock lock(&mu);
-      sessions[session.get()] = session;
-    }
-    session->Start();
+    // A connection that went away while queued costs nothing to skip; anything else (out of
+    // fds, out of memory) would fail again at once: pause instead of spinning.
+    if (ec != net::error::connection_aborted) return PauseAccepting(ec);
+    return Accept();
   }
+  accept_backoff.Reset();
+  bool full = false;
+  {
+    util::MutexLock lock(&mu);
+    full = sessions.size() >= max_connections;
+  }
+  if (full) {
+    Reject(std::move(socket));
+    return Accept();
+  }
+  beast::error_code nd;
+  socket.set_option(tcp::no_delay(true), nd);
+  auto session = std::make_shared<Session>(std::move(socket), this);
+  {
+    util::MutexLock lock(&mu);
+    sessions[session.get()] = session;
+  }
+  session->Start();
   Accept();
+}
+
+void HttpServer::Impl::PauseAccepting(const beast::error_code& ec) {
+  accept_pauses.fetch_add(1);
+  absl::Duration pause = accept_backoff.Next();
+  if (accept_backoff.attempt() == 1) {
+    SPDLOG_LOGGER_WARN(logger, "accept: {}; pausing accepts ({} ms, up to 1 s while it fails)",
+                       ec.message(), absl::ToInt64Milliseconds(pause));
+  } else {
+    SPDLOG_LOGGER_DEBUG(logger, "accept: {} again; pausing {} ms", ec.message(),
+                        absl::ToInt64Milliseconds(pause));
+  }
+  accept_timer.expires_after(ToChrono(pause));
+  accept_timer.async_wait([this](beast::error_code wec) {
+    if (wec || stopping.load() || !acceptor.is_open()) return;
+    Accept();
+  });
+}
+
+void HttpServer::Impl::Reject(tcp::socket socket) {
+  uint64_t n = rejected.fetch_add(1) + 1;
+  absl::Time now = util::MonoNow();
+  if (now - last_reject_log > absl::Seconds(10)) {
+    last_reject_log = now;
+    SPDLOG_LOGGER_WARN(logger, "{} connections open (--max-connections): refusing more ({} so far)",
+                       max_connections, n);
+  }
+  RefuseConnection(socket.native_handle());
+  beast::error_code ec;
+  socket.close(ec);
 }
 
 HttpServer::HttpServer(Options options, HttpHandler handler)
@@ -355,6 +440,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(Options options,
         absl::StrCat("cannot listen on ", options.host, ":", options.port, ": ", ec.message()));
   }
   server->port_ = impl.acceptor.local_endpoint(ec).port();
+  impl.max_connections =
+      options.max_connections > 0 ? options.max_connections : DefaultMaxConnections();
   return server;
 }
 
@@ -382,6 +469,7 @@ void HttpServer::Stop() {
   net::post(impl_->acceptor.get_executor(), [impl = impl_.get()] {
     beast::error_code ec;
     impl->acceptor.close(ec);
+    impl->accept_timer.cancel();
   });
   std::vector<std::shared_ptr<Session>> open;
   {
@@ -403,6 +491,16 @@ void HttpServer::Stop() {
     if (t.joinable()) t.join();
   }
   threads_.clear();
+}
+
+HttpServer::Stats HttpServer::stats() const {
+  Stats s;
+  s.open_connections = open_connections();
+  s.max_connections = impl_->max_connections;
+  s.rejected_connections = impl_->rejected.load();
+  s.accept_pauses = impl_->accept_pauses.load();
+  s.slow_streams_closed = impl_->slow_streams.load();
+  return s;
 }
 
 size_t HttpServer::open_connections() const {

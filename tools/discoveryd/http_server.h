@@ -20,12 +20,33 @@
 // `Connection` header. Parsing, the answers to bad requests and the HttpRequest/HttpResponse
 // conversions are the socket-free functions of http_codec.h.
 //
+// Strangers at the port (anyone who can reach it, token or not):
+//   - Connections: at most `max_connections` are open at once (0 = DefaultMaxConnections(),
+//     sized from the fd limit). One more is answered a fixed `503` with `Retry-After: 1` (one
+//     non-blocking write into the fresh socket's empty send buffer) and closed at once; a
+//     client that had already sent bytes may see a reset instead. Counted in
+//     Stats::rejected_connections.
+//   - accept() failing (EMFILE/ENFILE when fds run out, ENOBUFS/ENOMEM) pauses accepting:
+//     100 ms, doubling (jittered, util::Backoff) up to 1 s while it keeps failing, back to
+//     normal after the first success; never a busy loop. Counted in Stats::accept_pauses.
+//     Connections waiting in the listen backlog meanwhile are served (or refused) later.
+//   - SSE backlog (`max_stream_backlog_bytes`, B): bytes Send() on a stream and not yet taken
+//     by the client's socket. The first Send of a stream (the init or resume burst) is taken
+//     whatever its size, and so is a Send into an empty queue; any other Send is taken only
+//     when queued + its size <= B, else the client is too slow: the stream is closed (counted
+//     in Stats::slow_streams_closed) and Send returns false. So a stream holds at most
+//     max(B, its largest single message) — a 50 MB init to a client that does not read is
+//     held once, the client is cut at the next event unless it has drained it to within B,
+//     and at the latest when one write has not completed for `write_timeout`. Keep-alive
+//     comments are only queued on an idle stream, and a drained large buffer is released.
+//
 // Thread-safety: HttpServer is thread-safe. The handler runs on an io thread and must not
 // block: hand blocking work to another executor and call Exchange::Reply from there.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -51,6 +72,7 @@ class EventStream {
   // Queues `data` for the client. Returns false when the stream is closed. When the bytes
   // still waiting for the client exceed the server's `max_stream_backlog_bytes` at the time
   // of the call, the client is too slow: the stream is closed and false returned.
+  // The exact rule (first Send, empty queue) is in the server comment above.
   virtual bool Send(std::string data) = 0;
   virtual void Close() = 0;
   virtual bool closed() const = 0;
@@ -86,6 +108,9 @@ class HttpServer {
     absl::Duration write_timeout = absl::Seconds(10);
     size_t max_stream_backlog_bytes = 1024 * 1024;
     absl::Duration stream_keepalive = absl::Seconds(15);
+    // Connections open at once; past it a connection gets a 503 and is closed. 0 =
+    // DefaultMaxConnections() (fd_limits.h: the fd soft limit minus a reserve).
+    size_t max_connections = 0;
     // Called for every response the server makes up by itself (413, 400), for metrics.
     std::function<void(const std::string& method, int status)> on_protocol_error{};
     std::shared_ptr<spdlog::logger> logger{};
@@ -108,6 +133,16 @@ class HttpServer {
   int port() const { return port_; }
   const std::string& host() const { return options_.host; }
   size_t open_connections() const;
+
+  // Counters for /metrics (monotonic since Create, except open_connections).
+  struct Stats {
+    size_t open_connections = 0;
+    size_t max_connections = 0;  // the effective cap
+    uint64_t rejected_connections = 0;
+    uint64_t accept_pauses = 0;
+    uint64_t slow_streams_closed = 0;
+  };
+  Stats stats() const;
 
   struct Impl;
 

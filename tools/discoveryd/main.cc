@@ -11,7 +11,9 @@
 #include "CLI/CLI.hpp"
 #include "discovery/etcd.h"
 #include "discovery/registrar.h"
+#include "fd_limits.h"
 #include "gateway.h"
+#include "util/logging.h"
 
 namespace {
 
@@ -59,6 +61,10 @@ int main(int argc, char** argv) {
                  "bytes an SSE client may fall behind before its stream is closed")
       ->capture_default_str()
       ->check(CLI::Range(size_t{4096}, size_t{1} << 30));
+  app.add_option("--max-connections", options.max_connections,
+                 "HTTP connections open at once (SSE streams included); past it a connection "
+                 "gets a 503 and is closed. 0 = the fd soft limit minus min(128, half of it)")
+      ->capture_default_str();
   app.add_option("--io-threads", options.io_threads, "HTTP io threads")->capture_default_str();
   app.add_option("--workers", options.worker_threads, "threads for blocking etcd calls")
       ->capture_default_str();
@@ -66,6 +72,8 @@ int main(int argc, char** argv) {
   options.read_timeout = absl::Seconds(read_timeout_s);
   if (!endpoints.empty()) options.etcd.endpoints = discovery::SplitEndpoints(endpoints);
 
+  // Every connection is a file descriptor (the default --max-connections is sized from it).
+  discoveryd::RaiseFdLimit(discovery::util::ComponentLogger(nullptr, "discoveryd"));
   if (absl::Status s = discovery::ShutdownSignal::Install(); !s.ok()) {
     std::cerr << "discoveryd: " << s << "\n";
     return 1;

@@ -2,6 +2,8 @@
 
 #include <array>
 #include <map>
+#include <string_view>
+#include <utility>
 
 #include "discovery/instance.h"
 #include "prometheus/metric_family.h"
@@ -41,14 +43,47 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                     .Register(*registry_);
 }
 
+std::string Metrics::MethodLabel(std::string_view method) {
+  static constexpr std::array<std::string_view, 7> kMethods = {"GET",   "HEAD",   "POST",   "PUT",
+                                                               "PATCH", "DELETE", "OPTIONS"};
+  for (std::string_view m : kMethods) {
+    if (method == m) return std::string(m);
+  }
+  return "other";
+}
+
+std::string Metrics::RouteLabel(std::string_view route) {
+  // The templates of router.cc's Match(); a route added there shows up as "other" until it
+  // is listed here too.
+  static constexpr std::array<std::string_view, 7> kRoutes = {"/",
+                                                              "/metrics",
+                                                              "/healthz",
+                                                              "/sd/v1/subscribe",
+                                                              "/sd/v1/instances",
+                                                              "/sd/v1/instances/{id}",
+                                                              "/sd/v1/instances/{id}/heartbeat"};
+  for (std::string_view r : kRoutes) {
+    if (route == r) return std::string(r);
+  }
+  return "other";
+}
+
+std::string Metrics::CodeLabel(int code) {
+  return code >= 100 && code <= 599 ? std::to_string(code) : "other";
+}
+
 void Metrics::ObserveRequest(const std::string& method, const std::string& route, int code,
                              absl::Duration duration) {
-  requests_->Add({{"method", method}, {"route", route}, {"code", std::to_string(code)}})
-      .Increment();
+  std::string m = MethodLabel(method);
+  std::string r = RouteLabel(route);
+  requests_->Add({{"method", m}, {"route", r}, {"code", CodeLabel(code)}}).Increment();
   static const prometheus::Histogram::BucketBoundaries kBuckets = {
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
-  durations_->Add({{"method", method}, {"route", route}}, kBuckets)
-      .Observe(absl::ToDoubleSeconds(duration));
+  durations_->Add({{"method", m}, {"route", r}}, kBuckets).Observe(absl::ToDoubleSeconds(duration));
+}
+
+void Metrics::SetConnectionStats(std::function<HttpServer::Stats()> source) {
+  connection_stats_ = std::move(source);
 }
 
 std::string Metrics::Render(const discovery::Watcher& watcher, size_t sse_subscribers) const {
@@ -91,6 +126,24 @@ std::string Metrics::Render(const discovery::Watcher& watcher, size_t sse_subscr
                             prometheus::MetricType::Gauge, stats.synced ? 1 : 0));
   families.push_back(Scalar("discovery_cache_revision", "etcd revision of the watch cache",
                             prometheus::MetricType::Gauge, static_cast<double>(stats.revision)));
+  if (connection_stats_) {
+    HttpServer::Stats c = connection_stats_();
+    families.push_back(
+        Scalar("discovery_http_open_connections", "Open HTTP connections (SSE streams included)",
+               prometheus::MetricType::Gauge, static_cast<double>(c.open_connections)));
+    families.push_back(Scalar("discovery_http_connections_rejected_total",
+                              "Connections refused (503 or closed) over --max-connections",
+                              prometheus::MetricType::Counter,
+                              static_cast<double>(c.rejected_connections)));
+    families.push_back(Scalar("discovery_http_accept_pauses_total",
+                              "Pauses of accepting after accept() failed (EMFILE, ENFILE, ...)",
+                              prometheus::MetricType::Counter,
+                              static_cast<double>(c.accept_pauses)));
+    families.push_back(Scalar("discovery_sse_slow_clients_closed_total",
+                              "SSE streams closed for falling more than --sse-max-backlog behind",
+                              prometheus::MetricType::Counter,
+                              static_cast<double>(c.slow_streams_closed)));
+  }
   return prometheus::TextSerializer().Serialize(families);
 }
 

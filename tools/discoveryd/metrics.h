@@ -5,19 +5,32 @@
 //
 //   discovery_http_requests_total{method,route,code}   counter
 //   discovery_http_request_duration_seconds{method,route} histogram
+//   discovery_http_open_connections                    gauge   (HttpServer::Stats)
+//   discovery_http_connections_rejected_total          counter (over --max-connections)
+//   discovery_http_accept_pauses_total                 counter (accept() failed: EMFILE...)
+//   discovery_sse_slow_clients_closed_total            counter (over --sse-max-backlog)
 //   discovery_instances{type,status}                   gauge, from the watcher cache
 //   discovery_watch_events_total, discovery_resyncs_total, discovery_watch_invalid_values_total
 //   discovery_sse_subscribers                          gauge
 //   discovery_cache_synced, discovery_cache_revision   gauges
 //
-// Thread-safety: thread-safe.
+// Label values come from fixed sets, whatever a client sends (anyone who can reach the port
+// can make up methods and paths; a label per made-up string would grow /metrics without
+// bound): method is one of GET HEAD POST PUT PATCH DELETE OPTIONS or "other"; route is one of
+// the router's templates or "other"; code is a status 100..599 or "other". ObserveRequest
+// applies this itself, so no caller can bypass it.
+//
+// Thread-safety: thread-safe (SetConnectionStats: once, before serving).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/time/time.h"
 #include "discovery/watcher.h"
+#include "http_server.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/histogram.h"
@@ -29,10 +42,18 @@ class Metrics {
  public:
   Metrics();
 
-  // `route` is the route template ("/sd/v1/instances/{id}"), never the raw path, so label
-  // cardinality stays bounded.
+  // `route` should be the route template ("/sd/v1/instances/{id}"); anything else counts as
+  // "other" (see the label sets above).
   void ObserveRequest(const std::string& method, const std::string& route, int code,
                       absl::Duration duration);
+
+  // Where Render reads the connection gauges and counters from (the HTTP server).
+  void SetConnectionStats(std::function<HttpServer::Stats()> source);
+
+  // The label normalisation of ObserveRequest.
+  static std::string MethodLabel(std::string_view method);
+  static std::string RouteLabel(std::string_view route);
+  static std::string CodeLabel(int code);
 
   // The whole exposition: request metrics plus the gauges read from `watcher` now.
   std::string Render(const discovery::Watcher& watcher, size_t sse_subscribers) const;
@@ -41,6 +62,7 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* durations_;
+  std::function<HttpServer::Stats()> connection_stats_;
 };
 
 }  // namespace discoveryd
