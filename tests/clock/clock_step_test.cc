@@ -12,7 +12,8 @@
 //    for 10 s after the step, etcd is read every 100 ms: the key is never absent and keeps its
 //    lease; the value's updatedAt (written with the process's wall clock) shows the step; the
 //    process reports no lease_at_risk / lease_lost / re_registered and replaces no stream.
-//  - Watcher (`discoveryctl watch`): after the step, values written 2.5 s apart (so the stream
+//  - Watcher (`discoveryctl watch`): for 7 s after the step, values written 2.5 s apart (so the
+//  stream
 //    idles past its liveness probe interval) are each printed within 1 s; etcd's count of
 //    Watch streams ever opened does not move; the log shows no stream replacement.
 //
@@ -20,7 +21,7 @@
 // for 60 s (the registration vanished after the TTL without any event) and a step forward
 // reported lease_at_risk at once.
 //
-// Label `clock`; ~11 s per test. See tests/clock/CMakeLists.txt for the environment variables
+// Label `clock`; ~10-12 s per test. See tests/clock/CMakeLists.txt for the environment variables
 // that swap the binaries under test.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -37,11 +38,14 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "discovery/etcd.h"
 #include "discovery/instance.h"
 #include "etcd/client.h"
 #include "etcd_harness.h"
+#include "tcp_proxy.h"
 
 namespace discovery {
 namespace {
@@ -54,9 +58,10 @@ namespace pb = ::etcdserverpb;
 
 constexpr int kStepSeconds = 60;
 constexpr int kTtlSeconds = 3;
-// How long the step's effects are watched: more than three TTLs, and more than the watch
-// stream's liveness probe interval + timeout (2 s + 3 s).
-const absl::Duration kObserve = absl::Seconds(10);
+// How long the step's effects are watched: the registrar for more than three TTLs, the
+// watcher for more than its stream's liveness probe interval + timeout (2 s + 3 s).
+const absl::Duration kRegistrarObserve = absl::Seconds(10);
+const absl::Duration kWatcherObserve = absl::Seconds(7);
 
 // Log lines of a replaced stream (LeaseKeeper: "stalled ...; reconnecting", WatchHub:
 // "unanswered ...; reconnecting") and registrar events a healthy lease must not produce.
@@ -76,6 +81,25 @@ std::string FindAny(const std::string& haystack, const char* const* begin, const
     if (absl::StrContains(haystack, *n)) return *n;
   }
   return "";
+}
+
+// Bytes received and not yet read on the ESTABLISHED sockets of 127.0.0.1:`port` (their Recv-Q
+// in /proc/net/tcp): what a client sent through a paused TcpProxy.
+int64_t UnreadBytes(int port) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // header
+  int64_t total = 0;
+  while (std::getline(in, line)) {
+    // sl local_address rem_address st tx_queue:rx_queue ...
+    std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (f.size() < 5 || f[3] != "01") continue;
+    if (f[1] != absl::StrFormat("0100007F:%04X", port)) continue;
+    size_t colon = f[4].find(':');
+    if (colon == std::string::npos) continue;
+    total += std::strtoll(f[4].c_str() + colon + 1, nullptr, 16);
+  }
+  return total;
 }
 
 // A wall clock for child processes: libfaketime reading an offset from a file we rewrite.
@@ -177,6 +201,9 @@ class ClockStepTest : public ::testing::Test {
   void Spawn(std::vector<std::string> argv, bool pipe) {
     std::vector<std::pair<std::string, std::string>> env = clock_->Env();
     env.emplace_back("ETCD_ENDPOINTS", cluster_->EndpointsCsv());
+    if (const char* level = std::getenv("DISCOVERY_LOG_LEVEL")) {
+      env.emplace_back("DISCOVERY_LOG_LEVEL", level);  // e.g. debug, to look into a failure
+    }
     auto child = ChildProcess::Spawn({.argv = std::move(argv),
                                       .env = std::move(env),
                                       .unset_env_prefixes = {"ETCD_", "DISCOVERY_", "FAKETIME"},
@@ -256,6 +283,9 @@ void ClockStepTest::RegistrarSurvivesStep(int offset_seconds) {
   int samples = 0;
   std::string broken;
   bool saw_step = false;  // a value written with the stepped clock
+  int64_t writes = 0;     // values written since the step
+  int64_t mod_revision = kv->mod_revision();
+  absl::Duration last_skew = absl::ZeroDuration();  // updatedAt - real time of the last value
   WaitUntil(
       [&] {
         ++samples;
@@ -266,9 +296,12 @@ void ClockStepTest::RegistrarSurvivesStep(int offset_seconds) {
         } else if (now->lease() != lease) {
           broken = absl::StrCat("lease changed to ", now->lease(), " ", absl::FormatDuration(at),
                                 " after the step");
-        } else if (auto in = DecodeInstance(now->value()); in.ok()) {
-          absl::Duration skew = in->updated_at - absl::Now();
-          if (absl::AbsDuration(skew - absl::Seconds(offset_seconds)) < absl::Seconds(5)) {
+        } else if (auto in = DecodeInstance(now->value());
+                   in.ok() && now->mod_revision() != mod_revision) {
+          mod_revision = now->mod_revision();
+          ++writes;
+          last_skew = in->updated_at - absl::Now();
+          if (absl::AbsDuration(last_skew - absl::Seconds(offset_seconds)) < absl::Seconds(5)) {
             saw_step = true;
           }
         }
@@ -284,10 +317,11 @@ void ClockStepTest::RegistrarSurvivesStep(int offset_seconds) {
         if (!child_->Running() && broken.empty()) broken = "registrar exited";
         return !broken.empty();
       },
-      kObserve, absl::Milliseconds(100));
+      kRegistrarObserve, absl::Milliseconds(100));
   EXPECT_EQ(broken, "") << "(sample " << samples << ")";
   EXPECT_TRUE(saw_step || !broken.empty())
-      << "no performance write carried the stepped clock: the process did not see the step";
+      << "no performance write carried the stepped clock (" << writes
+      << " writes since the step, the last one's updatedAt " << last_skew << " off real time)";
 }
 
 void ClockStepTest::WatcherSurvivesStep(int offset_seconds) {
@@ -296,9 +330,14 @@ void ClockStepTest::WatcherSurvivesStep(int offset_seconds) {
     return absl::StrCat(R"({"instanceId":"clock-w","type":"world","group":"clock",)",
                         R"("status":"ready","customState":")", marker, R"("})");
   };
-  ASSERT_NO_FATAL_FAILURE(Spawn({FromEnv("DISCOVERY_TEST_DISCOVERYCTL", DISCOVERYCTL), "watch",
-                                 "--endpoints", cluster_->EndpointsCsv()},
-                                true));
+  // The watcher reaches etcd through a proxy first (so the test can silence its stream), then
+  // directly.
+  auto proxy = testing::TcpProxy::Start(cluster_->ClientPort(0));
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  ASSERT_NO_FATAL_FAILURE(
+      Spawn({FromEnv("DISCOVERY_TEST_DISCOVERYCTL", DISCOVERYCTL), "watch", "--endpoints",
+             absl::StrCat((*proxy)->endpoint(), ",", cluster_->EndpointsCsv())},
+            true));
   // Writes `marker` and waits up to `within` for the watcher to print it.
   auto seen = [&](const std::string& marker, absl::Duration within) {
     if (!Put(key, value(marker)).ok()) return false;
@@ -311,18 +350,49 @@ void ClockStepTest::WatcherSurvivesStep(int offset_seconds) {
     }
     return false;
   };
+  // Waits until `until`; false (and `broken` says why) when the watcher replaces its stream or
+  // exits meanwhile.
+  std::string broken;
+  auto quiet_until = [&](absl::Time until) {
+    WaitUntil(
+        [&] {
+          std::string alarm =
+              FindAny(child_->ReadStderr(), std::begin(kReplacedStream), std::end(kReplacedStream));
+          if (!alarm.empty()) broken = absl::StrCat("watcher logged '", alarm, "'");
+          if (!child_->Running()) broken = "watcher exited";
+          return !broken.empty() || absl::Now() >= until;
+        },
+        until - absl::Now() + absl::Seconds(1), absl::Milliseconds(50));
+    return broken.empty();
+  };
   // The watch is up once a write shows (values written before its first sync are not printed).
   int warmup = 0;
   ASSERT_TRUE(WaitUntil([&] { return seen(absl::StrCat("warmup-", ++warmup), absl::Seconds(1)); },
                         absl::Seconds(15), absl::Milliseconds(1)))
       << "discoveryctl watch printed nothing";
+  ASSERT_GT((*proxy)->connections(), 0) << "the watcher does not use the first endpoint";
   const int64_t streams = WatchStreamsOpened();
   ASSERT_GT(streams, 0) << "no Watch stream count on etcd's /metrics";
 
-  ASSERT_NO_FATAL_FAILURE(Step(offset_seconds));
+  if (offset_seconds > 0) {
+    // Step forward while a liveness probe is unanswered: after 2 s of silence the watcher
+    // sends a progress request, which waits in the paused proxy; the clock steps at once and
+    // the proxy resumes 2.5 s later, within the probe timeout (3 s) on a monotonic clock. (A
+    // wall clock sees a probe unanswered for a minute: absl::Now() follows a step within ~2 s.)
+    ASSERT_TRUE(seen("before-probe", absl::Seconds(1)));
+    ASSERT_TRUE(quiet_until(absl::Now() + absl::Milliseconds(500))) << broken;  // acks pass
+    (*proxy)->Pause();
+    ASSERT_TRUE(WaitUntil([&] { return UnreadBytes((*proxy)->port()) > 0; }, absl::Seconds(4)))
+        << "no liveness probe after 3.5 s of silence";
+    const absl::Time probe = absl::Now();
+    ASSERT_NO_FATAL_FAILURE(Step(offset_seconds));
+    ASSERT_TRUE(quiet_until(probe + absl::Milliseconds(2500))) << broken << " (probe in flight)";
+    (*proxy)->Resume();
+  } else {
+    ASSERT_NO_FATAL_FAILURE(Step(offset_seconds));
+  }
   const absl::Time stepped = absl::Now();
-  std::string broken;
-  for (int i = 0; absl::Now() - stepped < kObserve && broken.empty(); ++i) {
+  for (int i = 0; absl::Now() - stepped < kWatcherObserve && broken.empty(); ++i) {
     const std::string marker = absl::StrCat("after-step-", i);
     if (!seen(marker, absl::Seconds(1))) {
       broken = absl::StrCat(marker, " (written ", absl::FormatDuration(absl::Now() - stepped),
@@ -330,18 +400,21 @@ void ClockStepTest::WatcherSurvivesStep(int offset_seconds) {
       break;
     }
     // Idle past the liveness probe interval; stop at a replaced stream.
-    WaitUntil(
-        [&] {
-          std::string alarm =
-              FindAny(child_->ReadStderr(), std::begin(kReplacedStream), std::end(kReplacedStream));
-          if (!alarm.empty()) broken = absl::StrCat("watcher logged '", alarm, "'");
-          if (!child_->Running()) broken = "watcher exited";
-          return !broken.empty();
-        },
-        absl::Milliseconds(2500), absl::Milliseconds(100));
+    quiet_until(absl::Now() + absl::Milliseconds(2500));
   }
   EXPECT_EQ(broken, "");
   EXPECT_EQ(WatchStreamsOpened(), streams) << "the watcher opened a new Watch stream";
+
+  if (offset_seconds < 0 && broken.empty()) {
+    // Liveness still works on the stepped-back clock: a stream that goes silent is replaced
+    // (probe after 2 s idle, 3 s timeout, then the direct endpoint), and what was written
+    // meanwhile shows.
+    (*proxy)->Pause();
+    EXPECT_TRUE(seen("behind-dead-stream", absl::Seconds(10)))
+        << "a silent Watch stream was not replaced within 10 s";
+    EXPECT_GT(WatchStreamsOpened(), streams);
+    (*proxy)->Resume();
+  }
 }
 
 TEST_F(ClockStepTest, RegistrarKeepsLeaseWhenWallClockStepsBack) {
@@ -352,11 +425,11 @@ TEST_F(ClockStepTest, RegistrarKeepsLeaseWhenWallClockStepsForward) {
   RegistrarSurvivesStep(kStepSeconds);
 }
 
-TEST_F(ClockStepTest, WatcherKeepsStreamWhenWallClockStepsBack) {
+TEST_F(ClockStepTest, WatcherKeepsStreamAndLivenessWhenWallClockStepsBack) {
   WatcherSurvivesStep(-kStepSeconds);
 }
 
-TEST_F(ClockStepTest, WatcherKeepsStreamWhenWallClockStepsForward) {
+TEST_F(ClockStepTest, WatcherKeepsStreamWhenWallClockStepsForwardDuringAProbe) {
   WatcherSurvivesStep(kStepSeconds);
 }
 
