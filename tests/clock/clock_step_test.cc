@@ -12,16 +12,21 @@
 //    for 10 s after the step, etcd is read every 100 ms: the key is never absent and keeps its
 //    lease; the value's updatedAt (written with the process's wall clock) shows the step; the
 //    process reports no lease_at_risk / lease_lost / re_registered and replaces no stream.
-//  - Watcher (`discoveryctl watch`): for 7 s after the step, values written 2.5 s apart (so the
-//  stream
-//    idles past its liveness probe interval) are each printed within 1 s; etcd's count of
-//    Watch streams ever opened does not move; the log shows no stream replacement.
+//  - Watcher (`discoveryctl watch`, reaching etcd through a TcpProxy first, then directly): for
+//    7 s after the step, values written 2.5 s apart (so the stream idles past its liveness
+//    probe interval) are each printed within 1 s; etcd's count of Watch streams ever opened
+//    does not move; the log shows no stream replacement. Step forward: taken while a liveness
+//    probe waits in the paused proxy (answered 2.5 s later, inside the 3 s probe timeout).
+//    Step back: afterwards the proxy is paused for good, and the silent stream must still be
+//    replaced (liveness timers keep running) so that a value written meanwhile shows.
 //
-// Before util::MonoNow() (commit "One monotonic clock ..."), a step back stopped keepalives
-// for 60 s (the registration vanished after the TTL without any event) and a step forward
-// reported lease_at_risk at once.
+// Before util::MonoNow() (the parent of commit "One monotonic clock ..."), all four fail: a
+// step back stopped keepalives for 60 s (the key vanished ~3 s after the step, no event) and
+// the watcher's liveness checks with them (a silent stream went unnoticed); a step forward
+// reported lease_at_risk at once and replaced a watch stream whose probe had been out for 0.5 s
+// ("unanswered for 1m0.5s").
 //
-// Label `clock`; ~10-12 s per test. See tests/clock/CMakeLists.txt for the environment variables
+// Label `clock`; 11-15 s per test. See tests/clock/CMakeLists.txt for the environment variables
 // that swap the binaries under test.
 #include <gtest/gtest.h>
 #include <unistd.h>
