@@ -71,7 +71,7 @@ TEST_F(LifetimeRacesTest, CloseRacingReRegistrationLeavesNoLeaseInTheKeeper) {
   ASSERT_TRUE(registrar.ok()) << registrar.status();
   etcd::Client& client = *(*registrar)->connection()->client();
 
-  constexpr int kRounds = 40;
+  constexpr int kRounds = 100;
   int leaked_rounds = 0;
   for (int round = 0; round < kRounds; ++round) {
     auto reg = (*registrar)
