@@ -2,9 +2,26 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <map>
+#include <mutex>
+
 #include "absl/strings/str_cat.h"
 
 namespace discovery {
+
+struct ChannelPool::State {
+  explicit State(ChannelPoolOptions o) : options(std::move(o)) {}
+  void OnChange(const ChangeEvent& ev);
+
+  const ChannelPoolOptions options;
+  struct Entry {
+    std::string target;  // host:port
+    std::shared_ptr<grpc::Channel> channel;
+  };
+  std::mutex mu;  // a std::mutex so ThreadSanitizer sees it (Debian's abseil is uninstrumented)
+  bool closed = false;                                 // guarded by mu: the pool is gone
+  std::map<std::string, Entry, std::less<>> channels;  // guarded by mu
+};
 
 absl::StatusOr<std::unique_ptr<ChannelPool>> ChannelPool::Create(Watcher& watcher,
                                                                  ChannelPoolOptions options) {
@@ -14,36 +31,44 @@ absl::StatusOr<std::unique_ptr<ChannelPool>> ChannelPool::Create(Watcher& watche
   }
   auto picker = watcher.NewPicker(options.type, options.group, options.picker, options.ready_only);
   std::unique_ptr<ChannelPool> pool(new ChannelPool(std::move(options), std::move(picker)));
-  ChannelPool* self = pool.get();
+  std::shared_ptr<State> state = pool->state_;
   pool->subscription_ = watcher.Subscribe(
-      {.type = pool->options_.type, .group = pool->options_.group},
-      [self](const ChangeEvent& ev) { self->OnChange(ev); }, /*initial=*/true);
+      {.type = state->options.type, .group = state->options.group},
+      [state](const ChangeEvent& ev) { state->OnChange(ev); }, /*initial=*/true);
   return pool;
 }
 
 ChannelPool::ChannelPool(ChannelPoolOptions options, std::shared_ptr<Picker> picker)
-    : options_(std::move(options)), picker_(std::move(picker)) {}
+    : picker_(std::move(picker)), state_(std::make_shared<State>(std::move(options))) {}
 
-ChannelPool::~ChannelPool() { subscription_.Reset(); }
+ChannelPool::~ChannelPool() {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->closed = true;
+    state_->channels.clear();
+  }
+  subscription_.Reset();
+}
 
-void ChannelPool::OnChange(const ChangeEvent& ev) {
+void ChannelPool::State::OnChange(const ChangeEvent& ev) {
   const Instance& in = *ev.instance;
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(mu);
+  if (closed) return;
   if (ev.type == ChangeType::kRemoved) {
-    channels_.erase(in.instance_id);
+    channels.erase(in.instance_id);
     return;
   }
-  int port = in.Port(options_.port_name);
+  int port = in.Port(options.port_name);
   if (port == 0 || in.Address().empty()) {
-    channels_.erase(in.instance_id);
+    channels.erase(in.instance_id);
     return;
   }
   std::string target = absl::StrCat(in.Address(), ":", port);
-  auto it = channels_.find(in.instance_id);
-  if (it != channels_.end() && it->second.target == target) return;  // same endpoint
+  auto it = channels.find(in.instance_id);
+  if (it != channels.end() && it->second.target == target) return;  // same endpoint
   auto creds =
-      options_.credentials != nullptr ? options_.credentials : grpc::InsecureChannelCredentials();
-  channels_[in.instance_id] = Entry{target, grpc::CreateChannel(target, creds)};
+      options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials();
+  channels[in.instance_id] = Entry{target, grpc::CreateChannel(target, creds)};
 }
 
 ChannelPool::Target ChannelPool::Pick(std::string_view key) {
@@ -54,14 +79,14 @@ ChannelPool::Target ChannelPool::Pick(std::string_view key) {
 }
 
 std::shared_ptr<grpc::Channel> ChannelPool::Get(std::string_view instance_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = channels_.find(instance_id);
-  return it == channels_.end() ? nullptr : it->second.channel;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  auto it = state_->channels.find(instance_id);
+  return it == state_->channels.end() ? nullptr : it->second.channel;
 }
 
 size_t ChannelPool::size() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return channels_.size();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->channels.size();
 }
 
 }  // namespace discovery

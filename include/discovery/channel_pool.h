@@ -8,12 +8,11 @@
 //   discovery::ChannelPool::Target t = (*pool)->Pick();      // or Pick(session_id) for sticky
 //   if (t.channel) { auto stub = game::World::NewStub(t.channel); ... }
 //
-// Thread-safety: thread-safe. The pool must not outlive its Watcher.
+// Thread-safety: thread-safe. The pool must not outlive its Watcher. It may be destroyed from
+// inside a watcher callback (library thread or Poll()).
 #pragma once
 
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -57,17 +56,15 @@ class ChannelPool {
   size_t size();
 
  private:
+  // Everything the watcher's callback touches. The callback holds it by shared_ptr: the
+  // watcher may still run a callback it had already picked when the pool is destroyed from
+  // another callback on the library thread (its Subscription barrier cannot wait for the
+  // thread it runs on), and that callback must find live memory and `closed`.
+  struct State;
   ChannelPool(ChannelPoolOptions options, std::shared_ptr<Picker> picker);
-  void OnChange(const ChangeEvent& ev);
 
-  ChannelPoolOptions options_;
   std::shared_ptr<Picker> picker_;
-  struct Entry {
-    std::string target;  // host:port
-    std::shared_ptr<grpc::Channel> channel;
-  };
-  std::mutex mu_;  // a std::mutex so ThreadSanitizer sees it (Debian's abseil is uninstrumented)
-  std::map<std::string, Entry, std::less<>> channels_;  // guarded by mu_
+  std::shared_ptr<State> state_;
   Subscription subscription_;
 };
 

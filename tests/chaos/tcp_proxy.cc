@@ -14,9 +14,14 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "util/clock.h"
 
 namespace discovery::testing {
 namespace {
+
+// Held answers per connection: enough for any etcd answer a test provokes, bounded so a
+// forgotten HoldReplies() cannot grow without limit (reading just stops).
+constexpr size_t kMaxHeldBytes = 4 << 20;
 
 void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
@@ -69,6 +74,14 @@ struct Conn {
   bool done = false;                          // both directions finished cleanly
 };
 
+// Whether to read from side `side` now: one buffer at a time, except the member's answers
+// while they are held (accumulated up to kMaxHeldBytes).
+bool CanRead(const Conn& c, int side, bool hold) {
+  if (c.read_eof[side]) return false;
+  if (hold && side == 1) return c.pending[1].size() < kMaxHeldBytes;
+  return c.pending[side].empty();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TcpProxy>> TcpProxy::Start(int target_port) {
@@ -112,6 +125,15 @@ TcpProxy::~TcpProxy() {
 std::string TcpProxy::endpoint() const { return absl::StrCat("http://127.0.0.1:", port_); }
 
 void TcpProxy::Pause() { SetMode(Mode::kPaused); }
+void TcpProxy::HoldReplies(absl::Duration duration) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_until_ =
+        duration == absl::InfiniteDuration() ? absl::InfiniteFuture() : util::MonoNow() + duration;
+  }
+  held_bytes_ = 0;
+  SetMode(Mode::kHoldReplies);
+}
 void TcpProxy::Resume() { SetMode(Mode::kForward); }
 void TcpProxy::Cut() { SetMode(Mode::kCut); }
 void TcpProxy::Heal() { SetMode(Mode::kForward); }
@@ -136,9 +158,18 @@ void TcpProxy::Run() {
   };
   while (true) {
     Mode mode;
+    int timeout_ms = 200;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stop_) break;
+      if (mode_ == Mode::kHoldReplies) {
+        absl::Duration left = hold_until_ - util::MonoNow();
+        if (left <= absl::ZeroDuration()) {
+          mode_ = Mode::kForward;  // the hold is over: deliver
+        } else if (left < absl::Milliseconds(200)) {
+          timeout_ms = static_cast<int>(absl::ToInt64Milliseconds(left)) + 1;
+        }
+      }
       mode = mode_;
       if (mode == Mode::kCut) close_all(true);
       applied_ = requested_;
@@ -148,18 +179,21 @@ void TcpProxy::Run() {
     std::vector<pollfd> pfds;
     pfds.push_back({wake_[0], POLLIN, 0});
     if (mode != Mode::kPaused) pfds.push_back({listen_fd_, POLLIN, 0});
-    if (mode == Mode::kForward) {
+    // kHoldReplies: like kForward, but side 1's bytes (member -> client) are read and kept.
+    const bool hold = mode == Mode::kHoldReplies;
+    const bool moving = mode == Mode::kForward || hold;
+    if (moving) {
       for (Conn& c : conns) {
         for (int side = 0; side < 2; ++side) {
           short events = 0;
-          if (c.pending[side].empty() && !c.read_eof[side]) events |= POLLIN;
-          if (!c.pending[1 - side].empty()) events |= POLLOUT;
+          if (CanRead(c, side, hold)) events |= POLLIN;
+          if (!c.pending[1 - side].empty() && !(hold && side == 0)) events |= POLLOUT;
           c.pfd[side] = pfds.size();
           pfds.push_back({c.fd[side], events, 0});
         }
       }
     }
-    if (poll(pfds.data(), pfds.size(), 200) < 0 && errno != EINTR) {
+    if (poll(pfds.data(), pfds.size(), timeout_ms) < 0 && errno != EINTR) {
       std::lock_guard<std::mutex> lock(mu_);
       failed_ = true;  // SetMode must not wait for a thread that is gone
       applied_cv_.notify_all();
@@ -192,7 +226,7 @@ void TcpProxy::Run() {
         ++connections_;
       }
     }
-    if (mode != Mode::kForward) continue;
+    if (!moving) continue;
     for (Conn& c : conns) {
       // An error or hang-up with nothing left to read: poll would report it on every round
       // (it cannot be masked), so the connection is over.
@@ -203,10 +237,11 @@ void TcpProxy::Run() {
         }
       }
       for (int side = 0; side < 2; ++side) {
-        if (c.dead || !c.pending[side].empty() || c.read_eof[side]) continue;
+        if (c.dead || !CanRead(c, side, hold)) continue;
         ssize_t n = read(c.fd[side], buf.data(), buf.size());
         if (n > 0) {
-          c.pending[side].assign(buf.data(), static_cast<size_t>(n));
+          c.pending[side].append(buf.data(), static_cast<size_t>(n));
+          if (hold && side == 1) held_bytes_ += n;
         } else if (n == 0) {
           c.read_eof[side] = true;
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -214,6 +249,7 @@ void TcpProxy::Run() {
         }
       }
       for (int side = 0; side < 2 && !c.dead; ++side) {
+        if (hold && side == 1) continue;  // held: neither sent nor shut down
         std::string& p = c.pending[side];
         if (!p.empty()) {
           ssize_t n = send(c.fd[1 - side], p.data(), p.size(), MSG_NOSIGNAL);

@@ -7,7 +7,11 @@
 //   (*proxy)->Resume();  // what was sent meanwhile is delivered now
 //   (*proxy)->Cut();     // every connection is reset, new ones are reset at once
 //   (*proxy)->Heal();
+//   (*proxy)->HoldReplies();  // one way: requests reach the member, its answers are held
+//   (*proxy)->Resume();       // the held answers are delivered now (or after HoldReplies(d))
 //
+// HoldReplies models answers that come back late: the member gets (and applies) what the
+// client sends, the client waits past its deadline and retries, then the late answer arrives.
 // Pause models a network that drops packets (the kernel still completes TCP handshakes into
 // the listen backlog, but no byte moves and no connection is accepted, so the client sees
 // silence, not an error). Cut models a partition that answers with RST.
@@ -28,6 +32,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace discovery::testing {
 
@@ -45,6 +50,12 @@ class TcpProxy {
   std::string endpoint() const;
 
   void Pause();
+  // One-way pause: bytes from the member to the client are read and held (up to 4 MiB per
+  // connection) while client -> member still flows; new connections are accepted. The held
+  // bytes are delivered at Resume()/Heal(), or by themselves after `duration`.
+  void HoldReplies(absl::Duration duration = absl::InfiniteDuration());
+  // Bytes held from the members since the last HoldReplies() (counted when read).
+  int64_t held_bytes() const { return held_bytes_.load(); }
   void Resume();
   void Cut();
   void Heal();
@@ -55,7 +66,7 @@ class TcpProxy {
   int64_t accepted() const { return accepted_.load(); }
 
  private:
-  enum class Mode { kForward, kPaused, kCut };
+  enum class Mode { kForward, kPaused, kCut, kHoldReplies };
   TcpProxy(int listen_fd, int port, int target_port);
   void SetMode(Mode mode);
   void Run();
@@ -68,13 +79,16 @@ class TcpProxy {
   std::mutex mu_;
   std::condition_variable applied_cv_;
   Mode mode_ = Mode::kForward;  // guarded by mu_
-  uint64_t requested_ = 0;      // guarded by mu_: bumped by SetMode
-  uint64_t applied_ = 0;        // guarded by mu_: the serving thread's last applied request
-  bool stop_ = false;           // guarded by mu_
-  bool failed_ = false;         // guarded by mu_: the serving thread died (poll failed)
+  // guarded by mu_: kHoldReplies turns back into kForward at this util::MonoNow() time
+  absl::Time hold_until_ = absl::InfiniteFuture();
+  uint64_t requested_ = 0;  // guarded by mu_: bumped by SetMode
+  uint64_t applied_ = 0;    // guarded by mu_: the serving thread's last applied request
+  bool stop_ = false;       // guarded by mu_
+  bool failed_ = false;     // guarded by mu_: the serving thread died (poll failed)
 
   std::atomic<int> connections_{0};
   std::atomic<int64_t> accepted_{0};
+  std::atomic<int64_t> held_bytes_{0};
   std::thread thread_;
 };
 

@@ -1,5 +1,5 @@
 // TcpProxy against a loopback echo server: forwards, black-holes while paused (and delivers
-// afterwards), resets while cut.
+// afterwards), resets while cut, holds the answers only (one way) while holding replies.
 #include "tcp_proxy.h"
 
 #include <arpa/inet.h>
@@ -13,6 +13,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "harness_util.h"
 
 namespace discovery::testing {
 namespace {
@@ -117,6 +119,33 @@ TEST(TcpProxyTest, ForwardsPausesAndCuts) {
   ASSERT_GE(fd, 0);
   ASSERT_EQ(write(fd, "back", 4), 4);
   EXPECT_EQ(ReadSome(fd, 4, 2000), "back");
+  close(fd);
+}
+
+TEST(TcpProxyTest, HoldRepliesPassesRequestsAndHoldsAnswers) {
+  EchoServer echo;
+  auto proxy = TcpProxy::Start(echo.port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  int fd = Connect((*proxy)->port());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, "ping", 4), 4);
+  EXPECT_EQ(ReadSome(fd, 4, 2000), "ping");
+
+  // The request reaches the server (its echo is read by the proxy), the answer is held.
+  (*proxy)->HoldReplies();
+  ASSERT_EQ(write(fd, "late", 4), 4);
+  EXPECT_TRUE(WaitUntil([&] { return (*proxy)->held_bytes() >= 4; }, absl::Seconds(5)));
+  EXPECT_EQ(ReadSome(fd, 4, 0), "");   // held: nothing to read although the echo is back
+  ASSERT_EQ(write(fd, "more", 4), 4);  // still flows to the server
+  EXPECT_TRUE(WaitUntil([&] { return (*proxy)->held_bytes() >= 8; }, absl::Seconds(5)));
+  EXPECT_EQ(ReadSome(fd, 1, 0), "");
+  (*proxy)->Resume();
+  EXPECT_EQ(ReadSome(fd, 8, 2000), "latemore");
+
+  // With a duration the held answers are delivered by themselves.
+  (*proxy)->HoldReplies(absl::Milliseconds(300));
+  ASSERT_EQ(write(fd, "timed", 5), 5);
+  EXPECT_EQ(ReadSome(fd, 5, 5000), "timed");
   close(fd);
 }
 

@@ -253,6 +253,7 @@ void CheckAction(const Action& a, const HttpRequest& req, bool guarded, bool kee
     CheckRef(c->ref, where);
   } else if (const auto* c = std::get_if<discoveryd::DeleteCall>(&a.call)) {
     CheckRef(c->ref, where);
+    Check(c->lease_id >= 0, "delete: negative leaseId", where);
   } else if (const auto* c = std::get_if<discoveryd::PatchCall>(&a.call)) {
     CheckRef(c->ref, where);
     CheckChanges(c->changes, where);

@@ -1,9 +1,11 @@
 #include "api.h"
 
 #include <functional>
+#include <limits>
 #include <optional>
 #include <vector>
 
+#include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -80,6 +82,45 @@ absl::StatusOr<discovery::Instance> Update(
   return absl::AbortedError(absl::StrCat("instance at ", key, " kept changing; retry"));
 }
 
+// LeaseGrant with an id chosen here (etcd's LeaseGrantRequest.ID): when the client retries the
+// grant after its first attempt was applied (answer lost, attempt deadline, failover), etcd
+// answers "lease already exists" and that lease is ours, not a second, leaked one. A random
+// 63-bit id colliding with somebody else's lease is as unlikely as a ULID clash.
+absl::StatusOr<pb::LeaseGrantResponse> GrantOwnLease(discovery::etcd::Client& client,
+                                                     int64_t ttl_seconds) {
+  thread_local absl::BitGen gen;
+  pb::LeaseGrantRequest grant;
+  grant.set_ttl(ttl_seconds);
+  grant.set_id(
+      absl::Uniform<int64_t>(absl::IntervalClosed, gen, 1, std::numeric_limits<int64_t>::max()));
+  auto r = client.LeaseGrant(grant);
+  if (r.ok() || !absl::StrContains(r.status().message(), "lease already exists")) return r;
+  pb::LeaseTimeToLiveRequest q;
+  q.set_id(grant.id());
+  auto t = client.LeaseTimeToLive(q);
+  if (!t.ok()) return t.status();
+  if (t->ttl() <= 0) return absl::UnavailableError("the lease granted for this call is gone");
+  pb::LeaseGrantResponse out;
+  out.set_id(grant.id());
+  out.set_ttl(t->grantedttl());
+  return out;
+}
+
+// True when `stored` (the value at `key`) is `in` as a client would send it again: every
+// field equal except the ones the gateway fills in (startedAt, updatedAt, leaseId).
+bool SameRegistration(const discovery::Instance& in, const std::string& key,
+                      const std::string& stored) {
+  auto theirs = DecodeStored(key, stored);
+  if (!theirs.ok()) return false;
+  json a = discovery::InstanceToJson(in);
+  json b = discovery::InstanceToJson(*theirs);
+  for (const char* f : {"startedAt", "updatedAt", "leaseId"}) {
+    a.erase(f);
+    b.erase(f);
+  }
+  return a == b;
+}
+
 }  // namespace
 
 InstanceApi::InstanceApi(std::shared_ptr<discovery::Connection> connection,
@@ -113,12 +154,24 @@ absl::StatusOr<std::string> InstanceApi::KeyFor(const InstanceRef& ref) const {
 HttpResponse InstanceApi::Register(const RegisterCall& call) {
   discovery::Instance in = call.instance;
   discovery::etcd::Client& client = *connection_->client();
-  pb::LeaseGrantRequest grant;
-  grant.set_ttl(call.ttl_seconds);
-  auto lease = client.LeaseGrant(grant);
+  absl::StatusOr<pb::LeaseGrantResponse> lease = GrantOwnLease(client, call.ttl_seconds);
   if (!lease.ok()) return StatusResponse(lease.status());
-  in.lease_id = lease->id();
+  const int64_t own = lease->id();
+  in.lease_id = own;
   std::string key = absl::StrCat(options_.prefix, in.type, "/", in.instance_id);
+  auto revoke_own = [&] {
+    pb::LeaseRevokeRequest revoke;
+    revoke.set_id(own);
+    (void)client.LeaseRevoke(revoke);
+  };
+  auto created = [&](int64_t lease_id, int64_t ttl, int64_t revision, int status) {
+    return JsonResponse(status, {{"instanceId", in.instance_id},
+                                 {"type", in.type},
+                                 {"key", key},
+                                 {"leaseId", LeaseHex(lease_id)},
+                                 {"ttlSeconds", ttl},
+                                 {"revision", revision}});
+  };
 
   pb::TxnRequest txn;
   pb::Compare* cmp = txn.add_compare();
@@ -129,22 +182,37 @@ HttpResponse InstanceApi::Register(const RegisterCall& call) {
   pb::PutRequest* put = txn.add_success()->mutable_request_put();
   put->set_key(key);
   put->set_value(discovery::EncodeInstance(in));
-  put->set_lease(lease->id());
+  put->set_lease(own);
+  txn.add_failure()->mutable_request_range()->set_key(key);
   auto r = client.Txn(txn);
-  if (!r.ok() || !r->succeeded()) {
-    pb::LeaseRevokeRequest revoke;
-    revoke.set_id(lease->id());
-    (void)client.LeaseRevoke(revoke);
-    if (!r.ok()) return StatusResponse(r.status());
-    return StatusResponse(absl::AlreadyExistsError(
-        absl::StrCat("instance ", in.instance_id, " of type ", in.type, " is registered already")));
+  if (!r.ok()) {
+    // Unknown outcome: take our lease (and with it a key it may have written) back; the
+    // client retries on the 503.
+    revoke_own();
+    return StatusResponse(r.status());
   }
-  return JsonResponse(201, {{"instanceId", in.instance_id},
-                            {"type", in.type},
-                            {"key", key},
-                            {"leaseId", LeaseHex(lease->id())},
-                            {"ttlSeconds", lease->ttl()},
-                            {"revision", r->header().revision()}});
+  if (r->succeeded()) return created(own, lease->ttl(), r->header().revision(), 201);
+
+  const pb::RangeResponse& range = r->responses(0).response_range();
+  if (range.kvs_size() > 0) {
+    const mvccpb::KeyValue& kv = range.kvs(0);
+    // The client retried this Txn after its first attempt was applied: our own write.
+    if (kv.lease() == own) return created(own, lease->ttl(), kv.mod_revision(), 201);
+    // A retried POST (the client never saw the first answer): the same instance is registered
+    // under the lease of the first attempt. Answer with that registration, not 409.
+    if (kv.lease() != 0 && SameRegistration(in, key, kv.value())) {
+      absl::StatusOr<int64_t> ttl = client.LeaseKeepAliveOnce(kv.lease());
+      if (ttl.ok()) {
+        revoke_own();
+        return created(kv.lease(), *ttl, r->header().revision(), 200);
+      }
+    }
+  }
+  revoke_own();
+  return StatusResponse(absl::AlreadyExistsError(absl::StrCat(
+      "instance ", in.instance_id, " of type ", in.type,
+      " is registered already (with other fields; a retried POST with the same body gets the "
+      "existing registration)")));
 }
 
 HttpResponse InstanceApi::Heartbeat(const HeartbeatCall& call) {
@@ -258,15 +326,37 @@ HttpResponse InstanceApi::Delete(const DeleteCall& call) {
   absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
   discovery::etcd::Client& client = *connection_->client();
-  pb::DeleteRangeRequest del;
-  del.set_key(*key);
-  del.set_prev_kv(true);
-  auto r = client.DeleteRange(del);
+  // Txn{ lease(key) == named ? DeleteRange(key) : Range(key) }; unguarded: lease(key) != 0 is
+  // not needed, a plain DeleteRange does.
+  pb::TxnRequest txn;
+  if (call.lease_id != 0) {
+    pb::Compare* cmp = txn.add_compare();
+    cmp->set_key(*key);
+    cmp->set_target(pb::Compare::LEASE);
+    cmp->set_result(pb::Compare::EQUAL);
+    cmp->set_lease(call.lease_id);
+    txn.add_failure()->mutable_request_range()->set_key(*key);
+  }
+  pb::DeleteRangeRequest* del = txn.add_success()->mutable_request_delete_range();
+  del->set_key(*key);
+  del->set_prev_kv(true);
+  auto r = client.Txn(txn);
   if (!r.ok()) return StatusResponse(r.status());
-  if (r->deleted() == 0 || r->prev_kvs_size() == 0) {
+  if (!r->succeeded()) {
+    const pb::RangeResponse& range = r->responses(0).response_range();
+    if (range.kvs_size() == 0) {
+      return StatusResponse(absl::NotFoundError(absl::StrCat("instance ", id, " not found")));
+    }
+    return ErrorResponse(
+        412, "precondition_failed",
+        absl::StrCat("instance ", id, " is registered with lease ", LeaseHex(range.kvs(0).lease()),
+                     ", not ", LeaseHex(call.lease_id), "; nothing deleted"));
+  }
+  const pb::DeleteRangeResponse& d = r->responses(0).response_delete_range();
+  if (d.deleted() == 0 || d.prev_kvs_size() == 0) {
     return StatusResponse(absl::NotFoundError(absl::StrCat("instance ", id, " not found")));
   }
-  int64_t lease = r->prev_kvs(0).lease();
+  int64_t lease = d.prev_kvs(0).lease();
   bool revoked = false;
   if (lease != 0) {
     // Revoke only when nothing else lives on the lease (a registrar may share one lease
@@ -283,6 +373,7 @@ HttpResponse InstanceApi::Delete(const DeleteCall& call) {
   }
   return JsonResponse(200, {{"instanceId", id},
                             {"deleted", true},
+                            {"leaseId", LeaseHex(lease)},
                             {"leaseRevoked", revoked},
                             {"revision", r->header().revision()}});
 }

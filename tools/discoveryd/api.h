@@ -4,11 +4,18 @@
 // patch / delete, implemented directly on the etcd client (no Registrar: the gateway keeps no
 // per-instance state, so a heartbeat may reach any gateway of the fleet).
 //
-//   register  = LeaseGrant(ttl) + Txn{ create_revision(key) == 0 ? Put(key, value, lease) }
+//   register  = LeaseGrant(ttl, id chosen here) + Txn{ create_revision(key) == 0
+//               ? Put(key, value, lease) : Range(key) }. Idempotent: a grant or Txn retried
+//               after its answer was lost finds its own lease/key (201); a retried POST with
+//               the same instance (all fields but startedAt/updatedAt/leaseId) finds the first
+//               attempt's registration, refreshes its lease and answers 200 with its leaseId;
+//               other fields -> 409.
 //   heartbeat = Range(key) -> its lease -> LeaseKeepAliveOnce (+ optional value update)
 //   update    = Range(key) + Txn{ mod_revision(key) == seen ? Put(key, value, same lease) },
 //               retried on a concurrent write
-//   delete    = DeleteRange(key) + LeaseRevoke when no other key is attached to the lease
+//   delete    = Txn{ [lease(key) == named lease ?] DeleteRange(key) : Range(key) } + LeaseRevoke
+//               when no other key is attached to the lease. 200, then 404 when repeated; a
+//               named lease (?leaseId= / If-Match) the key is not on -> 412.
 //   discover  = the gateway's Watcher snapshot (+ optional TCP health check)
 //
 // The calls arrive validated by RequestRouter (router.h): this class only does what needs

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -247,6 +248,55 @@ Call Update(const HttpRequest& req, const std::string& id, bool is_patch) {
   return CallT{*std::move(ref), *std::move(changes)};
 }
 
+// A lease id as the API prints it: 1..16 hex digits, not 0.
+bool ParseLeaseHex(absl::string_view text, int64_t* lease) {
+  if (text.empty() || text.size() > 16) return false;
+  uint64_t v = 0;
+  for (char ch : text) {
+    int d = 0;
+    if (ch >= '0' && ch <= '9') {
+      d = ch - '0';
+    } else if (ch >= 'a' && ch <= 'f') {
+      d = ch - 'a' + 10;
+    } else if (ch >= 'A' && ch <= 'F') {
+      d = ch - 'A' + 10;
+    } else {
+      return false;
+    }
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  if (v == 0 || v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
+  *lease = static_cast<int64_t>(v);
+  return true;
+}
+
+// DELETE: the id, ?type= and the lease the caller means (?leaseId=<hex> and/or
+// If-Match: "<hex>"; If-Match: * means any registration).
+Call Delete(const HttpRequest& req, const std::string& id) {
+  absl::StatusOr<InstanceRef> ref = ParseRef(req, id);
+  if (!ref.ok()) return StatusResponse(ref.status());
+  DeleteCall c{*std::move(ref)};
+  if (std::string q = req.Query("leaseId"); !q.empty() && !ParseLeaseHex(q, &c.lease_id)) {
+    return StatusResponse(FieldError("leaseId", "expected the registration's leaseId (hex)"));
+  }
+  const std::string if_match = req.Header("if-match");
+  absl::string_view tag = absl::StripAsciiWhitespace(if_match);
+  if (!tag.empty() && tag != "*") {
+    int64_t lease = 0;
+    if (tag.size() < 2 || tag.front() != '"' || tag.back() != '"' ||
+        !ParseLeaseHex(tag.substr(1, tag.size() - 2), &lease)) {
+      return ErrorResponse(400, "invalid_argument",
+                           "header \"If-Match\": expected one entity tag \"<leaseId>\" (the "
+                           "registration's leaseId in hex, in double quotes) or *");
+    }
+    if (c.lease_id != 0 && c.lease_id != lease) {
+      return ErrorResponse(400, "invalid_argument", "?leaseId= and If-Match name different leases");
+    }
+    c.lease_id = lease;
+  }
+  return c;
+}
+
 template <class CallT>
 Call ById(const HttpRequest& req, const std::string& id) {
   absl::StatusOr<InstanceRef> ref = ParseRef(req, id);
@@ -348,7 +398,7 @@ Action RequestRouter::Route(const HttpRequest& req) const {
       } else if (req.method == "PATCH") {
         a.call = Update<PatchCall>(req, m.id, /*is_patch=*/true);
       } else {
-        a.call = ById<DeleteCall>(req, m.id);
+        a.call = Delete(req, m.id);
       }
       break;
     case RouteKind::kHeartbeat:

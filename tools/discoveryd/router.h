@@ -84,8 +84,12 @@ struct PatchCall {
   InstanceRef ref;
   Changes changes;
 };
+// DELETE /sd/v1/instances/{id}. `lease_id` (from ?leaseId=<hex> or If-Match: "<hex>") names
+// the registration the caller means: the key is deleted only while it is attached to that
+// lease (a retried DELETE never removes a newer registration of the same id). 0: any.
 struct DeleteCall {
   InstanceRef ref;
+  int64_t lease_id = 0;
 };
 struct HeartbeatCall {
   InstanceRef ref;
