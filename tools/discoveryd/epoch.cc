@@ -75,6 +75,11 @@ void EpochKeeper::Stop() {
   if (watch != 0) client_->watch_hub().Remove(watch);
 }
 
+void EpochKeeper::Urgent() {
+  util::MutexLock lock(&mu_);
+  urgent_ = true;
+}
+
 void EpochKeeper::HistoryReset(const std::string& previous) {
   util::MutexLock lock(&mu_);
   ++reset_seq_;
@@ -112,6 +117,7 @@ void EpochKeeper::Report(const std::string& epoch, Why why, bool provisional) {
 void EpochKeeper::Run() {
   util::Backoff backoff(options_.backoff_initial, options_.backoff_max);
   bool provisional_sent = false;  // for the step being retried
+  bool failed_before = false;
   uint64_t step_reset = 0;
   for (;;) {
     bool reset = false;
@@ -133,10 +139,15 @@ void EpochKeeper::Run() {
       step_reset = seq;
       provisional_sent = false;
     }
+    if (!reset && !provisional_sent && failed_before && NeedProvisional()) {
+      provisional_sent = true;
+      ReportProvisional(Why::kInitial);
+    }
     absl::Status s = reset ? DoReset(previous) : DoRead(defer, false);
     if (s.ok()) {
       backoff.Reset();
       provisional_sent = false;
+      failed_before = false;
       util::MutexLock lock(&mu_);
       if (reset) {
         reset_done_ = seq;
@@ -153,19 +164,31 @@ void EpochKeeper::Run() {
     }
     SPDLOG_LOGGER_WARN(logger_, "SSE epoch at {}: {}; retry in {}", options_.key, s.ToString(),
                        absl::FormatDuration(delay));
+    failed_before = true;
     // Serving goes on meanwhile under a provisional epoch of our own.
-    if (!provisional_sent && (reset || epoch().empty())) {
+    if (!provisional_sent && (reset || NeedProvisional())) {
       provisional_sent = true;
-      std::string mine = RandomEpoch();
-      SPDLOG_LOGGER_WARN(logger_,
-                         "SSE epoch: serving under provisional epoch {} until etcd answers", mine);
-      Report(mine, reset ? Why::kReset : Why::kInitial, true);
+      ReportProvisional(reset ? Why::kReset : Why::kInitial);
     }
     util::MutexLock lock(&mu_);
     mu_.AwaitWithDeadline(
-        [this, seq]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || reset_seq_ != seq; },
+        [this, seq, provisional_sent]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || reset_seq_ != seq || (!provisional_sent && urgent_ && epoch_.empty());
+        },
         util::MonoNow() + delay);
   }
+}
+
+bool EpochKeeper::NeedProvisional() const {
+  util::MutexLock lock(&mu_);
+  return urgent_ && epoch_.empty();
+}
+
+void EpochKeeper::ReportProvisional(Why why) {
+  std::string mine = RandomEpoch();
+  SPDLOG_LOGGER_WARN(logger_, "SSE epoch: serving under provisional epoch {} until etcd answers",
+                     mine);
+  Report(mine, why, true);
 }
 
 absl::StatusOr<EpochKeeper::Record> EpochKeeper::Read() {
@@ -209,6 +232,11 @@ absl::Status EpochKeeper::DoRead(bool defer_adoption, bool answer_reset) {
   for (int attempt = 0; attempt < 8; ++attempt) {
     auto r = Read();
     if (!r.ok()) return r.status();
+    if (!r->valid && defer_adoption && !epoch().empty()) {
+      // Wiped with the cluster: the local history reset that follows writes the new one.
+      EnsureWatch(r->store_revision + 1);
+      return absl::OkStatus();
+    }
     if (!r->valid) {
       // Missing (first start, or wiped), or not ours (garbage): write one.
       if (r->exists) {

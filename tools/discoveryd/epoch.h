@@ -19,9 +19,9 @@
 //    epoch).
 //
 // etcd trouble never blocks serving: a failed step is logged, counted (stats().failures) and
-// retried with util::Backoff; while the first read (or a reset) has not succeeded the keeper
-// reports a provisional random epoch, and reports the agreed one as "replaced" once it gets
-// it.
+// retried with util::Backoff; when a reset (or, once Urgent() was called, the first read) has
+// failed, the keeper reports a provisional random epoch, and reports the agreed one as
+// "replaced" once it gets it.
 //
 // Thread-safety: thread-safe. `on_epoch` runs on the keeper's thread or the etcd client loop;
 // it must not block (discoveryd's hub only posts to its loop).
@@ -87,6 +87,10 @@ class EpochKeeper {
   // by one on_epoch(..., kReset).
   void HistoryReset(const std::string& previous);
 
+  // Someone is waiting for an epoch right now (discoveryd's cache synced): while etcd keeps
+  // failing, report a provisional one instead of waiting for the next successful read.
+  void Urgent();
+
   std::string epoch() const;
   Stats stats() const;
 
@@ -110,6 +114,8 @@ class EpochKeeper {
   void EnsureWatch(int64_t from_revision);
   void OnWatchValue(const std::string& value);
   void Report(const std::string& epoch, Why why, bool provisional);
+  bool NeedProvisional() const;
+  void ReportProvisional(Why why);
 
   std::shared_ptr<discovery::etcd::Client> client_;
   Options options_;
@@ -127,6 +133,7 @@ class EpochKeeper {
   uint64_t watch_id_ ABSL_GUARDED_BY(mu_) = 0;
   std::string epoch_ ABSL_GUARDED_BY(mu_);
   bool provisional_ ABSL_GUARDED_BY(mu_) = false;
+  bool urgent_ ABSL_GUARDED_BY(mu_) = false;
   Stats stats_ ABSL_GUARDED_BY(mu_);
   // Serialises epoch_ updates with their on_epoch calls (so they are seen in order).
   discovery::util::Mutex report_mu_;

@@ -81,7 +81,11 @@ void EventHub::CheckSynced() {
   history_ = watcher_->snapshot()->history();
   SPDLOG_LOGGER_INFO(logger_, "watch cache synced at revision {}; SSE epoch {}",
                      watcher_->snapshot()->revision(), epoch_.empty() ? "pending" : epoch_);
-  if (ready()) ReleaseHeld();
+  if (ready()) {
+    ReleaseHeld();
+  } else if (epoch_.empty()) {
+    keeper_->Urgent();  // clients wait for an epoch now: a provisional one if etcd fails
+  }
 }
 
 void EventHub::Stop() {
