@@ -19,6 +19,7 @@ namespace {
 
 using testing::ChildProcess;
 using testing::DiscoverydTest;
+using testing::EpochOfId;
 using testing::GatewayProc;
 using testing::HasEvent;
 using testing::Headers;
@@ -27,6 +28,7 @@ using testing::IdIs;
 using testing::json;
 using testing::Must;
 using testing::Response;
+using testing::RevisionOfId;
 using testing::SseClient;
 using testing::SseEvent;
 using testing::TestSocket;
