@@ -250,6 +250,9 @@ TEST_F(SseTest, StartupNeverServesAnUnsyncedCache) {
   EXPECT_EQ(list.Json()["error"]["message"], "watch cache not synced yet") << list.body;
   Response one = Must(Http(gw.port, "GET", "/sd/v1/instances/w-1?type=world"));
   EXPECT_EQ(one.status, 503) << one.body;
+  // A heartbeat that would look its type up in the cache must not hear "not found".
+  Response hb = Must(Http(gw.port, "POST", "/sd/v1/instances/w-1/heartbeat"));
+  EXPECT_EQ(hb.status, 503) << hb.body;
   auto sse = SseClient::Connect(gw.port, "/sd/v1/subscribe?type=world");
   ASSERT_TRUE(sse.ok()) << sse.status();
   EXPECT_TRUE(

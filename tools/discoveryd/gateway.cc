@@ -95,6 +95,17 @@ static HttpResponse NotSyncedResponse() {
   return r;
 }
 
+// Calls answered from the watch cache: discover and get, and any call that finds an id's type
+// there (no ?type=): before the first sync a heartbeat must not hear "not found" (and
+// re-register) because the cache is still empty.
+static bool ReadsWatchCache(const Call& call) {
+  if (std::holds_alternative<ListCall>(call) || std::holds_alternative<GetCall>(call)) return true;
+  if (const auto* c = std::get_if<PatchCall>(&call)) return c->ref.type.empty();
+  if (const auto* c = std::get_if<DeleteCall>(&call)) return c->ref.type.empty();
+  if (const auto* c = std::get_if<HeartbeatCall>(&call)) return c->ref.type.empty();
+  return false;
+}
+
 HttpResponse Gateway::Impl::Execute(Call call) {
   // A throw must not take the io thread or a worker (and the process) down.
   try {
@@ -108,9 +119,7 @@ HttpResponse Gateway::Impl::Execute(Call call) {
     if (std::holds_alternative<HealthzCall>(call)) return Healthz();
     // Never an unsynced cache as truth: an empty list before the first sync would drain
     // every game server behind a load balancer that trusts it.
-    if (std::holds_alternative<ListCall>(call) || std::holds_alternative<GetCall>(call)) {
-      if (!watcher->synced()) return NotSyncedResponse();
-    }
+    if (ReadsWatchCache(call) && !watcher->synced()) return NotSyncedResponse();
     if (const auto* c = std::get_if<ListCall>(&call)) return api->List(*c);
     if (const auto* c = std::get_if<RegisterCall>(&call)) return api->Register(*c);
     if (const auto* c = std::get_if<GetCall>(&call)) return api->Get(*c);
