@@ -64,7 +64,7 @@ class EpochKeeper {
     std::string key;
     absl::Duration call_timeout = absl::Seconds(3);
     absl::Duration backoff_initial = absl::Milliseconds(200);
-    absl::Duration backoff_max = absl::Seconds(10);
+    absl::Duration backoff_max = absl::Seconds(30);
     std::shared_ptr<spdlog::logger> logger{};
   };
   struct Stats {

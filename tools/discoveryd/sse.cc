@@ -256,10 +256,13 @@ void EventHub::ReleaseHeld() {
   const std::string reset =
       SseFrame("", "reset", Dump({{"epoch", epoch_}, {"revision", snap->revision()}}));
   std::vector<uint64_t> dead;
+  std::map<std::pair<std::string, std::string>, std::string> inits;  // by (type, group) filter
   for (auto& [id, c] : clients_) {
     if (!c.held) continue;
     std::string burst = c.owes_reset ? reset : std::string();
-    burst += InitBurst(c.filter, snap);
+    auto [it, fresh] = inits.try_emplace({c.filter.type, c.filter.group});
+    if (fresh) it->second = InitBurst(c.filter, snap);
+    burst += it->second;
     c.held = false;
     c.owes_reset = false;
     c.skip_through = snap->revision();
@@ -300,6 +303,11 @@ void EventHub::CloseRevision() {
 
 void EventHub::OnChange(const discovery::ChangeEvent& ev) {
   if (ev.instance == nullptr) return;
+  {
+    // Not ready (e.g. the first sync's adds): skip formatting what nobody will get.
+    discovery::util::MutexLock lock(&mu_);
+    if (stopped_ || !ready()) return;
+  }
   Entry e;
   e.revision = ev.revision;
   e.type = ev.instance->type;
