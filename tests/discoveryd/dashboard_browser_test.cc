@@ -244,5 +244,34 @@ TEST_F(DashboardTest, LiveTableInHeadlessChromium) {
   EXPECT_EQ(dt->Eval("window.__noReload"), 42);
 }
 
+// etcd wiped and restarted: discoveryd sends `reset`, and the page drops every row of the old
+// history at once (no ghost), then shows the new state, without a reload.
+TEST_F(DashboardTest, ResetAfterEtcdIsWipedLeavesNoGhostRows) {
+  GatewayProc gw = StartGateway();
+  ASSERT_GT(gw.port, 0);
+  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("ghost", "ready", 60).dump()))
+                .status,
+            201);
+  std::unique_ptr<DevTools> dt = StartBrowser();
+  ASSERT_NE(dt, nullptr);
+  ASSERT_TRUE(
+      dt->Call("Page.navigate", {{"url", absl::StrCat("http://127.0.0.1:", gw.port, "/")}}).ok());
+  ASSERT_TRUE(WaitUntil([&] { return !TagOf(*dt, "ghost").empty(); }, absl::Seconds(10)));
+  ASSERT_TRUE(dt->Eval("window.__noReload = 7; document.body.dataset.connected").is_string());
+
+  ASSERT_TRUE(cluster_->WipeAndRestartAll().ok());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return Http(gw.port, "POST", "/sd/v1/instances", WorldBody("after", "ready").dump())
+                   .value_or(Response{})
+                   .status == 201;
+      },
+      absl::Seconds(10)));
+  EXPECT_TRUE(WaitUntil([&] { return TagOf(*dt, "ghost").empty() && !TagOf(*dt, "after").empty(); },
+                        absl::Seconds(10)))
+      << "ghost: '" << TagOf(*dt, "ghost") << "' after: '" << TagOf(*dt, "after") << "'";
+  EXPECT_EQ(dt->Eval("window.__noReload"), 7) << "the page reloaded";
+}
+
 }  // namespace
 }  // namespace discovery::testing

@@ -53,6 +53,18 @@ inline std::function<bool(const json&)> IdIs(const std::string& id, const std::s
   };
 }
 
+// The revision of an SSE event id "<epoch>.<revision>"; -1 when `id` is empty or not one.
+inline int64_t RevisionOfId(const std::string& id) {
+  size_t dot = id.find('.');
+  if (dot == std::string::npos) return -1;
+  return std::stoll(id.substr(dot + 1));
+}
+// The epoch of an SSE event id; empty when none.
+inline std::string EpochOfId(const std::string& id) {
+  size_t dot = id.find('.');
+  return dot == std::string::npos ? std::string() : id.substr(0, dot);
+}
+
 // Spawns discoveryd (the DISCOVERYD binary) against `endpoints_csv` and waits up to `timeout`
 // for its "serving http://127.0.0.1:PORT/" line. On failure (non-fatal) the returned port is 0.
 inline GatewayProc SpawnGateway(const std::string& endpoints_csv,

@@ -88,6 +88,24 @@ void Gateway::Impl::Finish(const std::shared_ptr<Exchange>& ex, const HttpReques
   ex->Reply(std::move(response));
 }
 
+// 503 {"error":{"code":"unavailable",...}} with Retry-After: 1.
+static HttpResponse NotSyncedResponse() {
+  HttpResponse r = ErrorResponse(503, "unavailable", "watch cache not synced yet");
+  r.headers.emplace_back("Retry-After", "1");
+  return r;
+}
+
+// Calls answered from the watch cache: discover and get, and any call that finds an id's type
+// there (no ?type=): before the first sync a heartbeat must not hear "not found" (and
+// re-register) because the cache is still empty.
+static bool ReadsWatchCache(const Call& call) {
+  if (std::holds_alternative<ListCall>(call) || std::holds_alternative<GetCall>(call)) return true;
+  if (const auto* c = std::get_if<PatchCall>(&call)) return c->ref.type.empty();
+  if (const auto* c = std::get_if<DeleteCall>(&call)) return c->ref.type.empty();
+  if (const auto* c = std::get_if<HeartbeatCall>(&call)) return c->ref.type.empty();
+  return false;
+}
+
 HttpResponse Gateway::Impl::Execute(Call call) {
   // A throw must not take the io thread or a worker (and the process) down.
   try {
@@ -99,6 +117,9 @@ HttpResponse Gateway::Impl::Execute(Call call) {
       return r;
     }
     if (std::holds_alternative<HealthzCall>(call)) return Healthz();
+    // Never an unsynced cache as truth: an empty list before the first sync would drain
+    // every game server behind a load balancer that trusts it.
+    if (ReadsWatchCache(call) && !watcher->synced()) return NotSyncedResponse();
     if (const auto* c = std::get_if<ListCall>(&call)) return api->List(*c);
     if (const auto* c = std::get_if<RegisterCall>(&call)) return api->Register(*c);
     if (const auto* c = std::get_if<GetCall>(&call)) return api->Get(*c);
@@ -148,9 +169,10 @@ void Gateway::Impl::Subscribe(const HttpRequest& req, const std::string& route,
   EventHub* hub_ptr = hub.get();
   std::shared_ptr<EventStream> stream =
       ex->StartEventStream({}, [hub_ptr, id] { hub_ptr->Detach(id); });
-  SPDLOG_LOGGER_DEBUG(logger, "{} subscribed (type={} group={} last-event-id={})", req.remote,
-                      call.type, call.group, call.last_event_id);
-  hub->Attach(id, std::move(stream), StreamFilter{call.type, call.group}, call.last_event_id);
+  SPDLOG_LOGGER_DEBUG(logger, "{} subscribed (type={} group={} last-event-id={}.{})", req.remote,
+                      call.type, call.group, call.last_event_epoch, call.last_event_id);
+  hub->Attach(id, std::move(stream), StreamFilter{call.type, call.group}, call.last_event_epoch,
+              call.last_event_id);
 }
 
 absl::Status Gateway::Impl::CachedPing() {
@@ -176,7 +198,8 @@ absl::Status Gateway::Impl::CachedPing() {
 HttpResponse Gateway::Impl::Healthz() {
   bool synced = watcher->synced();
   absl::Status ping = CachedPing();
-  nlohmann::json j = {{"synced", synced}, {"revision", watcher->revision()}};
+  nlohmann::json j = {
+      {"synced", synced}, {"revision", watcher->revision()}, {"epoch", hub->stats().epoch}};
   if (synced && ping.ok()) {
     j["status"] = "ok";
     return JsonResponse(200, j);
@@ -225,7 +248,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
   impl->api =
       std::make_unique<InstanceApi>(impl->connection, impl->watcher.get(), impl->checker.get(),
                                     InstanceApi::Options{.prefix = options.prefix});
-  impl->hub = std::make_unique<EventHub>(impl->watcher.get(), EventHub::Options{});
+  impl->hub = std::make_unique<EventHub>(
+      impl->watcher.get(), EventHub::Options{.prefix = options.prefix, .logger = options.logger});
   impl->hub->Start();
   impl->workers.emplace(static_cast<size_t>(std::max(1, options.worker_threads)));
 

@@ -229,8 +229,9 @@ Call Subscribe(const HttpRequest& req) {
   }
   std::string last = req.Header("last-event-id");
   if (last.empty()) last = req.Query("lastEventId");
-  if (!last.empty() && (!absl::SimpleAtoi(last, &c.last_event_id) || c.last_event_id < 0)) {
-    c.last_event_id = -1;  // not one of our ids: start over
+  if (!last.empty() && !ParseEventId(last, &c.last_event_epoch, &c.last_event_id)) {
+    c.last_event_epoch.clear();  // not one of our ids: start over
+    c.last_event_id = -1;
   }
   return c;
 }
@@ -408,6 +409,24 @@ Action RequestRouter::Route(const HttpRequest& req) const {
       break;
   }
   return a;
+}
+
+bool ParseEventId(std::string_view id, std::string* epoch, int64_t* revision) {
+  size_t dot = id.find('.');
+  if (dot == std::string_view::npos || dot == 0 || dot > 32) return false;
+  for (char ch : id.substr(0, dot)) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(ch))) return false;
+  }
+  std::string_view digits = id.substr(dot + 1);
+  if (digits.empty() || digits.size() > 18) return false;
+  int64_t rev = 0;
+  for (char ch : digits) {
+    if (ch < '0' || ch > '9') return false;
+    rev = rev * 10 + (ch - '0');
+  }
+  *epoch = std::string(id.substr(0, dot));
+  *revision = rev;
+  return true;
 }
 
 }  // namespace discoveryd

@@ -23,6 +23,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <variant>
 
 #include "absl/status/status.h"
@@ -99,8 +100,15 @@ struct HeartbeatCall {
 struct SubscribeCall {
   std::string type;
   std::string group;
-  int64_t last_event_id = -1;  // < 0: none (or not one of ours)
+  // Last-Event-ID (header, or ?lastEventId=) split as `<epoch>.<revision>` (sse.h). Anything
+  // else (absent, a plain number from before epochs, garbage): epoch empty and -1, which
+  // gets a fresh init.
+  std::string last_event_epoch{};
+  int64_t last_event_id = -1;  // the revision part; < 0: none (or not one of ours)
 };
+// Splits an SSE event id "<epoch>.<revision>" (epoch: 1..32 of [0-9A-Za-z], revision: a
+// non-negative integer). False for anything else.
+bool ParseEventId(std::string_view id, std::string* epoch, int64_t* revision);
 
 using Call = std::variant<HttpResponse, MetricsCall, HealthzCall, ListCall, RegisterCall, GetCall,
                           PatchCall, DeleteCall, HeartbeatCall, SubscribeCall>;
