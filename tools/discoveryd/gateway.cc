@@ -113,7 +113,11 @@ HttpResponse Gateway::Impl::Execute(Call call) {
     if (std::holds_alternative<MetricsCall>(call)) {
       HttpResponse r;
       r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-      r.body = metrics.Render(*watcher, hub->subscribers());
+      EventHub::Stats h = hub->stats();
+      r.body = metrics.Render(*watcher, SseFigures{.subscribers = hub->subscribers(),
+                                                   .held = h.held,
+                                                   .epoch_changes = h.epoch_changes,
+                                                   .epoch_failures = h.keeper.failures});
       return r;
     }
     if (std::holds_alternative<HealthzCall>(call)) return Healthz();

@@ -86,7 +86,7 @@ void Metrics::SetConnectionStats(std::function<HttpServer::Stats()> source) {
   connection_stats_ = std::move(source);
 }
 
-std::string Metrics::Render(const discovery::Watcher& watcher, size_t sse_subscribers) const {
+std::string Metrics::Render(const discovery::Watcher& watcher, const SseFigures& sse) const {
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
 
   discovery::SnapshotPtr snap = watcher.snapshot();
@@ -114,14 +114,34 @@ std::string Metrics::Render(const discovery::Watcher& watcher, size_t sse_subscr
                             "etcd watch events applied to the cache",
                             prometheus::MetricType::Counter, static_cast<double>(stats.events)));
   families.push_back(Scalar("discovery_resyncs_total",
-                            "Full re-reads of the prefix after compaction or a cluster change",
+                            "Full re-reads of the prefix (compaction, cluster change, rewind)",
                             prometheus::MetricType::Counter, static_cast<double>(stats.resyncs)));
+  families.push_back(Scalar("discovery_history_resets_total",
+                            "Resyncs that replaced the cache because etcd's history was replaced "
+                            "(revision went back: wipe or snapshot restore; new cluster id)",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(stats.history_resets)));
+  families.push_back(Scalar("discovery_resync_backoffs_total",
+                            "Resyncs delayed by the resync rate limit (jittered backoff, 30 s cap)",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(stats.resync_backoffs)));
   families.push_back(Scalar("discovery_watch_invalid_values_total",
                             "Values under the prefix skipped as not valid instances",
                             prometheus::MetricType::Counter,
                             static_cast<double>(stats.invalid_values)));
   families.push_back(Scalar("discovery_sse_subscribers", "Open /sd/v1/subscribe streams",
-                            prometheus::MetricType::Gauge, static_cast<double>(sse_subscribers)));
+                            prometheus::MetricType::Gauge, static_cast<double>(sse.subscribers)));
+  families.push_back(Scalar("discovery_sse_held_subscribers",
+                            "SSE clients held until the cache is synced and the epoch agreed",
+                            prometheus::MetricType::Gauge, static_cast<double>(sse.held)));
+  families.push_back(Scalar("discovery_sse_resets_total",
+                            "`reset` events sent to SSE subscribers (history or epoch replaced)",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(sse.epoch_changes)));
+  families.push_back(Scalar("discovery_sse_epoch_failures_total",
+                            "Failed etcd steps of the SSE epoch key (each retried with backoff)",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(sse.epoch_failures)));
   families.push_back(Scalar("discovery_cache_synced", "1 once the watch cache has synced",
                             prometheus::MetricType::Gauge, stats.synced ? 1 : 0));
   families.push_back(Scalar("discovery_cache_revision", "etcd revision of the watch cache",

@@ -38,6 +38,14 @@
 
 namespace discoveryd {
 
+// The SSE hub's figures that /metrics shows (read from EventHub::stats()).
+struct SseFigures {
+  size_t subscribers = 0;
+  size_t held = 0;              // clients waiting for the first sync / an agreed epoch
+  uint64_t epoch_changes = 0;   // resets sent to subscribers
+  uint64_t epoch_failures = 0;  // failed etcd steps of the epoch key (retried with backoff)
+};
+
 class Metrics {
  public:
   Metrics();
@@ -56,7 +64,7 @@ class Metrics {
   static std::string CodeLabel(int code);
 
   // The whole exposition: request metrics plus the gauges read from `watcher` now.
-  std::string Render(const discovery::Watcher& watcher, size_t sse_subscribers) const;
+  std::string Render(const discovery::Watcher& watcher, const SseFigures& sse) const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
