@@ -20,6 +20,10 @@ WatchHub::WatchHub(Client* client)
 
 WatchHub::~WatchHub() = default;
 
+std::string WatchHub::RangeKey(const Spec& spec) {
+  return absl::StrCat(spec.key.size(), ":", spec.key, spec.range_end);
+}
+
 WatchHub::WatchId WatchHub::Add(Spec spec, Listener listener) {
   WatchId id = 0;
   loop_.RunSync([&] {
@@ -29,8 +33,25 @@ WatchHub::WatchId WatchHub::Add(Spec spec, Listener listener) {
     w.next_revision = spec.start_revision;
     w.spec = std::move(spec);
     w.listener = std::move(listener);
+    // A watch on a range etcd just denied waits (backoff) before it asks again.
+    absl::Duration wait = absl::ZeroDuration();
+    if (auto d = denied_until_.find(RangeKey(w.spec)); d != denied_until_.end()) {
+      wait = d->second - util::MonoNow();
+    }
+    w.postponed = wait > absl::ZeroDuration();
     watches_.emplace(id, std::move(w));
-    if (stream_ != nullptr) {
+    if (wait > absl::ZeroDuration()) {
+      loop_.PostAfter(wait, [this, id] {
+        auto it = watches_.find(id);
+        if (shutdown_ || it == watches_.end() || !it->second.postponed) return;
+        it->second.postponed = false;
+        if (stream_ != nullptr) {
+          SendCreate(id);
+        } else if (!connecting_) {
+          Connect();
+        }
+      });
+    } else if (stream_ != nullptr) {
       SendCreate(id);
     } else if (!connecting_) {
       Connect();
@@ -97,6 +118,8 @@ void WatchHub::Connect() {
     return;
   }
   stream_fresh_token_ = token_fetched_ && client_->has_auth();
+  stream_delivered_ = false;
+  stream_auth_refused_ = false;
   token_fetched_ = false;
   int index = 0;
   std::shared_ptr<Stubs> stubs = client_->CurrentStubs(&index);
@@ -126,7 +149,7 @@ void WatchHub::Connect() {
       stubs);
   for (auto& [id, w] : watches_) {
     w.server_id = -1;
-    SendCreate(id);
+    if (!w.postponed) SendCreate(id);
   }
   // Creates sent later (Add) may go out after the token expired: not fresh.
   stream_fresh_token_ = false;
@@ -216,7 +239,7 @@ void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse resp) {
     }
     w.raft_term = std::max<uint64_t>(w.raft_term, resp.header().raft_term());
     if (resp.events_size() > 0) {
-      backoff_.Reset();  // this stream delivers
+      stream_delivered_ = true;
       w.next_revision =
           std::max(w.next_revision, resp.events(resp.events_size() - 1).kv().mod_revision() + 1);
       if (w.listener.on_events) w.listener.on_events(resp);
@@ -262,6 +285,7 @@ void WatchHub::HandleCreated(const pb::WatchResponse& resp) {
     const std::string& reason = resp.cancel_reason();
     if (client_->has_auth() && IsAuthRefusal(grpc::StatusCode::OK, reason)) {
       auth_refusals_.fetch_add(1);
+      stream_auth_refused_ = true;
       if (!pending.fresh_token) {
         // The stream's token expired or the member forgot it (restart): a fresh token on a
         // new stream; this watch is re-created there from its next revision.
@@ -273,6 +297,11 @@ void WatchHub::HandleCreated(const pb::WatchResponse& resp) {
         if (stream_ != nullptr) stream_->Cancel();  // OnStreamDone reconnects, with backoff
         return;
       }
+      // RBAC says no. Whoever adds this range again waits, with growing pauses.
+      absl::Time now = util::MonoNow();
+      std::erase_if(denied_until_, [now](const auto& e) { return e.second <= now; });
+      if (denied_until_.empty()) deny_backoff_.Reset();
+      denied_until_[RangeKey(w.spec)] = now + deny_backoff_.Next();
       Break(id, absl::PermissionDeniedError(
                     absl::StrCat("etcd refused the watch with a freshly fetched token: ", reason)));
       return;
@@ -296,7 +325,8 @@ void WatchHub::HandleCreated(const pb::WatchResponse& resp) {
                                                absl::Hex(h.member_id()), ")")));
     return;
   }
-  backoff_.Reset();  // this stream delivers
+  stream_delivered_ = true;
+  if (!denied_until_.empty()) denied_until_.erase(RangeKey(w.spec));
   w.raft_term = std::max<uint64_t>(w.raft_term, h.raft_term());
   w.server_id = resp.watch_id();
   by_server_id_[w.server_id] = id;
@@ -319,6 +349,7 @@ void WatchHub::OnStreamDone(uint64_t generation, int endpoint_index, bool had_re
       // (Not when we cancelled it ourselves for a refused token: the member is fine.)
       client_->MarkFailed(endpoint_index);
     }
+    if (stream_delivered_ && !stream_auth_refused_) backoff_.Reset();
     ScheduleReconnect();
   });
 }

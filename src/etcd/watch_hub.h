@@ -17,7 +17,8 @@
 // opened with a token fetched just for it is a real refusal (RBAC): that watch gets
 // on_broken(kPermissionDenied). Reconnects back off (util::Backoff), and the backoff is reset
 // only by a stream that delivered (a created watch or events), never by one whose creates were
-// all refused, so a denied watch that its owner re-adds cannot make the hub spin.
+// all refused; and a new watch on a range just denied waits (growing pauses) before its create
+// is sent, so an owner that re-adds a denied watch at once cannot make the hub spin.
 //
 // When a watch cannot resume, its listener gets `on_broken` and the watch is removed:
 //  - kOutOfRange: its start revision was compacted (resync with a Range, then Add again);
@@ -106,6 +107,7 @@ class WatchHub {
     int64_t next_revision = 0;
     int64_t server_id = -1;  // -1: not created on the current stream
     uint64_t raft_term = 0;  // highest raft term seen in answers for this watch
+    bool postponed = false;  // its range was just denied: not created until a timer says so
   };
   struct PendingCreate {
     WatchId id;        // 0 = a create whose watch was removed meanwhile
@@ -120,6 +122,7 @@ class WatchHub {
   void Break(WatchId id, const absl::Status& why);
   void HandleCreated(const etcdserverpb::WatchResponse& resp);
   void CancelOnServer(int64_t server_id);
+  static std::string RangeKey(const Spec& spec);
 
   Client* client_;
   std::shared_ptr<spdlog::logger> logger_;
@@ -139,10 +142,19 @@ class WatchHub {
   // initial creates carry it.
   bool token_fetched_ = false;
   bool stream_fresh_token_ = false;
+  // When the current stream ends, the backoff is reset only if it delivered (a created watch
+  // or events) and no create on it was refused for auth (a denied watch that its owner keeps
+  // re-adding must not make a stream whose other watches deliver reconnect at once).
+  bool stream_delivered_ = false;
+  bool stream_auth_refused_ = false;
   absl::Time progress_sent_ = absl::InfiniteFuture();
   absl::Time last_message_ = absl::InfinitePast();
   util::EventLoop::TimerId liveness_timer_ = 0;
   util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(5)};
+  // Ranges RBAC denied (with a fresh token), until when a new watch on them waits; the pause
+  // grows while denials keep coming, so an owner that re-adds at once cannot spin.
+  std::map<std::string, absl::Time> denied_until_;
+  util::Backoff deny_backoff_{absl::Milliseconds(200), absl::Seconds(10)};
   bool shutdown_ = false;
   bool paused_ = false;
 
