@@ -163,10 +163,11 @@ class BidiStream final : public grpc::ClientBidiReactor<Req, Resp> {
 };
 
 // For stream owners, on their `loop`: true when a stream may be opened now. With credentials
-// but no token yet it returns false, sets *connecting, fetches a token on the client's
-// background loop (a blocking call), then clears *connecting and runs then(has_token) on
-// `loop`.
-bool TokenReadyOrFetch(Client* client, util::EventLoop& loop, bool* connecting,
-                       std::function<void(bool has_token)> then);
+// but no token yet (or with `force`: the stream's token was refused) it returns false, sets
+// *connecting, fetches a token on the client's background loop (a blocking call), then clears
+// *connecting and runs then(fetched) on `loop`: fetched is true when a new token was just
+// obtained, so a stream opened right away carries a fresh token.
+bool TokenReadyOrFetch(Client* client, util::EventLoop& loop, bool* connecting, bool force,
+                       std::function<void(bool fetched)> then);
 
 }  // namespace discovery::etcd

@@ -142,6 +142,16 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), text);
 }
 
+bool IsAuthRefusal(grpc::StatusCode code, const std::string& message) {
+  return code == grpc::StatusCode::UNAUTHENTICATED || code == grpc::StatusCode::PERMISSION_DENIED ||
+         absl::StrContains(message, "invalid auth token") ||
+         absl::StrContains(message, "user name is empty") ||
+         absl::StrContains(message, "permission denied") ||
+         absl::StrContains(message, "auth store is old") ||
+         absl::StrContains(message, "code = Unauthenticated") ||
+         absl::StrContains(message, "code = PermissionDenied");
+}
+
 absl::StatusOr<std::shared_ptr<Client>> Client::Create(const EtcdOptions& options) {
   // gRPC notices a finished connect attempt only while something polls the channel; with no
   // RPC waiting (all failed fast while etcd was down) that is the backup poller, every 5 s by
@@ -264,11 +274,13 @@ absl::Status Client::RefreshToken(int endpoint_index) {
   ctx.set_deadline(util::GrpcDeadline(util::MonoNow() + options_.call_timeout));
   grpc::Status s = stubs_[endpoint_index]->auth->Authenticate(&ctx, req, &resp);
   if (!s.ok()) {
+    token_refresh_failures_.fetch_add(1);
     absl::Status st = FromGrpc(s, "etcd Authenticate");
     SPDLOG_LOGGER_WARN(logger_, "etcd authentication as {} failed: {}", options_.user,
                        std::string(st.message()));
     return st;
   }
+  token_refreshes_.fetch_add(1);
   util::MutexLock lock(&token_mu_);
   token_ = resp.token();
   return absl::OkStatus();
@@ -417,17 +429,21 @@ absl::StatusOr<pb::StatusResponse> Client::MemberStatus(int endpoint, absl::Dura
   return resp;
 }
 
-bool TokenReadyOrFetch(Client* client, util::EventLoop& loop, bool* connecting,
-                       std::function<void(bool has_token)> then) {
-  if (!client->has_auth() || client->has_token()) return true;
+bool TokenReadyOrFetch(Client* client, util::EventLoop& loop, bool* connecting, bool force,
+                       std::function<void(bool fetched)> then) {
+  if (!client->has_auth() || (!force && client->has_token())) return true;
   *connecting = true;
   int index = 0;
   client->CurrentStubs(&index);
   client->background().Post([client, index, &loop, connecting, then = std::move(then)]() mutable {
-    if (!client->RefreshToken(index).ok()) client->MarkFailed(index);
-    loop.Post([client, connecting, then = std::move(then)] {
+    absl::Status s = client->RefreshToken(index);
+    // Wrong credentials are not the member's fault; anything else (unreachable, timeout) is.
+    if (!s.ok() && !absl::IsUnauthenticated(s) && !absl::IsPermissionDenied(s)) {
+      client->MarkFailed(index);
+    }
+    loop.Post([connecting, ok = s.ok(), then = std::move(then)] {
       *connecting = false;
-      then(client->has_token());
+      then(ok);
     });
   });
   return false;

@@ -52,6 +52,14 @@ absl::StatusOr<Endpoint> ParseEndpoint(const std::string& url);
 // kOutOfRange). `what` prefixes the message.
 absl::Status FromGrpc(const grpc::Status& status, const std::string& what);
 
+// True when etcd refused a request for lack of (valid) credentials or permission, as a gRPC
+// status (UNAUTHENTICATED / PERMISSION_DENIED) or as the text of a watch create's
+// cancel_reason. etcd 3.4 cancels a watch create sent with an expired or unknown simple token
+// with "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token", one without a
+// token with "... user name is empty", and one RBAC does not allow with "etcdserver: permission
+// denied". Only a fresh token tells a stale token from a real refusal.
+bool IsAuthRefusal(grpc::StatusCode code, const std::string& message);
+
 // The stubs of one endpoint.
 struct Stubs {
   std::shared_ptr<grpc::Channel> channel;
@@ -111,8 +119,11 @@ class Client : public std::enable_shared_from_this<Client> {
   // token.
   void PrepareContext(grpc::ClientContext* ctx, absl::Time deadline);
   // Fetches a new auth token (no-op without credentials). Called when etcd says the token is
-  // invalid.
+  // invalid (unary calls), or refuses a stream's request for auth (watch creates).
   absl::Status RefreshToken(int endpoint_index);
+  // Authenticate calls that got a token / that failed, since Create.
+  int64_t token_refreshes() const { return token_refreshes_.load(); }
+  int64_t token_refresh_failures() const { return token_refresh_failures_.load(); }
   bool has_auth() const { return !options_.user.empty(); }
   bool has_token() {
     util::MutexLock lock(&token_mu_);
@@ -148,6 +159,8 @@ class Client : public std::enable_shared_from_this<Client> {
 
   util::Mutex token_mu_;
   std::string token_ ABSL_GUARDED_BY(token_mu_);
+  std::atomic<int64_t> token_refreshes_{0};
+  std::atomic<int64_t> token_refresh_failures_{0};
 
   std::unique_ptr<util::EventLoop> loop_;
   std::unique_ptr<util::EventLoop> background_;

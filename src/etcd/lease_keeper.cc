@@ -64,12 +64,13 @@ void LeaseKeeper::EnsureTicking() {
 
 void LeaseKeeper::Connect() {
   if (shutdown_ || leases_.empty()) return;
-  if (!TokenReadyOrFetch(client_, loop_, &connecting_, [this](bool has_token) {
-        if (!has_token) {
-          ScheduleReconnect();
-        } else if (stream_ == nullptr) {
-          Connect();
+  if (!TokenReadyOrFetch(client_, loop_, &connecting_, refresh_token_, [this](bool fetched) {
+        if (!fetched) {
+          ScheduleReconnect();  // refresh_token_ stays: the next attempt fetches again
+          return;
         }
+        refresh_token_ = false;
+        if (stream_ == nullptr) Connect();
       })) {
     return;
   }
@@ -77,6 +78,7 @@ void LeaseKeeper::Connect() {
   std::shared_ptr<Stubs> stubs = client_->CurrentStubs(&index);
   const uint64_t generation = ++generation_;
   open_streams_.store(1);
+  if (generation > 1) reconnects_.fetch_add(1);
   oldest_unanswered_ = absl::InfiniteFuture();
   SPDLOG_LOGGER_DEBUG(logger_, "opening LeaseKeepAlive stream to {}",
                       client_->endpoints()[index].url);
@@ -93,8 +95,7 @@ void LeaseKeeper::Connect() {
            },
        .on_done =
            [this, generation, index](bool had_response, const grpc::Status& status) {
-             OnStreamDone(generation, index, had_response,
-                          status.ok() ? std::string() : status.error_message());
+             OnStreamDone(generation, index, had_response, status);
            }},
       stubs);
   // Send every lease at once on a new stream: the stream may have been down for a while.
@@ -196,15 +197,20 @@ void LeaseKeeper::HandleAnswer(const Answer& answer) {
 }
 
 void LeaseKeeper::OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
-                               std::string error) {
-  loop_.Post([this, generation, endpoint_index, had_response, error = std::move(error)] {
+                               grpc::Status status) {
+  loop_.Post([this, generation, endpoint_index, had_response, status = std::move(status)] {
     if (generation != generation_ || shutdown_) return;
     stream_.reset();
     open_streams_.store(0);
+    const std::string error = status.ok() ? std::string() : status.error_message();
     SPDLOG_LOGGER_INFO(logger_, "LeaseKeepAlive stream to {} ended ({}); reconnecting",
                        client_->endpoints()[endpoint_index].url, error.empty() ? "closed" : error);
-    if (!had_response || !error.empty()) client_->MarkFailed(endpoint_index);
-    if (absl::StrContains(error, "auth token") && client_->has_auth()) client_->ClearToken();
+    if (client_->has_auth() && !status.ok() &&
+        IsAuthRefusal(status.error_code(), status.error_message())) {
+      refresh_token_ = true;  // refused for its token: the member is fine
+    } else if (!had_response || !status.ok()) {
+      client_->MarkFailed(endpoint_index);
+    }
     ScheduleReconnect();
   });
 }

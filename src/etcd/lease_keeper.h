@@ -4,6 +4,11 @@
 // with jittered backoff when it breaks or stalls (no answer to a keepalive within the stall
 // timeout: a frozen or partitioned member keeps the TCP connection but never answers).
 //
+// Auth: etcd 3.4 does not check the token on LeaseKeepAlive at all (an expired, unknown or
+// missing simple token still gets answers). Should a member refuse the stream for auth
+// (UNAUTHENTICATED / PERMISSION_DENIED), the keeper fetches a fresh token before it opens the
+// next stream; reconnects back off (util::Backoff, reset only by a keepalive answer).
+//
 // Events for a lease go to its listener on the client loop thread; listeners must not block:
 //  - kAtRisk: no keepalive answer for 2/3 of the TTL (fired once until it recovers);
 //  - kAlive:  answers again after kAtRisk;
@@ -50,6 +55,8 @@ class LeaseKeeper {
   // invoked after Remove returns.
   void Remove(int64_t lease_id);
   int open_streams() const { return open_streams_.load(); }
+  // Streams opened to replace one that ended (broke, stalled, or was refused for auth).
+  int64_t reconnects() const { return reconnects_.load(); }
   size_t lease_count();
   // Cancels the stream and waits for it to finish. Called by ~Client.
   void Shutdown();
@@ -57,7 +64,8 @@ class LeaseKeeper {
  private:
   // Called from the stream's handlers (gRPC threads).
   void OnResponse(uint64_t generation, int64_t id, int64_t ttl);
-  void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response, std::string error);
+  void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
+                    grpc::Status status);
   struct Entry {
     absl::Duration ttl;
     absl::Duration interval;
@@ -94,6 +102,7 @@ class LeaseKeeper {
   std::shared_ptr<KeepAliveStream> stream_;
   uint64_t generation_ = 0;
   bool connecting_ = false;
+  bool refresh_token_ = false;  // the last stream was refused for auth: new token first
   util::EventLoop::TimerId tick_timer_ = 0;
   // A quarter of the shortest keepalive interval (50 ms .. 500 ms): sends are due at most that
   // late, and 10,000 leases on a 10 s TTL are walked twice a second, not ten times.
@@ -103,6 +112,7 @@ class LeaseKeeper {
   bool shutdown_ = false;
 
   std::atomic<int> open_streams_{0};
+  std::atomic<int64_t> reconnects_{0};
   // Keepalive answers from gRPC threads, handed to the loop in batches (one task per burst
   // instead of one per answer).
   util::Mutex answers_mu_;

@@ -20,6 +20,10 @@ WatchHub::WatchHub(Client* client)
 
 WatchHub::~WatchHub() = default;
 
+std::string WatchHub::RangeKey(const Spec& spec) {
+  return absl::StrCat(spec.key.size(), ":", spec.key, spec.range_end);
+}
+
 WatchHub::WatchId WatchHub::Add(Spec spec, Listener listener) {
   WatchId id = 0;
   loop_.RunSync([&] {
@@ -29,8 +33,25 @@ WatchHub::WatchId WatchHub::Add(Spec spec, Listener listener) {
     w.next_revision = spec.start_revision;
     w.spec = std::move(spec);
     w.listener = std::move(listener);
+    // A watch on a range etcd just denied waits (backoff) before it asks again.
+    absl::Duration wait = absl::ZeroDuration();
+    if (auto d = denied_until_.find(RangeKey(w.spec)); d != denied_until_.end()) {
+      wait = d->second - util::MonoNow();
+    }
+    w.postponed = wait > absl::ZeroDuration();
     watches_.emplace(id, std::move(w));
-    if (stream_ != nullptr) {
+    if (wait > absl::ZeroDuration()) {
+      loop_.PostAfter(wait, [this, id] {
+        auto it = watches_.find(id);
+        if (shutdown_ || it == watches_.end() || !it->second.postponed) return;
+        it->second.postponed = false;
+        if (stream_ != nullptr) {
+          SendCreate(id);
+        } else if (!connecting_) {
+          Connect();
+        }
+      });
+    } else if (stream_ != nullptr) {
       SendCreate(id);
     } else if (!connecting_) {
       Connect();
@@ -51,8 +72,8 @@ void WatchHub::Remove(WatchId id) {
         stream_->Send(std::move(req));
       }
     }
-    for (WatchId& p : pending_creates_) {
-      if (p == id) p = 0;
+    for (PendingCreate& p : pending_creates_) {
+      if (p.id == id) p.id = 0;
     }
     watches_.erase(it);
   });
@@ -85,15 +106,21 @@ void WatchHub::Shutdown() {
 
 void WatchHub::Connect() {
   if (shutdown_ || paused_ || watches_.empty()) return;
-  if (!TokenReadyOrFetch(client_, loop_, &connecting_, [this](bool has_token) {
-        if (!has_token) {
-          ScheduleReconnect();
-        } else if (stream_ == nullptr) {
-          Connect();
+  if (!TokenReadyOrFetch(client_, loop_, &connecting_, refresh_token_, [this](bool fetched) {
+        if (!fetched) {
+          ScheduleReconnect();  // refresh_token_ stays: the next attempt fetches again
+          return;
         }
+        refresh_token_ = false;
+        token_fetched_ = true;
+        if (stream_ == nullptr) Connect();
       })) {
     return;
   }
+  stream_fresh_token_ = token_fetched_ && client_->has_auth();
+  stream_delivered_ = false;
+  stream_auth_refused_ = false;
+  token_fetched_ = false;
   int index = 0;
   std::shared_ptr<Stubs> stubs = client_->CurrentStubs(&index);
   const uint64_t generation = ++generation_;
@@ -103,6 +130,7 @@ void WatchHub::Connect() {
   progress_sent_ = absl::InfiniteFuture();
   last_message_ = util::MonoNow();
   SPDLOG_LOGGER_DEBUG(logger_, "opening Watch stream to {}", client_->endpoints()[index].url);
+  if (generation > 1) reconnects_.fetch_add(1);
   stream_ = WatchStream::Start(
       &streams_,
       [&](grpc::ClientContext* ctx,
@@ -116,14 +144,15 @@ void WatchHub::Connect() {
                        generation](pb::WatchResponse& r) { OnResponse(generation, std::move(r)); },
        .on_done =
            [this, generation, index](bool had_response, const grpc::Status& status) {
-             OnStreamDone(generation, index, had_response,
-                          status.ok() ? std::string() : status.error_message());
+             OnStreamDone(generation, index, had_response, status);
            }},
       stubs);
   for (auto& [id, w] : watches_) {
     w.server_id = -1;
-    SendCreate(id);
+    if (!w.postponed) SendCreate(id);
   }
+  // Creates sent later (Add) may go out after the token expired: not fresh.
+  stream_fresh_token_ = false;
   if (liveness_timer_ == 0) {
     liveness_timer_ = loop_.PostAfter(kProbeEvery, [this] {
       liveness_timer_ = 0;
@@ -140,7 +169,7 @@ void WatchHub::SendCreate(WatchId id) {
   c->set_range_end(w.spec.range_end);
   c->set_start_revision(w.next_revision);
   c->set_prev_kv(w.spec.prev_kv);
-  if (stream_->Send(std::move(req))) pending_creates_.push_back(id);
+  if (stream_->Send(std::move(req))) pending_creates_.push_back({id, stream_fresh_token_});
 }
 
 void WatchHub::ScheduleReconnect() {
@@ -187,48 +216,10 @@ void WatchHub::Break(WatchId id, const absl::Status& why) {
 void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse resp) {
   loop_.Post([this, generation, resp = std::move(resp)]() mutable {
     if (generation != generation_ || shutdown_) return;
-    backoff_.Reset();
     last_message_ = util::MonoNow();
     progress_sent_ = absl::InfiniteFuture();
     if (resp.created()) {
-      if (pending_creates_.empty()) return;
-      WatchId id = pending_creates_.front();
-      pending_creates_.pop_front();
-      if (id == 0 || watches_.count(id) == 0) {
-        // Removed while being created: cancel it on the server.
-        if (resp.watch_id() >= 0 && !resp.canceled() && stream_ != nullptr) {
-          pb::WatchRequest req;
-          req.mutable_cancel_request()->set_watch_id(resp.watch_id());
-          stream_->Send(std::move(req));
-        }
-        return;
-      }
-      Watch& w = watches_.at(id);
-      uint64_t cluster = resp.header().cluster_id();
-      if (w.spec.expected_cluster_id == 0) w.spec.expected_cluster_id = cluster;
-      if (cluster != 0 && cluster != w.spec.expected_cluster_id) {
-        if (resp.watch_id() >= 0 && stream_ != nullptr) {
-          pb::WatchRequest req;
-          req.mutable_cancel_request()->set_watch_id(resp.watch_id());
-          stream_->Send(std::move(req));
-        }
-        Break(id, absl::FailedPreconditionError(
-                      absl::StrFormat("etcd cluster changed (id %x, expected %x)", cluster,
-                                      w.spec.expected_cluster_id)));
-        return;
-      }
-      if (resp.canceled()) {
-        if (resp.compact_revision() > 0) {
-          Break(id, absl::OutOfRangeError(
-                        absl::StrCat("revision compacted at ", resp.compact_revision())));
-        } else {
-          Break(id, absl::PermissionDeniedError(
-                        absl::StrCat("etcd refused the watch: ", resp.cancel_reason())));
-        }
-        return;
-      }
-      w.server_id = resp.watch_id();
-      by_server_id_[w.server_id] = id;
+      HandleCreated(resp);
       return;
     }
     if (resp.watch_id() < 0) return;  // progress answer for the whole stream
@@ -246,7 +237,9 @@ void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse resp) {
       }
       return;
     }
+    w.raft_term = std::max<uint64_t>(w.raft_term, resp.header().raft_term());
     if (resp.events_size() > 0) {
+      stream_delivered_ = true;
       w.next_revision =
           std::max(w.next_revision, resp.events(resp.events_size() - 1).kv().mod_revision() + 1);
       if (w.listener.on_events) w.listener.on_events(resp);
@@ -254,17 +247,109 @@ void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse resp) {
   });
 }
 
+void WatchHub::CancelOnServer(int64_t server_id) {
+  if (server_id < 0 || stream_ == nullptr) return;
+  pb::WatchRequest req;
+  req.mutable_cancel_request()->set_watch_id(server_id);
+  stream_->Send(std::move(req));
+}
+
+void WatchHub::HandleCreated(const pb::WatchResponse& resp) {
+  if (pending_creates_.empty()) return;
+  const PendingCreate pending = pending_creates_.front();
+  pending_creates_.pop_front();
+  auto it = watches_.find(pending.id);
+  if (it == watches_.end()) {
+    // Removed while being created: cancel it on the server.
+    if (!resp.canceled()) CancelOnServer(resp.watch_id());
+    return;
+  }
+  const WatchId id = it->first;
+  Watch& w = it->second;
+  const pb::ResponseHeader& h = resp.header();
+  uint64_t cluster = h.cluster_id();
+  if (w.spec.expected_cluster_id == 0) w.spec.expected_cluster_id = cluster;
+  if (cluster != 0 && cluster != w.spec.expected_cluster_id) {
+    if (!resp.canceled()) CancelOnServer(resp.watch_id());
+    Break(id,
+          absl::FailedPreconditionError(absl::StrFormat("etcd cluster changed (id %x, expected %x)",
+                                                        cluster, w.spec.expected_cluster_id)));
+    return;
+  }
+  if (resp.canceled()) {
+    if (resp.compact_revision() > 0) {
+      Break(id,
+            absl::OutOfRangeError(absl::StrCat("revision compacted at ", resp.compact_revision())));
+      return;
+    }
+    const std::string& reason = resp.cancel_reason();
+    if (client_->has_auth() && IsAuthRefusal(grpc::StatusCode::OK, reason)) {
+      auth_refusals_.fetch_add(1);
+      stream_auth_refused_ = true;
+      if (!pending.fresh_token) {
+        // The stream's token expired or the member forgot it (restart): a fresh token on a
+        // new stream; this watch is re-created there from its next revision.
+        if (!refresh_token_) {
+          SPDLOG_LOGGER_INFO(logger_, "etcd refused the watch on {} ({}); new token, new stream",
+                             w.spec.key, reason);
+        }
+        refresh_token_ = true;
+        if (stream_ != nullptr) stream_->Cancel();  // OnStreamDone reconnects, with backoff
+        return;
+      }
+      // RBAC says no. Whoever adds this range again waits, with growing pauses.
+      absl::Time now = util::MonoNow();
+      std::erase_if(denied_until_, [now](const auto& e) { return e.second <= now; });
+      if (denied_until_.empty()) deny_backoff_.Reset();
+      denied_until_[RangeKey(w.spec)] = now + deny_backoff_.Next();
+      Break(id, absl::PermissionDeniedError(
+                    absl::StrCat("etcd refused the watch with a freshly fetched token: ", reason)));
+      return;
+    }
+    Break(id, absl::PermissionDeniedError(absl::StrCat("etcd refused the watch: ", reason)));
+    return;
+  }
+  // History going backwards under the same cluster id.
+  std::string rewind;
+  if (w.next_revision > 1 && h.revision() < w.next_revision - 1) {
+    rewind = absl::StrCat("store revision ", h.revision(), " is below revision ",
+                          w.next_revision - 1, " already seen");
+  } else if (h.raft_term() != 0 && h.raft_term() < w.raft_term) {
+    rewind =
+        absl::StrCat("raft term ", h.raft_term(), " is below term ", w.raft_term, " already seen");
+  }
+  if (!rewind.empty()) {
+    CancelOnServer(resp.watch_id());
+    history_rewinds_.fetch_add(1);
+    Break(id, absl::DataLossError(absl::StrCat("etcd history went back: ", rewind, " (member ",
+                                               absl::Hex(h.member_id()), ")")));
+    return;
+  }
+  stream_delivered_ = true;
+  if (!denied_until_.empty()) denied_until_.erase(RangeKey(w.spec));
+  w.raft_term = std::max<uint64_t>(w.raft_term, h.raft_term());
+  w.server_id = resp.watch_id();
+  by_server_id_[w.server_id] = id;
+}
+
 void WatchHub::OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
-                            std::string error) {
-  loop_.Post([this, generation, endpoint_index, had_response, error = std::move(error)] {
+                            grpc::Status status) {
+  loop_.Post([this, generation, endpoint_index, had_response, status = std::move(status)] {
     if (generation != generation_ || shutdown_) return;
     stream_.reset();
     open_streams_.store(0);
+    const std::string error = status.ok() ? std::string() : status.error_message();
     SPDLOG_LOGGER_INFO(logger_, "Watch stream to {} ended ({}); resuming {} watch(es)",
                        client_->endpoints()[endpoint_index].url, error.empty() ? "closed" : error,
                        watches_.size());
-    if (!had_response || !error.empty()) client_->MarkFailed(endpoint_index);
-    if (absl::StrContains(error, "auth token") && client_->has_auth()) client_->ClearToken();
+    if (client_->has_auth() && !status.ok() &&
+        IsAuthRefusal(status.error_code(), status.error_message())) {
+      refresh_token_ = true;  // the stream itself was refused: the member is fine
+    } else if (!refresh_token_ && (!had_response || !status.ok())) {
+      // (Not when we cancelled it ourselves for a refused token: the member is fine.)
+      client_->MarkFailed(endpoint_index);
+    }
+    if (stream_delivered_ && !stream_auth_refused_) backoff_.Reset();
     ScheduleReconnect();
   });
 }

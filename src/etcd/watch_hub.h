@@ -8,14 +8,35 @@
 // `hasleader` metadata so a member that lost its leader cancels it instead of going silent.
 // Liveness: a progress request every few seconds must be answered, or the stream is replaced.
 //
+// Auth: the token is metadata of the stream, checked by etcd at each watch *create* only (an
+// established watch keeps delivering after its token expired). etcd 3.4 refuses a create sent
+// with an expired or unknown simple token (token TTL, member restart) with a cancelled
+// "created" answer whose cancel_reason reads "rpc error: code = Unauthenticated desc =
+// etcdserver: invalid auth token". Such a refusal makes the hub fetch a fresh token and open a
+// NEW stream, re-creating every watch from its next revision. A create refused on a stream
+// opened with a token fetched just for it is a real refusal (RBAC): that watch gets
+// on_broken(kPermissionDenied). Reconnects back off (util::Backoff), and the backoff is reset
+// only by a stream that delivered (a created watch or events), never by one whose creates were
+// all refused; and a new watch on a range just denied waits (growing pauses) before its create
+// is sent, so an owner that re-adds a denied watch at once cannot make the hub spin.
+//
 // When a watch cannot resume, its listener gets `on_broken` and the watch is removed:
 //  - kOutOfRange: its start revision was compacted (resync with a Range, then Add again);
 //  - kFailedPrecondition: the responding cluster is not the expected one (etcd was wiped or
 //    the endpoints point at another cluster): resync;
-//  - anything else: etcd cancelled it (e.g. kPermissionDenied).
+//  - kDataLoss: etcd's history went back while the cluster id stayed (etcd wiped and
+//    re-created with the same cluster token, or restored from a snapshot): the created answer
+//    says the store is at a revision below the one this watch already holds
+//    (header.revision < next_revision - 1; etcd would otherwise wait silently for that
+//    "future" revision), or its raft term is lower than the highest this watch has seen. A
+//    member lagging behind (e.g. right after a failover) looks the same, so this is a signal
+//    to confirm with a linearizable read and resync. Limit: when the new history has already
+//    passed our revision and its term is not lower, nothing on the wire tells;
+//  - kPermissionDenied: etcd refused the watch with a fresh token (or without credentials);
+//  - anything else: etcd cancelled it.
 // Listeners run on the client loop thread and must not block.
 //
-// Thread-safety: Add/Remove/open_streams are thread-safe.
+// Thread-safety: Add/Remove/open_streams and the counters are thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -63,6 +84,12 @@ class WatchHub {
   // After Remove returns (off the loop thread), no listener call for this watch runs.
   void Remove(WatchId id);
   int open_streams() const { return open_streams_.load(); }
+  // Streams opened to replace one that ended (broke, stalled, or was dropped for auth).
+  int64_t reconnects() const { return reconnects_.load(); }
+  // Watch creates etcd refused for auth (stale token or RBAC).
+  int64_t auth_refusals() const { return auth_refusals_.load(); }
+  // Watches ended with kDataLoss (etcd's history went back).
+  int64_t history_rewinds() const { return history_rewinds_.load(); }
   // Test hook: cancels the current stream as if it broke.
   void BreakStreamForTest();
   // Test hook: while paused the stream is closed and not reopened (a stalled watcher).
@@ -72,12 +99,19 @@ class WatchHub {
  private:
   // Called from the stream's handlers (gRPC threads).
   void OnResponse(uint64_t generation, etcdserverpb::WatchResponse response);
-  void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response, std::string error);
+  void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
+                    grpc::Status status);
   struct Watch {
     Spec spec;
     Listener listener;
     int64_t next_revision = 0;
     int64_t server_id = -1;  // -1: not created on the current stream
+    uint64_t raft_term = 0;  // highest raft term seen in answers for this watch
+    bool postponed = false;  // its range was just denied: not created until a timer says so
+  };
+  struct PendingCreate {
+    WatchId id;        // 0 = a create whose watch was removed meanwhile
+    bool fresh_token;  // sent on a stream opened with a token fetched just for it
   };
 
   // Loop-thread only.
@@ -86,6 +120,9 @@ class WatchHub {
   void SendCreate(WatchId id);
   void CheckLiveness();
   void Break(WatchId id, const absl::Status& why);
+  void HandleCreated(const etcdserverpb::WatchResponse& resp);
+  void CancelOnServer(int64_t server_id);
+  static std::string RangeKey(const Spec& spec);
 
   Client* client_;
   std::shared_ptr<spdlog::logger> logger_;
@@ -93,20 +130,38 @@ class WatchHub {
 
   std::map<WatchId, Watch> watches_;
   std::map<int64_t, WatchId> by_server_id_;
-  std::deque<WatchId> pending_creates_;  // 0 = a create whose watch was removed meanwhile
+  std::deque<PendingCreate> pending_creates_;
   WatchId next_id_ = 1;
   using WatchStream = BidiStream<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>;
   std::shared_ptr<WatchStream> stream_;
   uint64_t generation_ = 0;
   bool connecting_ = false;
+  // The next stream needs a new token first (a create or the stream was refused for auth).
+  bool refresh_token_ = false;
+  // A token was just fetched for the stream about to be opened / the current stream's
+  // initial creates carry it.
+  bool token_fetched_ = false;
+  bool stream_fresh_token_ = false;
+  // When the current stream ends, the backoff is reset only if it delivered (a created watch
+  // or events) and no create on it was refused for auth (a denied watch that its owner keeps
+  // re-adding must not make a stream whose other watches deliver reconnect at once).
+  bool stream_delivered_ = false;
+  bool stream_auth_refused_ = false;
   absl::Time progress_sent_ = absl::InfiniteFuture();
   absl::Time last_message_ = absl::InfinitePast();
   util::EventLoop::TimerId liveness_timer_ = 0;
   util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(5)};
+  // Ranges RBAC denied (with a fresh token), until when a new watch on them waits; the pause
+  // grows while denials keep coming, so an owner that re-adds at once cannot spin.
+  std::map<std::string, absl::Time> denied_until_;
+  util::Backoff deny_backoff_{absl::Milliseconds(200), absl::Seconds(10)};
   bool shutdown_ = false;
   bool paused_ = false;
 
   std::atomic<int> open_streams_{0};
+  std::atomic<int64_t> reconnects_{0};
+  std::atomic<int64_t> auth_refusals_{0};
+  std::atomic<int64_t> history_rewinds_{0};
   StreamTracker streams_;
 };
 

@@ -11,9 +11,14 @@ EventLoop::EventLoop(std::string name) : name_(std::move(name)) {
     pthread_setname_np(pthread_self(), name_.substr(0, 15).c_str());
     Run();
   });
+  loop_thread_id_ = thread_.get_id();
 }
 
-EventLoop::~EventLoop() { Stop(); }
+EventLoop::~EventLoop() {
+  Stop();
+  // Destroyed by one of its own tasks: Run() must not touch this object any more.
+  if (std::this_thread::get_id() == loop_thread_id_ && destroyed_ != nullptr) *destroyed_ = true;
+}
 
 EventLoop::TimerId EventLoop::PostAt(absl::Time when, Task task) {
   MutexLock lock(&mu_);
@@ -68,35 +73,41 @@ void EventLoop::Stop() {
 }
 
 void EventLoop::Run() {
+  bool destroyed = false;
+  destroyed_ = &destroyed;
   for (;;) {
-    Task task;
     {
-      MutexLock lock(&mu_);
-      for (;;) {
-        if (stopping_) return;
-        if (!tasks_.empty()) {
-          auto it = tasks_.begin();
-          absl::Time now = util::MonoNow();
-          if (it->first.first <= now) {
-            task = std::move(it->second);
-            when_.erase(it->first.second);
-            tasks_.erase(it);
-            break;
+      Task task;
+      {
+        MutexLock lock(&mu_);
+        for (;;) {
+          if (stopping_) return;
+          if (!tasks_.empty()) {
+            auto it = tasks_.begin();
+            absl::Time now = util::MonoNow();
+            if (it->first.first <= now) {
+              task = std::move(it->second);
+              when_.erase(it->first.second);
+              tasks_.erase(it);
+              break;
+            }
+            // Wake up at the due time, or earlier when an earlier task is posted.
+            wait_until_ = it->first.first;
+            mu_.AwaitWithDeadline(
+                [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                  return stopping_ || tasks_.empty() || tasks_.begin()->first.first < wait_until_;
+                },
+                wait_until_);
+          } else {
+            mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+              return stopping_ || !tasks_.empty();
+            });
           }
-          // Wake up at the due time, or earlier when an earlier task is posted.
-          wait_until_ = it->first.first;
-          mu_.AwaitWithDeadline(
-              [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                return stopping_ || tasks_.empty() || tasks_.begin()->first.first < wait_until_;
-              },
-              wait_until_);
-        } else {
-          mu_.Await(
-              [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !tasks_.empty(); });
         }
       }
-    }
-    task();
+      task();
+    }  // the task and its captures are destroyed here: that too may destroy the loop
+    if (destroyed) return;
   }
 }
 

@@ -4,6 +4,10 @@
 //
 // Thread-safety: Post/PostAfter/Cancel are thread-safe. Tasks run one at a time on the loop's
 // thread, in time order (FIFO for equal times). Stop() runs no further task and joins.
+//
+// A task may destroy the loop that runs it (e.g. it drops the last reference to the object that
+// owns the loop): Stop() then detaches the thread instead of joining it, and the thread leaves
+// Run() as soon as that task (and its captures) are gone, without touching the freed loop.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +58,10 @@ class EventLoop {
   absl::Time wait_until_ ABSL_GUARDED_BY(mu_);
   std::string name_;
   std::thread thread_;
+  // Points at a flag on Run()'s stack; set by the destructor when it runs on the loop thread,
+  // so that Run() returns without touching `this` again. Loop-thread only.
+  bool* destroyed_ = nullptr;
+  std::thread::id loop_thread_id_;  // stays valid after Stop() detached or joined thread_
 };
 
 }  // namespace discovery::util
