@@ -301,7 +301,7 @@ absl::StatusOr<Resp> Client::Unary(
   bool need_token = has_auth();
   {
     util::MutexLock lock(&token_mu_);
-    need_token = need_token && token_.empty();
+    need_token = need_token && (token_.empty() || token_suspect_.exchange(false));
   }
   grpc::Status last;
   int last_index = 0;
@@ -310,6 +310,7 @@ absl::StatusOr<Resp> Client::Unary(
     std::shared_ptr<Stubs> stubs = CurrentStubs(&index);
     last_index = index;
     if (need_token) {
+      token_suspect_.store(false);
       absl::Status s = RefreshToken(index);
       if (!s.ok()) {
         if (absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s) ||
@@ -341,6 +342,15 @@ absl::StatusOr<Resp> Client::Unary(
     bool retryable = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
                      s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
     if (!retryable) break;
+    if (has_auth() && !token_refreshed && s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      // A simple token issued before etcd was wiped or restored from a snapshot makes etcd
+      // hold the call until our deadline (it waits for its raft log to reach the index in
+      // the token) instead of saying "invalid auth token": the next attempt, or the next call
+      // if this one is out of time, logs in again. Costs one Authenticate per timed-out call.
+      token_refreshed = true;
+      need_token = true;
+      token_suspect_.store(true);
+    }
     MarkFailed(index);
     if (!PauseBeforeRetry(attempt, n, deadline)) break;
   }

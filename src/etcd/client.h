@@ -158,6 +158,8 @@ class Client : public std::enable_shared_from_this<Client> {
   std::atomic<int> current_{0};
 
   util::Mutex token_mu_;
+  // Set when a call with a token timed out: the next call logs in again first (see Unary).
+  std::atomic<bool> token_suspect_{false};
   std::string token_ ABSL_GUARDED_BY(token_mu_);
   std::atomic<int64_t> token_refreshes_{0};
   std::atomic<int64_t> token_refresh_failures_{0};

@@ -188,6 +188,10 @@ void WatchHub::CheckLiveness() {
   if (progress_sent_ != absl::InfiniteFuture() && now - progress_sent_ > kProbeTimeout) {
     SPDLOG_LOGGER_WARN(logger_, "Watch stream unanswered for {}; reconnecting",
                        absl::FormatDuration(now - progress_sent_));
+    // With auth on, a token issued before etcd was wiped or restored makes etcd hold every
+    // request of the stream (it waits for its raft log to reach the index in the token, which
+    // may be never): the next stream carries a fresh token. One Authenticate per stall.
+    if (client_->has_auth()) refresh_token_ = true;
     stream_->Cancel();
     return;  // OnStreamDone reconnects
   }
