@@ -399,10 +399,9 @@ TEST_F(SseTest, EpochReplacedByAnotherReplicaResetsSubscribers) {
   EXPECT_FALSE(m2.resumed);
 }
 
-// The same-identity wipe (same cluster id, revisions start over at 1): the watcher sees the
-// revision go back only with the history-reset detection of the library's Watcher (sibling
-// branch); enable once Watcher::OnHistoryReset is implemented there.
-TEST_F(SseTest, DISABLED_SameIdentityWipeSendsResetWithoutGhosts) {
+// The same-identity wipe (same cluster id, revisions start over at 1): the watch hub reports
+// the revision going back, the Watcher confirms it and resets its history (OnHistoryReset).
+TEST_F(SseTest, SameIdentityWipeSendsResetWithoutGhosts) {
   for (int i = 0; i < 20; ++i) Put(absl::StrCat("old-", i));
   GatewayProc gw = StartGateway();
   ASSERT_GT(gw.port, 0);
