@@ -338,7 +338,10 @@ void EpochKeeper::EnsureWatch(int64_t from_revision) {
     util::MutexLock lock(&mu_);
     watch_id_ = 0;
     read_pending_ = true;
-    read_defer_ = absl::IsFailedPrecondition(why);  // another cluster: the local reset decides
+    // Another cluster, or etcd's history went back (wiped / restored with the same cluster
+    // id): the watcher's own history reset follows and decides the new epoch; writing one
+    // here first would make subscribers see two resets.
+    read_defer_ = absl::IsFailedPrecondition(why) || absl::IsDataLoss(why);
   };
   uint64_t id = client_->watch_hub().Add(std::move(spec), std::move(listener));
   bool remove = false;
