@@ -129,8 +129,10 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
     // The rule is documented in http_server.h: the first Send, or one into an empty queue, is
     // taken whole; any other only within the backlog bound. Check and add in one step, so
     // concurrent Sends cannot both pass.
-    const size_t limit = server_->options.max_stream_backlog_bytes;
     const bool first = first_send_.exchange(false);
+    if (first) first_unsent_.store(data.size());
+    // The rest of the init not yet taken by the socket is allowed on top of the backlog.
+    const size_t limit = server_->options.max_stream_backlog_bytes + first_unsent_.load();
     size_t queued = backlog_.load();
     do {
       if (!first && queued != 0 && queued + data.size() > limit) {
@@ -294,6 +296,12 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
     net::async_write(stream_, net::buffer(inflight_),
                      [self = shared_from_this()](beast::error_code ec, size_t n) {
                        self->backlog_.fetch_sub(std::min(n, self->backlog_.load()));
+                       // Bytes go out in Send order: the init's first (roughly: the response
+                       // head precedes it, which only shortens the allowance by its size).
+                       size_t unsent = self->first_unsent_.load();
+                       while (unsent > 0 && !self->first_unsent_.compare_exchange_weak(
+                                                unsent, unsent - std::min(n, unsent))) {
+                       }
                        if (self->inflight_.capacity() > kKeepBufferBytes) {
                          std::string().swap(self->inflight_);
                        }
@@ -336,6 +344,7 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
   std::atomic<bool> replied_{false};
   std::atomic<bool> first_send_{true};
   std::atomic<size_t> backlog_{0};
+  std::atomic<size_t> first_unsent_{0};  // bytes of the first Send (init) not yet written
   util::Mutex close_mu_;
   std::function<void()> on_close_ ABSL_GUARDED_BY(close_mu_);
 };

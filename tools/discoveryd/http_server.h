@@ -31,13 +31,15 @@
 //     normal after the first success; never a busy loop. Counted in Stats::accept_pauses.
 //     Connections waiting in the listen backlog meanwhile are served (or refused) later.
 //   - SSE backlog (`max_stream_backlog_bytes`, B): bytes Send() on a stream and not yet taken
-//     by the client's socket. The first Send of a stream (the init or resume burst) is taken
-//     whatever its size, and so is a Send into an empty queue; any other Send is taken only
-//     when queued + its size <= B, else the client is too slow: the stream is closed (counted
-//     in Stats::slow_streams_closed) and Send returns false. So a stream holds at most
-//     max(B, its largest single message) — a 50 MB init to a client that does not read is
-//     held once, the client is cut at the next event unless it has drained it to within B,
-//     and at the latest when one write has not completed for `write_timeout`. Keep-alive
+//     by the client's socket. The first Send of a stream (the init or resume burst, size I) is
+//     taken whatever its size, and so is a Send into an empty queue; any other Send is taken
+//     only when queued + its size <= B + the part of I not yet taken, else the client is too
+//     slow: the stream is closed (counted in Stats::slow_streams_closed) and Send returns
+//     false. So the init counts against the backlog, and a client still reading a large init
+//     may fall B behind on top of it, never more: a stream holds at most I + B (or its largest
+//     single message) — a 50 MB init to a client that does not read is held once and the
+//     client is cut once B more has queued, and at the latest when one write has not
+//     completed for `write_timeout`. Keep-alive
 //     comments are only queued on an idle stream, and a drained large buffer is released.
 //
 // Thread-safety: HttpServer is thread-safe. The handler runs on an io thread and must not
