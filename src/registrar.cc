@@ -6,11 +6,8 @@
 
 #include <atomic>
 #include <csignal>
-#include <limits>
 #include <map>
 
-#include "absl/random/random.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "etcd/client.h"
@@ -129,30 +126,6 @@ absl::StatusOr<int64_t> PutIfAbsent(etcd::Client& client, const std::string& key
   return 0;
 }
 
-// LeaseGrant with an id chosen here (etcd's LeaseGrantRequest.ID). The client retries a grant
-// whose answer did not come back in time on the next endpoint; when the first attempt was
-// applied, etcd answers "lease already exists" and that lease is ours: one lease, not a second
-// one leaked until its TTL runs out. A random 63-bit id colliding with another lease is as
-// unlikely as a ULID clash.
-absl::StatusOr<pb::LeaseGrantResponse> GrantOwnLease(etcd::Client& client, absl::Duration ttl) {
-  thread_local absl::BitGen gen;
-  pb::LeaseGrantRequest grant;
-  grant.set_ttl(absl::ToInt64Seconds(ttl));
-  grant.set_id(
-      absl::Uniform<int64_t>(absl::IntervalClosed, gen, 1, std::numeric_limits<int64_t>::max()));
-  auto r = client.LeaseGrant(grant);
-  if (r.ok() || !absl::StrContains(r.status().message(), "lease already exists")) return r;
-  pb::LeaseTimeToLiveRequest q;
-  q.set_id(grant.id());
-  auto t = client.LeaseTimeToLive(q);
-  if (!t.ok()) return t.status();
-  if (t->ttl() <= 0) return absl::UnavailableError("the lease just granted is gone; retry");
-  pb::LeaseGrantResponse out;
-  out.set_id(grant.id());
-  out.set_ttl(t->grantedttl());
-  return out;
-}
-
 }  // namespace
 
 void Registrar::Impl::Track(const std::shared_ptr<RegistrationState>& st, int64_t lease) {
@@ -210,7 +183,7 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
         return;
       }
     }
-    auto granted = GrantOwnLease(*client, st->ttl);
+    auto granted = client->GrantOwnLease(absl::ToInt64Seconds(st->ttl));
     if (!granted.ok()) {
       result = granted.status();
     } else {
@@ -573,7 +546,7 @@ absl::StatusOr<Registration> Registrar::Register(Instance instance, Registration
     }
   }
 
-  auto granted = GrantOwnLease(*impl_->client, st->ttl);
+  auto granted = impl_->client->GrantOwnLease(absl::ToInt64Seconds(st->ttl));
   if (!granted.ok()) return granted.status();
   int64_t lease = granted->id();
   std::string value = Encode(instance, lease);

@@ -2,9 +2,11 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <sstream>
 
+#include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -365,6 +367,25 @@ absl::StatusOr<Resp> Client::Unary(
                      " (last tried ", endpoints_[last_index].url, ": ", last.error_message(), ")"));
   }
   return FromGrpc(last, absl::StrCat("etcd ", what));
+}
+
+absl::StatusOr<pb::LeaseGrantResponse> Client::GrantOwnLease(int64_t ttl_seconds) {
+  thread_local absl::BitGen gen;
+  pb::LeaseGrantRequest grant;
+  grant.set_ttl(ttl_seconds);
+  grant.set_id(
+      absl::Uniform<int64_t>(absl::IntervalClosed, gen, 1, std::numeric_limits<int64_t>::max()));
+  auto r = LeaseGrant(grant);
+  if (r.ok() || !absl::StrContains(r.status().message(), "lease already exists")) return r;
+  pb::LeaseTimeToLiveRequest q;
+  q.set_id(grant.id());
+  auto t = LeaseTimeToLive(q);
+  if (!t.ok()) return t.status();
+  if (t->ttl() <= 0) return absl::UnavailableError("the lease granted for this call is gone");
+  pb::LeaseGrantResponse out;
+  out.set_id(grant.id());
+  out.set_ttl(t->grantedttl());
+  return out;
 }
 
 #define DISCOVERY_UNARY(Name, Service, Req, Resp)                                     \

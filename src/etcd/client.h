@@ -88,6 +88,12 @@ class Client : public std::enable_shared_from_this<Client> {
                                                  absl::Duration timeout = absl::ZeroDuration());
   absl::StatusOr<pb::LeaseGrantResponse> LeaseGrant(const pb::LeaseGrantRequest& req,
                                                     absl::Duration timeout = absl::ZeroDuration());
+  // LeaseGrant with an id chosen here (etcd's LeaseGrantRequest.ID), for registrations: the
+  // client retries a grant whose answer did not come back in time (attempt deadline,
+  // failover); when the first attempt was applied, etcd answers "lease already exists" and
+  // that lease is ours: one lease, not a second one leaked until its TTL runs out. A random
+  // 63-bit id colliding with another lease is as unlikely as a ULID clash.
+  absl::StatusOr<pb::LeaseGrantResponse> GrantOwnLease(int64_t ttl_seconds);
   // kNotFound when the lease does not exist (any more).
   absl::StatusOr<pb::LeaseRevokeResponse> LeaseRevoke(
       const pb::LeaseRevokeRequest& req, absl::Duration timeout = absl::ZeroDuration());

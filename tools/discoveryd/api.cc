@@ -1,11 +1,9 @@
 #include "api.h"
 
 #include <functional>
-#include <limits>
 #include <optional>
 #include <vector>
 
-#include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -82,30 +80,6 @@ absl::StatusOr<discovery::Instance> Update(
   return absl::AbortedError(absl::StrCat("instance at ", key, " kept changing; retry"));
 }
 
-// LeaseGrant with an id chosen here (etcd's LeaseGrantRequest.ID): when the client retries the
-// grant after its first attempt was applied (answer lost, attempt deadline, failover), etcd
-// answers "lease already exists" and that lease is ours, not a second, leaked one. A random
-// 63-bit id colliding with somebody else's lease is as unlikely as a ULID clash.
-absl::StatusOr<pb::LeaseGrantResponse> GrantOwnLease(discovery::etcd::Client& client,
-                                                     int64_t ttl_seconds) {
-  thread_local absl::BitGen gen;
-  pb::LeaseGrantRequest grant;
-  grant.set_ttl(ttl_seconds);
-  grant.set_id(
-      absl::Uniform<int64_t>(absl::IntervalClosed, gen, 1, std::numeric_limits<int64_t>::max()));
-  auto r = client.LeaseGrant(grant);
-  if (r.ok() || !absl::StrContains(r.status().message(), "lease already exists")) return r;
-  pb::LeaseTimeToLiveRequest q;
-  q.set_id(grant.id());
-  auto t = client.LeaseTimeToLive(q);
-  if (!t.ok()) return t.status();
-  if (t->ttl() <= 0) return absl::UnavailableError("the lease granted for this call is gone");
-  pb::LeaseGrantResponse out;
-  out.set_id(grant.id());
-  out.set_ttl(t->grantedttl());
-  return out;
-}
-
 // True when `stored` (the value at `key`) is `in` as a client would send it again: every
 // field equal except the ones the gateway fills in (startedAt, updatedAt, leaseId).
 bool SameRegistration(const discovery::Instance& in, const std::string& key,
@@ -154,7 +128,7 @@ absl::StatusOr<std::string> InstanceApi::KeyFor(const InstanceRef& ref) const {
 HttpResponse InstanceApi::Register(const RegisterCall& call) {
   discovery::Instance in = call.instance;
   discovery::etcd::Client& client = *connection_->client();
-  absl::StatusOr<pb::LeaseGrantResponse> lease = GrantOwnLease(client, call.ttl_seconds);
+  absl::StatusOr<pb::LeaseGrantResponse> lease = client.GrantOwnLease(call.ttl_seconds);
   if (!lease.ok()) return StatusResponse(lease.status());
   const int64_t own = lease->id();
   in.lease_id = own;
