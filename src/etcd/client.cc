@@ -352,6 +352,10 @@ absl::StatusOr<Resp> Client::Unary(
       token_refreshed = true;
       need_token = true;
       token_suspect_.store(true);
+    } else if (has_auth() && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      // The member is gone or restarting; if it comes back wiped or restored, our token would
+      // be held (see above): the next call logs in again first (one Authenticate per outage).
+      token_suspect_.store(true);
     }
     MarkFailed(index);
     if (!PauseBeforeRetry(attempt, n, deadline)) break;

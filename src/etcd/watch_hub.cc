@@ -352,6 +352,11 @@ void WatchHub::OnStreamDone(uint64_t generation, int endpoint_index, bool had_re
     } else if (!refresh_token_ && (!had_response || !status.ok())) {
       // (Not when we cancelled it ourselves for a refused token: the member is fine.)
       client_->MarkFailed(endpoint_index);
+      // The member went away: if it comes back wiped or restored from a snapshot, a token
+      // from before makes it hold our creates (it waits for its raft log to reach the index in
+      // the token) until the liveness probe gives up, seconds later. One Authenticate per
+      // broken stream avoids that stall.
+      if (client_->has_auth() && !status.ok()) refresh_token_ = true;
     }
     if (stream_delivered_ && !stream_auth_refused_) backoff_.Reset();
     ScheduleReconnect();
