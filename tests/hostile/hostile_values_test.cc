@@ -27,6 +27,7 @@
 // unknown fields): they must show up everywhere, byte-exact.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -777,7 +778,10 @@ TEST_F(HostileValuesTest, EveryComponentKeepsServingTheHealthyInstances) {
   auto sse = SseClient::Connect(gw2_port, "/sd/v1/subscribe");
   ASSERT_TRUE(sse.ok());
   ASSERT_TRUE((*sse)->WaitFor(
-      [](const std::vector<SseEvent>& evs) { return !evs.empty() && evs.back().event == "synced"; },
+      [](const std::vector<SseEvent>& evs) {
+        return std::any_of(evs.begin(), evs.end(),
+                           [](const SseEvent& e) { return e.event == "synced"; });
+      },
       kWait));
   std::set<std::string> init_ids;
   for (const SseEvent& e : (*sse)->Events()) {

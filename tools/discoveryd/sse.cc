@@ -15,6 +15,9 @@
 namespace discoveryd {
 namespace {
 
+// Browsers' EventSource reconnects after `retry` ms when the stream drops.
+constexpr char kRetry[] = "retry: 2000\n\n";
+
 std::string Dump(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
@@ -147,17 +150,21 @@ void EventHub::Attach(uint64_t id, std::shared_ptr<EventStream> stream, StreamFi
     stream->Close();
     return;
   }
-  Client client{stream, filter, 0, false, false};
-  // Browsers' EventSource reconnects after `retry` ms when the stream drops.
-  std::string burst = "retry: 2000\n\n";
+  Client client{stream, filter, 0, false, false, false};
+  std::string burst = kRetry;
   discovery::SnapshotPtr snap = watcher_->snapshot();
   if (synced_ && snap->history() != history_) {
     history_ = snap->history();  // the reset listener has not run yet
     BeginReset("the snapshot's history changed");
   }
   if (!ready()) {
-    // Held: its init goes out when the cache is synced and the epoch settled.
+    // Held: its init goes out when the cache is synced and the epoch settled, in ONE first
+    // Send with the retry line (a separate small Send first would make a large init a later
+    // message, cut by the backlog bound when the small one is still queued).
     client.held = true;
+    client.fresh = true;
+    clients_[id] = std::move(client);
+    return;
   } else if (last_revision >= 0 && last_epoch == epoch_ && last_revision >= floor_ &&
              last_revision <= last_revision_) {
     // Resume: the ring holds every complete revision after last_revision.
@@ -259,12 +266,14 @@ void EventHub::ReleaseHeld() {
   std::map<std::pair<std::string, std::string>, std::string> inits;  // by (type, group) filter
   for (auto& [id, c] : clients_) {
     if (!c.held) continue;
-    std::string burst = c.owes_reset ? reset : std::string();
+    std::string burst = c.fresh ? std::string(kRetry) : std::string();
+    if (c.owes_reset) burst += reset;
     auto [it, fresh] = inits.try_emplace({c.filter.type, c.filter.group});
     if (fresh) it->second = InitBurst(c.filter, snap);
     burst += it->second;
     c.held = false;
     c.owes_reset = false;
+    c.fresh = false;
     c.skip_through = snap->revision();
     if (!c.stream->Send(std::move(burst))) dead.push_back(id);
   }

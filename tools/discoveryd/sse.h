@@ -113,6 +113,9 @@ class EventHub {
     int64_t skip_through = 0;  // events with revision <= this are already reflected
     bool held = false;         // waiting for the hub to be ready
     bool owes_reset = false;   // was live before a reset: gets `event: reset` first
+    // Nothing sent yet (held since it attached): its first Send is the whole init burst, which
+    // the HTTP server takes whole and allows on top of the backlog (http_server.h).
+    bool fresh = false;
   };
 
   void OnChange(const discovery::ChangeEvent& event);
