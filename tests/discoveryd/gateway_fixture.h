@@ -71,8 +71,14 @@ inline GatewayProc SpawnGateway(const std::string& endpoints_csv,
                                 std::vector<std::string> extra = {},
                                 std::vector<std::pair<std::string, std::string>> env = {},
                                 const std::string& listen = "127.0.0.1:0",
-                                absl::Duration timeout = absl::Seconds(15)) {
-  std::vector<std::string> argv = {DISCOVERYD, "--listen", listen, "--endpoints", endpoints_csv};
+                                absl::Duration timeout = absl::Seconds(15),
+                                std::vector<std::string> launcher = {}) {
+  // `launcher`: a command that execs discoveryd, e.g. {"prlimit", "--nofile=64:64", "--"}.
+  std::vector<std::string> argv = std::move(launcher);
+  for (const std::string& a : {std::string(DISCOVERYD), std::string("--listen"), listen,
+                               std::string("--endpoints"), endpoints_csv}) {
+    argv.push_back(a);
+  }
   argv.insert(argv.end(), extra.begin(), extra.end());
   GatewayProc gw;
   auto proc = ChildProcess::Spawn(

@@ -117,28 +117,8 @@ int Readable(const std::vector<std::unique_ptr<TestSocket>>& socks) {
 // discoveryd under `prlimit --nofile=SOFT:HARD` (the limit is set before exec).
 GatewayProc SpawnLimited(const std::string& endpoints, const std::string& nofile,
                          std::vector<std::string> extra) {
-  std::vector<std::string> argv = {"prlimit",  "--nofile=" + nofile, "--",          DISCOVERYD,
-                                   "--listen", "127.0.0.1:0",        "--endpoints", endpoints};
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  GatewayProc gw;
-  auto proc = ChildProcess::Spawn({.argv = argv, .unset_env_prefixes = {"ETCD_", "DISCOVERY_"}});
-  EXPECT_TRUE(proc.ok()) << proc.status();
-  if (!proc.ok()) return gw;
-  gw.proc = *std::move(proc);
-  static const std::regex kServing("discoveryd serving http://127\\.0\\.0\\.1:([0-9]+)/");
-  bool ready = WaitUntil(
-      [&] {
-        std::smatch m;
-        std::string err = gw.proc->ReadStderr();
-        if (std::regex_search(err, m, kServing)) {
-          gw.port = std::stoi(m[1]);
-          return true;
-        }
-        return !gw.proc->Running();
-      },
-      absl::Seconds(15));
-  EXPECT_TRUE(ready && gw.port > 0) << "discoveryd did not start:\n" << gw.proc->ReadStderr();
-  return gw;
+  return testing::SpawnGateway(endpoints, std::move(extra), {}, "127.0.0.1:0", absl::Seconds(15),
+                               {"prlimit", "--nofile=" + nofile, "--"});
 }
 
 class HardeningTest : public DiscoverydTest {};
