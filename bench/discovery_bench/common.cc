@@ -1,0 +1,159 @@
+#include "common.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "bare.h"
+#include "sample_instance.h"
+
+namespace discovery_bench {
+
+const std::vector<std::string> kAllScenarios = {"keepalive", "register",         "watch-latency",
+                                                "fanout",    "watch-throughput", "resync",
+                                                "pick",      "gateway"};
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double Seconds(int64_t ns) { return static_cast<double>(ns) / 1e9; }
+
+double CpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return tv(ru.ru_utime) + tv(ru.ru_stime);
+}
+
+// A numeric field of /proc/self/status ("Threads", "VmRSS" in kB); -1 if absent.
+int64_t ProcStatus(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, field + ":")) {
+      std::string rest = line.substr(field.size() + 1);
+      std::vector<std::string> parts = absl::StrSplit(rest, ' ', absl::SkipWhitespace());
+      int64_t v = -1;
+      if (!parts.empty() && absl::SimpleAtoi(parts[0], &v)) return v;
+    }
+  }
+  return -1;
+}
+
+double Round(double v, int digits) {
+  double f = std::pow(10.0, digits);
+  return std::round(v * f) / f;
+}
+
+// Runs fn(i) for i in [0, n) on `threads` threads (work stealing by an atomic index).
+void ParallelFor(int threads, int n, const std::function<void(int)>& fn) {
+  std::atomic<int> next{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < std::max(1, threads); ++t) {
+    pool.emplace_back([&] {
+      for (int i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+
+bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout, absl::Duration poll) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (!pred()) {
+    if (absl::Now() > deadline) return pred();
+    absl::SleepFor(poll);
+  }
+  return true;
+}
+
+Json Target(const std::string& what, bool met) {
+  Json t;
+  t["target"] = what;
+  t["met"] = met;
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test data
+
+Instance MakeInstance(int i, const std::string& type) {
+  Instance in = discovery_bench::SampleInstance(i, type);
+  in.updated_at = absl::Now();
+  return in;
+}
+
+std::string KeyOf(const std::string& prefix, const Instance& in) {
+  return absl::StrCat(prefix, in.type, "/", in.instance_id);
+}
+
+std::string PrefixEnd(std::string prefix) {
+  prefix.back() = static_cast<char>(prefix.back() + 1);  // prefixes end with '/'
+  return prefix;
+}
+
+// A unique key prefix per scenario run (also unique on a shared --endpoints cluster).
+std::string UniquePrefix(const std::string& scenario, const std::string& who) {
+  static std::atomic<int> counter{0};
+  return absl::StrFormat("/bench/%s-%d-%d-%d/%s/", scenario, getpid(),
+                         absl::ToUnixSeconds(absl::Now()), counter.fetch_add(1), who);
+}
+
+discovery::EtcdOptions Context::EtcdOpts() const {
+  discovery::EtcdOptions o;
+  o.endpoints = endpoints;
+  o.logger = logger;
+  o.call_timeout = absl::Seconds(10);
+  return o;
+}
+
+std::shared_ptr<discovery::Connection> Context::Connect() const {
+  auto conn = discovery::Connection::Create(EtcdOpts());
+  if (!conn.ok()) {
+    std::cerr << "Connection::Create: " << conn.status() << "\n";
+    std::exit(2);
+  }
+  return *conn;
+}
+
+std::unique_ptr<discovery::Watcher> Context::NewWatcher(std::shared_ptr<discovery::Connection> conn,
+                                                        const std::string& prefix) const {
+  discovery::WatcherOptions o;
+  o.connection = std::move(conn);
+  o.prefix = prefix;
+  o.logger = logger;
+  o.protect_threshold = 0;  // benchmarks delete on purpose
+  auto w = discovery::Watcher::Create(std::move(o));
+  if (!w.ok()) {
+    std::cerr << "Watcher::Create: " << w.status() << "\n";
+    std::exit(2);
+  }
+  if (auto s = (*w)->WaitForSync(absl::Seconds(120)); !s.ok()) {
+    std::cerr << "WaitForSync: " << s << "\n";
+    std::exit(2);
+  }
+  return *std::move(w);
+}
+
+// Writes n instances MakeInstance(0..n) under prefix with `threads` bare writers.
+int BulkPut(Bare& bare, const std::string& prefix, int n, int threads) {
+  std::atomic<int> errors{0};
+  ParallelFor(threads, n, [&](int i) {
+    Instance in = MakeInstance(i);
+    if (!bare.Put(KeyOf(prefix, in), discovery::EncodeInstance(in)).ok()) errors.fetch_add(1);
+  });
+  return errors.load();
+}
+
+}  // namespace discovery_bench

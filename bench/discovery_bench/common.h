@@ -1,0 +1,163 @@
+// discovery-bench: shared flags, measurement helpers, test data and the scenario context.
+// One file per scenario next to this one; main.cc parses the flags and runs them.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "discovery/etcd.h"
+#include "discovery/instance.h"
+#include "discovery/watcher.h"
+#include "nlohmann/json.hpp"
+#include "spdlog/spdlog.h"
+
+namespace etcdserverpb {}
+
+namespace discovery_bench {
+
+namespace pb = ::etcdserverpb;
+using discovery::Instance;
+using discovery::InstancePtr;
+using Json = nlohmann::ordered_json;
+
+// ---------------------------------------------------------------------------------------------
+// Flags
+
+struct Flags {
+  std::vector<std::string> scenarios;
+  bool smoke = false;
+  std::string endpoints;
+  std::string log_level = "warn";
+
+  int register_n = 10000;
+  int register_threads = 16;
+
+  int keepalive_n = 10000;
+  double keepalive_seconds = 60;
+  int keepalive_ttl = 10;
+  int keepalive_threads = 16;
+
+  int latency_rate = 1000;
+  double latency_seconds = 10;
+
+  int fanout_subscribers = 100;
+  int fanout_rate = 100;
+  double fanout_seconds = 10;
+
+  int throughput_n = 50000;
+  int throughput_writers = 16;
+
+  int resync_n = 50000;
+
+  int pick_n = 1000;
+  int pick_rate = 100;
+  double pick_seconds = 10;
+
+  std::string discoveryd;
+  std::string discoveryd_args = "--listen=127.0.0.1:{port} --endpoints={endpoints}";
+  std::string discoveryd_token = "bench-token";
+  double gateway_seconds = 5;
+  int gateway_connections = 4;
+  int sse_subscribers = 1000;
+
+  void ApplySmoke() {
+    register_n = 200;
+    register_threads = 8;
+    keepalive_n = 200;
+    keepalive_seconds = 3;
+    keepalive_ttl = 2;
+    latency_rate = 200;
+    latency_seconds = 1;
+    fanout_rate = 50;
+    fanout_seconds = 1;
+    throughput_n = 2000;
+    resync_n = 2000;
+    pick_n = 200;
+    pick_seconds = 1;
+    gateway_seconds = 1;
+    sse_subscribers = 50;
+  }
+};
+
+extern const std::vector<std::string> kAllScenarios;
+
+// ---------------------------------------------------------------------------------------------
+// Measurement helpers
+
+int64_t NowNs();
+double Seconds(int64_t ns);
+double CpuSeconds();
+
+// A numeric field of /proc/self/status ("Threads", "VmRSS" in kB); -1 if absent.
+int64_t ProcStatus(const std::string& field);
+
+// Percentile (0..100) of unsorted samples; sorts them.
+template <typename T>
+double Percentile(std::vector<T>& v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t idx = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
+  return static_cast<double>(v[std::min(idx, v.size() - 1)]);
+}
+
+double Round(double v, int digits = 3);
+
+// Runs fn(i) for i in [0, n) on `threads` threads (work stealing by an atomic index).
+void ParallelFor(int threads, int n, const std::function<void(int)>& fn);
+
+bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout,
+             absl::Duration poll = absl::Milliseconds(1));
+
+Json Target(const std::string& what, bool met);
+
+// ---------------------------------------------------------------------------------------------
+// Test data
+
+Instance MakeInstance(int i, const std::string& type = "world");
+std::string KeyOf(const std::string& prefix, const Instance& in);
+std::string PrefixEnd(std::string prefix);
+
+// A unique key prefix per scenario run (also unique on a shared --endpoints cluster).
+std::string UniquePrefix(const std::string& scenario, const std::string& who);
+
+// ---------------------------------------------------------------------------------------------
+// Scenario context
+
+struct Context {
+  const Flags* flags = nullptr;
+  std::vector<std::string> endpoints;
+  std::shared_ptr<spdlog::logger> logger;
+
+  discovery::EtcdOptions EtcdOpts() const;
+  std::shared_ptr<discovery::Connection> Connect() const;
+  std::unique_ptr<discovery::Watcher> NewWatcher(std::shared_ptr<discovery::Connection> conn,
+                                                 const std::string& prefix) const;
+};
+
+class Bare;
+
+// Writes n instances MakeInstance(0..n) under prefix with `threads` bare writers.
+int BulkPut(Bare& bare, const std::string& prefix, int n, int threads);
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios (one file each)
+
+Json RunRegister(const Context& cx);
+Json RunKeepalive(const Context& cx);
+// watch-latency (1 subscriber) and fanout (many).
+Json RunLatency(const Context& cx, const std::string& name, int rate, double seconds,
+                int subscribers);
+Json RunThroughput(const Context& cx);
+Json RunResync(const Context& cx);
+Json RunPick(const Context& cx);
+Json RunGateway(const Context& cx);
+
+}  // namespace discovery_bench
