@@ -1,0 +1,80 @@
+// discovery-raw-bench: the standalone raw baseline. Plain gRPC on the generated etcd stubs
+// (target discovery_proto) and nothing of the library: no discovery code, no spdlog logger.
+// Each mode does the same etcd work as the matching discovery-bench scenario with the
+// fastest plain gRPC pattern for the job and prints ONE JSON line with the same figure names.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "etcd/etcdserverpb/rpc.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "nlohmann/json.hpp"
+
+namespace raw_bench {
+
+namespace pb = ::etcdserverpb;
+using Json = nlohmann::ordered_json;
+
+struct Flags {
+  std::string endpoint;  // first of --endpoints
+  bool smoke = false;
+  std::string prefix;  // --prefix, else a unique one
+
+  // register
+  int register_n = 5000;
+  int inflight = 16;
+  std::string op = "txn";        // txn (the library's guarded Txn) | put (plain Put, reference)
+  std::string api = "callback";  // callback (async, K in flight) | sync (K threads)
+
+  // watch-latency
+  int rate = 1000;
+  double latency_seconds = 10;
+
+  // keepalive
+  int keepalive_n = 1000;
+  int ttl = 10;
+  double keepalive_seconds = 30;
+};
+
+// CLOCK_MONOTONIC nanoseconds.
+int64_t NowNs();
+double Seconds(int64_t ns);
+// User + system CPU seconds of the whole process (getrusage RUSAGE_SELF).
+double CpuSeconds();
+// A numeric field of /proc/self/status ("Threads"); -1 if absent.
+int64_t ProcStatus(const std::string& field);
+double Round(double v, int digits = 3);
+
+// Percentile (0..100) of unsorted samples; sorts them.
+template <typename T>
+double Percentile(std::vector<T>& v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t idx = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
+  return static_cast<double>(v[std::min(idx, v.size() - 1)]);
+}
+
+// A channel with its own TCP connection (no subchannel shared with another channel).
+std::shared_ptr<grpc::Channel> NewChannel(const std::string& endpoint);
+
+// The ~450-byte value the library writes for discovery_bench::SampleInstance(i) (see
+// bench/sample_instance.h), precomputed once: ValueHead(i) + lease id in hex + "\"}". The
+// instance id has the length of a ULID, as the library's generated ids do.
+std::string ValueHead(int i);
+std::string ValueWithLease(const std::string& head, int64_t lease);
+// The same value with a sequence number in meta (watch-latency), without a lease.
+std::string ValueWithSeq(int i, int64_t seq);
+std::string InstanceId(int i);
+
+std::string PrefixEnd(std::string prefix);
+std::string UniquePrefix(const std::string& mode);
+
+Json RunRegister(const Flags& f);
+Json RunWatchLatency(const Flags& f);
+Json RunKeepalive(const Flags& f);
+
+}  // namespace raw_bench

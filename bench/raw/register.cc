@@ -1,0 +1,212 @@
+// discovery-raw-bench register: LeaseGrant(ttl 10) then the library's guarded Txn (or a plain
+// Put with the lease, --op put), K registrations in flight.
+//   --api callback: async callback API, the Txn issued from the LeaseGrant's completion, a
+//                   finished registration starts the next one (K in flight at all times).
+//   --api sync:     K threads doing blocking calls (reference).
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "raw_common.h"
+
+namespace raw_bench {
+namespace {
+
+void SetDeadline(grpc::ClientContext* ctx, int seconds = 10) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+}
+
+// The library's PutIfAbsent (src/registrar.cc): create_revision(key) == 0, success: put with
+// the lease, failure: range of the key.
+void BuildTxn(pb::TxnRequest* txn, const std::string& key, std::string value, int64_t lease) {
+  auto* cmp = txn->add_compare();
+  cmp->set_key(key);
+  cmp->set_target(pb::Compare::CREATE);
+  cmp->set_result(pb::Compare::EQUAL);
+  cmp->set_create_revision(0);
+  auto* put = txn->add_success()->mutable_request_put();
+  put->set_key(key);
+  put->set_value(std::move(value));
+  put->set_lease(lease);
+  txn->add_failure()->mutable_request_range()->set_key(key);
+}
+
+struct Run {
+  const Flags& f;
+  std::unique_ptr<pb::KV::Stub> kv;
+  std::unique_ptr<pb::Lease::Stub> lease;
+  std::vector<std::string> keys, heads;
+  std::vector<int64_t> lat, leases;
+  std::atomic<int> next{0}, done{0}, errors{0};
+  std::mutex mu;
+  std::condition_variable cv;
+
+  explicit Run(const Flags& flags, const std::shared_ptr<grpc::Channel>& ch)
+      : f(flags), kv(pb::KV::NewStub(ch)), lease(pb::Lease::NewStub(ch)) {}
+
+  // One registration through blocking calls; true on success.
+  bool Sync(int i) {
+    grpc::ClientContext gctx;
+    SetDeadline(&gctx);
+    pb::LeaseGrantRequest greq;
+    greq.set_ttl(10);
+    pb::LeaseGrantResponse gresp;
+    if (!lease->LeaseGrant(&gctx, greq, &gresp).ok()) return false;
+    leases[i] = gresp.id();
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    if (f.op == "put") {
+      pb::PutRequest put;
+      put.set_key(keys[i]);
+      put.set_value(ValueWithLease(heads[i], gresp.id()));
+      put.set_lease(gresp.id());
+      pb::PutResponse resp;
+      return kv->Put(&ctx, put, &resp).ok();
+    }
+    pb::TxnRequest txn;
+    BuildTxn(&txn, keys[i], ValueWithLease(heads[i], gresp.id()), gresp.id());
+    pb::TxnResponse resp;
+    return kv->Txn(&ctx, txn, &resp).ok() && resp.succeeded();
+  }
+
+  // Callback API: one in-flight registration.
+  struct Op {
+    Run* run;
+    int i;
+    int64_t start;
+    grpc::ClientContext grant_ctx;
+    pb::LeaseGrantRequest greq;
+    pb::LeaseGrantResponse gresp;
+    grpc::ClientContext write_ctx;
+    pb::TxnRequest txn;
+    pb::TxnResponse txn_resp;
+    pb::PutRequest put;
+    pb::PutResponse put_resp;
+  };
+
+  void Start(int i) {
+    auto* op = new Op{.run = this, .i = i, .start = NowNs()};
+    SetDeadline(&op->grant_ctx);
+    SetDeadline(&op->write_ctx);
+    op->greq.set_ttl(10);
+    lease->async()->LeaseGrant(&op->grant_ctx, &op->greq, &op->gresp,
+                               [op](grpc::Status s) { op->run->OnGrant(op, s); });
+  }
+
+  void OnGrant(Op* op, const grpc::Status& s) {
+    if (!s.ok()) return Finish(op, false);
+    const int64_t id = op->gresp.id();
+    leases[op->i] = id;
+    if (f.op == "put") {
+      op->put.set_key(keys[op->i]);
+      op->put.set_value(ValueWithLease(heads[op->i], id));
+      op->put.set_lease(id);
+      kv->async()->Put(&op->write_ctx, &op->put, &op->put_resp,
+                       [op](grpc::Status st) { op->run->Finish(op, st.ok()); });
+      return;
+    }
+    BuildTxn(&op->txn, keys[op->i], ValueWithLease(heads[op->i], id), id);
+    kv->async()->Txn(&op->write_ctx, &op->txn, &op->txn_resp, [op](grpc::Status st) {
+      op->run->Finish(op, st.ok() && op->txn_resp.succeeded());
+    });
+  }
+
+  void Finish(Op* op, bool ok) {
+    lat[op->i] = NowNs() - op->start;
+    if (!ok) errors.fetch_add(1);
+    delete op;
+    const int n = static_cast<int>(keys.size());
+    if (int i = next.fetch_add(1); i < n) Start(i);
+    if (done.fetch_add(1) + 1 == n) {
+      std::lock_guard lock(mu);
+      cv.notify_all();
+    }
+  }
+};
+
+void Parallel(int threads, int n, const std::function<void(int)>& fn) {
+  std::atomic<int> next{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < std::max(1, threads); ++t) {
+    pool.emplace_back([&] {
+      for (int i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+Json RunRegister(const Flags& f) {
+  const int n = f.register_n;
+  const int k = std::max(1, f.inflight);
+  Json out;
+  out["scenario"] = "register";
+  out["impl"] = "raw";
+  out["op"] = f.op;
+  out["api"] = f.api;
+  out["n"] = n;
+  out["inflight"] = k;
+  if (f.op != "txn" && f.op != "put") {
+    out["error"] = "--op must be txn or put";
+    return out;
+  }
+  if (f.api != "callback" && f.api != "sync") {
+    out["error"] = "--api must be callback or sync";
+    return out;
+  }
+  auto channel = NewChannel(f.endpoint);
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    out["error"] = "cannot connect to " + f.endpoint;
+    return out;
+  }
+  Run run(f, channel);
+  const std::string prefix = f.prefix.empty() ? UniquePrefix("register") : f.prefix;
+  run.keys.resize(n);
+  run.heads.resize(n);
+  run.lat.assign(n, 0);
+  run.leases.assign(n, 0);
+  for (int i = 0; i < n; ++i) {
+    run.keys[i] = absl::StrCat(prefix, "world/", InstanceId(i));
+    run.heads[i] = ValueHead(i);
+  }
+
+  const int64_t t0 = NowNs();
+  if (f.api == "sync") {
+    Parallel(k, n, [&](int i) {
+      const int64_t s = NowNs();
+      if (!run.Sync(i)) run.errors.fetch_add(1);
+      run.lat[i] = NowNs() - s;
+    });
+  } else {
+    const int first = std::min(k, n);
+    run.next.store(first);
+    for (int i = 0; i < first; ++i) run.Start(i);
+    std::unique_lock lock(run.mu);
+    run.cv.wait(lock, [&] { return run.done.load() == n; });
+  }
+  const double secs = Seconds(NowNs() - t0);
+  const int errors = run.errors.load();
+  out["per_s"] = Round((n - errors) / secs, 1);
+  out["p50_ms"] = Round(Percentile(run.lat, 50) / 1e6);
+  out["p99_ms"] = Round(Percentile(run.lat, 99) / 1e6);
+  out["errors"] = errors;
+  out["value_bytes"] = ValueWithLease(run.heads[0], run.leases[0]).size();
+
+  // Cleanup (not measured): revoke every lease, which deletes the keys.
+  Parallel(16, n, [&](int i) {
+    if (run.leases[i] == 0) return;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    pb::LeaseRevokeRequest req;
+    req.set_id(run.leases[i]);
+    pb::LeaseRevokeResponse resp;
+    (void)run.lease->LeaseRevoke(&ctx, req, &resp);
+  });
+  return out;
+}
+
+}  // namespace raw_bench
