@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -50,6 +51,21 @@ int64_t ProcStatus(const std::string& field) {
     }
   }
   return -1;
+}
+
+ThreadCounts CountThreads() {
+  ThreadCounts c;
+  const std::string self = absl::StrCat(getpid());
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+    ++c.total;
+    if (e.path().filename() == self) continue;
+    std::ifstream in(e.path() / "comm");
+    std::string comm;
+    std::getline(in, comm);
+    if (absl::StartsWith(comm, "discovery-")) ++c.library;
+  }
+  return c;
 }
 
 double Round(double v, int digits) {

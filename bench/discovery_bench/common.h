@@ -37,11 +37,11 @@ struct Flags {
   std::string endpoints;
   std::string log_level = "warn";
 
-  int register_n = 10000;
-  int register_threads = 16;
+  int register_n = 5000;
+  int register_inflight = 16;  // K registrations in flight (today: K calling threads)
 
   int keepalive_n = 10000;
-  double keepalive_seconds = 60;
+  double keepalive_seconds = 30;
   int keepalive_ttl = 10;
   int keepalive_threads = 16;
 
@@ -70,7 +70,7 @@ struct Flags {
 
   void ApplySmoke() {
     register_n = 200;
-    register_threads = 8;
+    register_inflight = 8;
     keepalive_n = 200;
     keepalive_seconds = 3;
     keepalive_ttl = 2;
@@ -109,6 +109,14 @@ double Percentile(std::vector<T>& v, double p) {
 }
 
 double Round(double v, int digits = 3);
+
+// Threads of this process by name (/proc/self/task/*/comm): the library's are named
+// discovery-* (the main thread, also "discovery-bench", is not counted as the library's).
+struct ThreadCounts {
+  int total = 0;
+  int library = 0;
+};
+ThreadCounts CountThreads();
 
 // Runs fn(i) for i in [0, n) on `threads` threads (work stealing by an atomic index).
 void ParallelFor(int threads, int n, const std::function<void(int)>& fn);

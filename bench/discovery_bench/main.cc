@@ -56,11 +56,12 @@ int main(int argc, char** argv) {
                  "Existing etcd (comma list); default: start one per scenario on 127.0.0.1");
   app.add_option("--log-level", f.log_level, "Library log level (stderr)");
   app.add_option("--register-n", f.register_n, "register: instances");
-  app.add_option("--register-threads", f.register_threads, "register: calling threads");
+  app.add_option("--register-inflight,--register-threads", f.register_inflight,
+                 "register: registrations in flight (K calling threads)");
   app.add_option("--keepalive-n", f.keepalive_n, "keepalive: leases");
   app.add_option("--keepalive-seconds", f.keepalive_seconds, "keepalive: measured seconds");
   app.add_option("--keepalive-ttl", f.keepalive_ttl, "keepalive: lease TTL seconds");
-  app.add_option("--latency-rate", f.latency_rate, "watch-latency: puts per second");
+  app.add_option("--latency-rate", f.latency_rate, "watch-latency: puts per second (1000, 10000)");
   app.add_option("--latency-seconds", f.latency_seconds, "watch-latency: seconds");
   app.add_option("--fanout-subscribers", f.fanout_subscribers, "fanout: subscribers");
   app.add_option("--fanout-rate", f.fanout_rate, "fanout: puts per second");
