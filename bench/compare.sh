@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# bench/compare.sh: the library (discovery-bench) against the standalone raw gRPC baseline
+# (discovery-raw-bench) on ONE throw-away etcd, figure by figure, alternating A B A B.
+#
+#   bench/compare.sh                       # register, watch and keepalive at the issue's sizes
+#   bench/compare.sh --quick               # tiny sizes, about two minutes (proves it works)
+#   bench/compare.sh --figures register --inflight "1 16" --register-n 2000
+#
+# Starts etcd (Debian's etcd-server, /usr/bin/etcd) on 127.0.0.1 with free ports and a data
+# dir under /dev/shm, stops it by PID on exit. Prints `cat /proc/loadavg` before each run,
+# keeps every JSON line in the work dir, and ends with a markdown table. All traffic stays
+# on 127.0.0.1; every run is bounded by --run-timeout.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+bin_dir="$here/../build/bench"
+figures="register,watch,keepalive"
+runs=2
+register_n=5000
+inflight="1 16 64"
+rates="1000 10000"
+latency_seconds=10
+keepalive_ns="1000 10000"
+keepalive_ttl=10
+keepalive_seconds=30
+run_timeout=600
+quick=0
+etcd_bin=${ETCD_BIN:-/usr/bin/etcd}
+
+usage() {
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<EOF
+Options:
+  --bin-dir DIR             where discovery-bench and discovery-raw-bench are ($bin_dir)
+  --figures LIST            comma list of register,watch,keepalive ($figures)
+  --runs N                  runs of each side, alternating library/raw ($runs)
+  --register-n N            registrations per run ($register_n)
+  --inflight "K ..."        registrations in flight ($inflight)
+  --rates "R ..."           watch-latency puts per second ($rates)
+  --latency-seconds S       watch-latency seconds per run ($latency_seconds)
+  --keepalive-n "N ..."     keepalive leases ($keepalive_ns)
+  --keepalive-ttl T         lease TTL seconds ($keepalive_ttl)
+  --keepalive-seconds S     measured window seconds ($keepalive_seconds)
+  --run-timeout S           upper bound of one run ($run_timeout)
+  --quick                   tiny sizes: register-n 500, inflight "1 16", rates 1000 for 2 s,
+                            keepalive-n 200, ttl 2, 3 s
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bin-dir) bin_dir=$2; shift 2 ;;
+    --figures) figures=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    --register-n) register_n=$2; shift 2 ;;
+    --inflight) inflight=$2; shift 2 ;;
+    --rates) rates=$2; shift 2 ;;
+    --latency-seconds) latency_seconds=$2; shift 2 ;;
+    --keepalive-n) keepalive_ns=$2; shift 2 ;;
+    --keepalive-ttl) keepalive_ttl=$2; shift 2 ;;
+    --keepalive-seconds) keepalive_seconds=$2; shift 2 ;;
+    --run-timeout) run_timeout=$2; shift 2 ;;
+    --quick)
+      quick=1
+      register_n=500; inflight="1 16"; rates="1000"; latency_seconds=2
+      keepalive_ns="200"; keepalive_ttl=2; keepalive_seconds=3
+      shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+lib=$bin_dir/discovery-bench
+raw=$bin_dir/discovery-raw-bench
+for b in "$lib" "$raw" "$etcd_bin"; do
+  [ -x "$b" ] || { echo "compare.sh: $b not found or not executable" >&2; exit 2; }
+done
+case "$runs" in ''|*[!0-9]*|0) echo "compare.sh: --runs must be a positive integer" >&2; exit 2 ;; esac
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+work=$(mktemp -d /dev/shm/discovery-compare.XXXXXX)
+etcd_pid=""
+cleanup() {
+  if [ -n "$etcd_pid" ]; then
+    kill "$etcd_pid" 2>/dev/null || true
+    wait "$etcd_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work/etcd"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+client_port=$(free_port)
+peer_port=$(free_port)
+endpoint="127.0.0.1:$client_port"
+"$etcd_bin" --name compare --data-dir "$work/etcd" \
+  --listen-client-urls "http://$endpoint" --advertise-client-urls "http://$endpoint" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "compare=http://127.0.0.1:$peer_port" \
+  --quota-backend-bytes 4294967296 --logger zap --log-outputs "$work/etcd.log" \
+  >"$work/etcd.stderr" 2>&1 &
+etcd_pid=$!
+for _ in $(seq 100); do
+  if ETCDCTL_API=3 etcdctl --endpoints "$endpoint" --command-timeout=1s endpoint health \
+    >/dev/null 2>&1; then
+    break
+  fi
+  kill -0 "$etcd_pid" 2>/dev/null || { echo "compare.sh: etcd exited" >&2; cat "$work/etcd.stderr" >&2; exit 2; }
+  sleep 0.1
+done
+ETCDCTL_API=3 etcdctl --endpoints "$endpoint" endpoint health >/dev/null 2>&1 ||
+  { echo "compare.sh: etcd not healthy after 10 s" >&2; exit 2; }
+echo "etcd $("$etcd_bin" --version | head -1 | awk '{print $3}') pid $etcd_pid on $endpoint, data $work/etcd" >&2
+
+results=$work/results.tsv
+: >"$results"
+seq_no=0
+
+# run FIGURE SIDE RUN CMD... : one bounded run, its JSON line appended to the results.
+run() {
+  local figure=$1 side=$2 n=$3
+  shift 3
+  seq_no=$((seq_no + 1))
+  echo "## $figure $side run $n: loadavg $(cat /proc/loadavg)" >&2
+  local out
+  out=$(timeout "$run_timeout" "$@" 2>>"$work/stderr.log" | tail -1) ||
+    echo "   (the run failed or timed out; see $work/stderr.log)" >&2
+  [ -n "$out" ] || out='{"error":"no output"}'
+  echo "   $out" >&2
+  printf '%s\t%s\t%s\t%s\t%s\n' "$figure" "$side" "$n" "$(cut -d' ' -f1 /proc/loadavg)" "$out" >>"$results"
+}
+
+IFS=',' read -r -a figure_list <<<"$figures"
+for fig in "${figure_list[@]}"; do
+  case "$fig" in
+    register)
+      for k in $inflight; do
+        for r in $(seq "$runs"); do
+          run "register K=$k" library "$r" "$lib" --endpoints "$endpoint" --scenario register \
+            --register-n "$register_n" --register-inflight "$k"
+          run "register K=$k" raw "$r" "$raw" register --endpoints "$endpoint" \
+            --n "$register_n" --inflight "$k" --op txn --prefix "/bench/compare-$$-$seq_no/"
+        done
+      done ;;
+    watch)
+      for rate in $rates; do
+        for r in $(seq "$runs"); do
+          run "watch R=$rate" library "$r" "$lib" --endpoints "$endpoint" \
+            --scenario watch-latency --latency-rate "$rate" --latency-seconds "$latency_seconds"
+          run "watch R=$rate" raw "$r" "$raw" watch-latency --endpoints "$endpoint" \
+            --rate "$rate" --seconds "$latency_seconds" --prefix "/bench/compare-$$-$seq_no/"
+        done
+      done ;;
+    keepalive)
+      for n in $keepalive_ns; do
+        for r in $(seq "$runs"); do
+          run "keepalive N=$n" library "$r" "$lib" --endpoints "$endpoint" \
+            --scenario keepalive --keepalive-n "$n" --keepalive-ttl "$keepalive_ttl" \
+            --keepalive-seconds "$keepalive_seconds"
+          run "keepalive N=$n" raw "$r" "$raw" keepalive --endpoints "$endpoint" --n "$n" \
+            --ttl "$keepalive_ttl" --seconds "$keepalive_seconds" \
+            --prefix "/bench/compare-$$-$seq_no/"
+        done
+      done ;;
+    *) echo "compare.sh: unknown figure $fig (register, watch, keepalive)" >&2; exit 2 ;;
+  esac
+done
+
+echo "" >&2
+echo "results (one JSON line per run): $results" >&2
+python3 "$here/compare_table.py" "$results" "$runs"
+[ "$quick" = 1 ] && echo "(--quick: tiny sizes, not the issue's figures)"
+exit 0
