@@ -1,0 +1,88 @@
+# Markdown table of bench/compare.sh's results. Input lines (tab separated):
+#   figure  side(library|raw)  run  loadavg-1min  JSON
+# Usage: awk -F'\t' -v runs=2 -f compare_table.awk results.tsv
+# Exit status 1 when a run reported "error". Plain awk (no JSON tool needed): the figures
+# read here are top-level numbers of the one-line JSON.
+
+function field(js, name,    m) {
+  if (match(js, "\"" name "\":-?[0-9.eE+-]+")) {
+    m = substr(js, RSTART, RLENGTH)
+    sub(/^"[^"]*":/, "", m)
+    return m
+  }
+  return ""
+}
+
+function fmt(v) {
+  if (v == "") return "-"
+  if (v + 0 >= 100) return sprintf("%.0f", v)
+  if (v == int(v)) return sprintf("%d", v)
+  return sprintf("%.3g", v)
+}
+
+# rows per figure kind: label|field|kind|target|bound
+BEGIN {
+  rows["register"] = "registrations/s|per_s|ratio_min|>= 0.9x raw|0.9;" \
+    "p50 ms|p50_ms|report||0;p99 ms|p99_ms|report||0"
+  rows["watch"] = "ack p50 ms|ack_p50_ms|report||0;ack p99 ms|ack_p99_ms|plus_max|<= raw + 0.1 ms|0.1;" \
+    "ack p99.9 ms|ack_p999_ms|report||0;send p50 ms|send_p50_ms|plus_max|<= raw + 0.02 ms|0.02;" \
+    "send p99 ms|send_p99_ms|report||0;achieved puts/s|achieved_rate_per_s|report||0"
+  rows["keepalive"] = "CPU % of a core|cpu_pct_of_core|ratio_max|<= 1.2x raw|1.2;" \
+    "us CPU per keepalive|cpu_us_per_keepalive|report||0;" \
+    "library threads|threads_library|lib_max|<= 4|4;gRPC threads|threads_grpc|report||0;" \
+    "leases lost|leases_lost|lib_max|0|0"
+  nfig = 0
+  errors = 0
+}
+
+{
+  fig = $1; side = $2; js = $5
+  if (!(fig in seen)) { seen[fig] = 1; order[++nfig] = fig }
+  cnt[fig, side]++
+  json[fig, side, cnt[fig, side]] = js
+  loads[fig] = (loads[fig] == "" ? "" : loads[fig] " ") $4
+  if (js ~ /"error":/) { errors++; errtext[errors] = fig " " side ": " js }
+}
+
+END {
+  head = "| figure |"
+  for (i = 1; i <= runs; i++) head = head " library run " i " |"
+  for (i = 1; i <= runs; i++) head = head " raw run " i " |"
+  head = head " lib/raw (means) | target | met | loadavg (1 min) per run |"
+  print head
+  sep = "|"
+  for (i = 1; i <= 5 + 2 * runs; i++) sep = sep "---|"
+  print sep
+  for (f = 1; f <= nfig; f++) {
+    fig = order[f]
+    kind_key = fig
+    sub(/ .*/, "", kind_key)
+    nr = split(rows[kind_key], rowlist, ";")
+    for (r = 1; r <= nr; r++) {
+      split(rowlist[r], p, "|")
+      label = p[1]; name = p[2]; kind = p[3]; target = p[4]; bound = p[5] + 0
+      line = "| " fig ": " label " |"
+      lsum = 0; ln = 0; lmax = ""; rsum = 0; rn = 0
+      for (i = 1; i <= runs; i++) {
+        v = (i <= cnt[fig, "library"]) ? field(json[fig, "library", i], name) : ""
+        line = line " " fmt(v) " |"
+        if (v != "") { lsum += v; ln++; if (lmax == "" || v + 0 > lmax + 0) lmax = v }
+      }
+      for (i = 1; i <= runs; i++) {
+        v = (i <= cnt[fig, "raw"]) ? field(json[fig, "raw", i], name) : ""
+        line = line " " fmt(v) " |"
+        if (v != "") { rsum += v; rn++ }
+      }
+      lm = ln ? lsum / ln : ""; rm = rn ? rsum / rn : ""
+      ratio = (lm != "" && rm != "" && rm != 0) ? sprintf("%.2fx", lm / rm) : "-"
+      met = ""
+      if (kind == "ratio_min" && ratio != "-") met = (lm / rm >= bound) ? "yes" : "no"
+      if (kind == "ratio_max" && ratio != "-") met = (lm / rm <= bound) ? "yes" : "no"
+      if (kind == "plus_max" && lm != "" && rm != "") met = (lm <= rm + bound) ? "yes" : "no"
+      if (kind == "lib_max" && lmax != "") met = (lmax + 0 <= bound) ? "yes" : "no"
+      print line " " ratio " | " target " | " met " | " loads[fig] " |"
+    }
+  }
+  for (e = 1; e <= errors; e++) print "\nerror: " errtext[e]
+  exit errors ? 1 : 0
+}
