@@ -31,8 +31,10 @@ int main(int argc, char** argv) {
   reg->add_option("--inflight", f.inflight, "registrations in flight")->check(CLI::Range(1, 4096));
   reg->add_option("--op", f.op, "txn (the library's guarded Txn) or put (plain Put, reference)")
       ->check(CLI::IsMember({"txn", "put"}));
-  reg->add_option("--api", f.api, "callback (async, K in flight) or sync (K threads)")
-      ->check(CLI::IsMember({"callback", "sync"}));
+  reg->add_option("--api", f.api,
+                  "auto (sync for K = 1, else callback), cq (one CompletionQueue on this "
+                  "thread, K in flight), sync (K threads) or callback (callback API, K in flight)")
+      ->check(CLI::IsMember({"auto", "cq", "sync", "callback"}));
   CLI::App* lat = app.add_subcommand("watch-latency", "paced puts -> bare Watch stream latency");
   common(lat);
   lat->add_option("--rate", f.rate, "puts per second")->check(CLI::Range(1, 1000000));

@@ -27,8 +27,10 @@ struct Flags {
   // register
   int register_n = 5000;
   int inflight = 16;
-  std::string op = "txn";        // txn (the library's guarded Txn) | put (plain Put, reference)
-  std::string api = "callback";  // callback (async, K in flight) | sync (K threads)
+  std::string op = "txn";  // txn (the library's guarded Txn) | put (plain Put, reference)
+  // auto: sync for K = 1, callback for K > 1 (the fastest here; see bench/README.md), or
+  // cq | sync | callback explicitly.
+  std::string api = "auto";
 
   // watch-latency
   int rate = 1000;
