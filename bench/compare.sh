@@ -3,11 +3,12 @@
 # (discovery-raw-bench) on ONE throw-away etcd, figure by figure, alternating A B A B.
 #
 #   bench/compare.sh                       # register, watch and keepalive at the issue's sizes
-#   bench/compare.sh --quick               # tiny sizes, about two minutes (proves it works)
+#   bench/compare.sh --quick               # tiny sizes, about a minute (proves it works)
 #   bench/compare.sh --figures register --inflight "1 16" --register-n 2000
 #
 # Starts etcd (Debian's etcd-server, /usr/bin/etcd) on 127.0.0.1 with free ports and a data
-# dir under /dev/shm, stops it by PID on exit. Prints `cat /proc/loadavg` before each run,
+# dir under /dev/shm, stops it by PID on exit. Prints `cat /proc/loadavg` before each run
+# (the table's load column is that 1-minute figure),
 # keeps every JSON line in the work dir, and ends with a markdown table. All traffic stays
 # on 127.0.0.1; every run is bounded by --run-timeout. Exit status 1 when a run reported an
 # error (missed timing targets never fail it), 2 on bad usage or when etcd does not start.
@@ -29,7 +30,7 @@ quick=0
 etcd_bin=${ETCD_BIN:-/usr/bin/etcd}
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF
 Options:
   --bin-dir DIR             where discovery-bench and discovery-raw-bench are ($bin_dir)
@@ -137,13 +138,15 @@ run() {
   local figure=$1 side=$2 n=$3
   shift 3
   seq_no=$((seq_no + 1))
-  echo "## $figure $side run $n: loadavg $(cat /proc/loadavg)" >&2
+  local load
+  load=$(cat /proc/loadavg)
+  echo "## $figure $side run $n: loadavg $load" >&2
   local out
   out=$(timeout "$run_timeout" "$@" 2>>"$work/stderr.log" | tail -1) ||
     echo "   (the run failed or timed out; see $work/stderr.log)" >&2
   [ -n "$out" ] || out='{"error":"no output"}'
   echo "   $out" >&2
-  printf '%s\t%s\t%s\t%s\t%s\n' "$figure" "$side" "$n" "$(cut -d' ' -f1 /proc/loadavg)" "$out" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$figure" "$side" "$n" "${load%% *}" "$out" >>"$results"
 }
 
 IFS=',' read -r -a figure_list <<<"$figures"
