@@ -136,24 +136,16 @@ void Watcher::Impl::ApplyEvents(const pb::WatchResponse& resp) {
   if (resp.events_size() > 0) {
     revision = std::max(revision, resp.events(resp.events_size() - 1).kv().mod_revision());
   }
-  SchedulePublish();
+  // Published by FlushPublish when the hub has handed out every response it has received
+  // (on_batch_end), in this same loop turn.
 }
 
 // Publishing rebuilds the touched types' sorted vectors (O(instances of the type)). Under a
-// burst, gRPC queues many watch responses on the loop; publishing once after the responses
-// already queued (instead of once per response) keeps ingestion linear. Subscribers get their
-// events right after the snapshot that contains them is published.
-void Watcher::Impl::SchedulePublish() {
-  if (publish_scheduled) return;
-  publish_scheduled = true;
-  std::weak_ptr<Impl> weak = weak_from_this();
-  client->loop().Post([weak] {
-    if (auto self = weak.lock()) self->FlushPublish();
-  });
-}
-
+// burst the watch hub hands the loop every response received so far in one turn; publishing
+// once per such batch (not once per response) keeps ingestion linear, and a lone response is
+// published and dispatched in the turn that applied it (no re-post, no timer). Subscribers get
+// their events right after the snapshot that contains them is published.
 void Watcher::Impl::FlushPublish() {
-  publish_scheduled = false;
   if (pending_touched.empty() && pending_changes.empty()) return;
   std::set<std::string> touched = std::move(pending_touched);
   std::vector<ChangeEvent> changes = std::move(pending_changes);

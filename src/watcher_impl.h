@@ -101,10 +101,9 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   // Loop-thread state.
   std::unordered_map<std::string, InstancePtr> current;    // etcd key -> instance
   std::unordered_map<std::string, int64_t> mod_revisions;  // etcd key -> mod_revision of `current`
-  // Changes applied to `current` but not yet published (see SchedulePublish).
+  // Changes applied to `current` but not yet published (FlushPublish at the hub's batch end).
   std::set<std::string> pending_touched;
   std::vector<ChangeEvent> pending_changes;
-  bool publish_scheduled = false;
   std::map<std::string, std::map<std::string, InstancePtr>> by_type;  // type -> sortkey -> in
   std::map<std::string, std::shared_ptr<const Snapshot::TypeSet>, std::less<>> published;
   int64_t revision = 0;
@@ -170,7 +169,6 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   void Set(const std::string& key, InstancePtr next, int64_t rev, absl::Time now,
            std::vector<ChangeEvent>* out, std::set<std::string>* touched);
   void ApplyEvents(const etcdserverpb::WatchResponse& resp);
-  void SchedulePublish();
   void FlushPublish();
   void Publish(const std::set<std::string>& touched, absl::Time now);
   void Deliver(uint64_t id, const std::shared_ptr<Sub>& sub, const ChangeEvent& ev);

@@ -307,6 +307,9 @@ void Watcher::Impl::StartWatch() {
   listener.on_events = [weak](const pb::WatchResponse& resp) {
     if (auto self = weak.lock()) self->ApplyEvents(resp);
   };
+  listener.on_batch_end = [weak] {
+    if (auto self = weak.lock()) self->FlushPublish();
+  };
   listener.on_broken = [weak](const absl::Status& why) {
     if (auto self = weak.lock()) self->OnBroken(why);
   };
