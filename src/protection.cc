@@ -43,7 +43,7 @@ bool Watcher::Impl::EvaluateProtection(const std::string& type, Protection& p, a
                        absl::FormatDuration(opts.protect_hold));
     if (opts.on_protection) opts.on_protection(type, true, before);
     std::weak_ptr<Impl> weak = weak_from_this();
-    client->loop().PostAt(p.until + absl::Milliseconds(1), [weak, type] {
+    loop().PostAt(p.until + absl::Milliseconds(1), [weak, type] {
       auto self = weak.lock();
       if (self == nullptr || self->stopping) return;
       auto it = self->protection.find(type);

@@ -1,9 +1,12 @@
-// Internal: the state of a Watcher, shared by the files that implement it by job:
-//   watcher.cc       — decoding, applying watch events, publishing, delivery, the public API;
-//   watcher_sync.cc  — (re)sync by Range, history resets (rewind / new cluster), the resync
-//                      rate limit, watch (re)creation;
-//   protection.cc    — mass-expiry protection and pickers.
-// Everything below runs on the client loop thread unless marked otherwise.
+// Internal: the state of a Watcher above its source, shared by the files that implement it by
+// job:
+//   watcher.cc        — the public API, wiring source -> cache -> delivery;
+//   watcher_cache.cc  — the cache: the source's states and changes -> snapshots + ChangeEvents
+//                       (this struct is the source's WatchSink);
+//   delivery.cc       — subscriptions, Poll(), history-reset listeners;
+//   protection.cc     — mass-expiry protection and pickers.
+// The source (watch_source.h; etcd: watch_source_etcd.cc) is the only part that knows the
+// store. Everything below runs on `executor` (the client loop) unless marked otherwise.
 #pragma once
 
 #include <atomic>
@@ -14,6 +17,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -22,43 +26,14 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "discovery/watcher.h"
-#include "etcd/client.h"
-#include "etcd/watch_hub.h"
+#include "util/event_loop.h"
 #include "util/logging.h"
 #include "util/sync.h"
+#include "watch_source.h"
 
 namespace discovery {
 
-struct RangeResult {
-  struct Kv {
-    std::string key;
-    std::string value;
-    int64_t mod_revision;
-  };
-  int64_t revision = 0;
-  uint64_t cluster_id = 0;
-  uint64_t raft_term = 0;
-  std::vector<Kv> kvs;
-};
-
-// What the cache held when a sync was started: a fresh Range is compared with it.
-struct HeldPosition {
-  bool synced = false;
-  int64_t revision = 0;
-  uint64_t cluster_id = 0;
-  uint64_t raft_term = 0;  // highest raft_term seen in Range headers of this history
-};
-
-// Why a (re)sync runs.
-enum class SyncCause {
-  kInitial,         // first sync, or a retry of a failed Range
-  kCompacted,       // the watch's start revision was compacted
-  kClusterChanged,  // the watch saw another cluster id
-  kSuspectRewind,   // the watch hub saw etcd behind our revision (DataLoss): confirm first
-  kOther,           // the watch was cancelled by etcd (auth, ...)
-};
-
-struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
+struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   struct Sub {
     Filter filter;
     std::function<void(const ChangeEvent&)> callback;
@@ -84,54 +59,36 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
     std::vector<InstancePtr> kept;
   };
 
-  // A watch that stayed up this long is healthy: the next resync runs without delay and the
-  // rate limit starts over. A watch broken sooner keeps the backoff growing (a watch refused
-  // right after every sync must not turn into a resync loop).
-  static constexpr absl::Duration kHealthyWatch = absl::Seconds(5);
-
   WatcherOptions opts;
   std::shared_ptr<Connection> connection;
-  std::shared_ptr<etcd::Client> client;
+  util::EventLoop* executor = nullptr;  // the client loop: the source calls us there
+  std::shared_ptr<WatchSource> source;
   std::shared_ptr<spdlog::logger> logger;
-  std::string watch_prefix;
-  std::string watch_end;
+  std::string watch_prefix;  // for logs
+  util::EventLoop& loop() { return *executor; }
 
   std::atomic<std::shared_ptr<const Snapshot>> snap;
 
   // Loop-thread state.
   std::unordered_map<std::string, InstancePtr> current;    // etcd key -> instance
   std::unordered_map<std::string, int64_t> mod_revisions;  // etcd key -> mod_revision of `current`
-  // Changes applied to `current` but not yet published (see SchedulePublish).
+  // Changes applied to `current` but not yet published (FlushPublish at the hub's batch end).
   std::set<std::string> pending_touched;
   std::vector<ChangeEvent> pending_changes;
-  bool publish_scheduled = false;
   std::map<std::string, std::map<std::string, InstancePtr>> by_type;  // type -> sortkey -> in
   std::map<std::string, std::shared_ptr<const Snapshot::TypeSet>, std::less<>> published;
   int64_t revision = 0;
-  uint64_t cluster_id = 0;
-  uint64_t raft_term = 0;  // highest raft_term seen in Range headers of the current history
-  uint64_t history = 0;    // Snapshot::history
-  etcd::WatchHub::WatchId watch_id = 0;
-  absl::Time watch_started = absl::InfinitePast();
+  uint64_t cluster_id = 0;  // the source's store_id
+  uint64_t raft_term = 0;   // highest epoch seen in states of the current history
+  uint64_t history = 0;     // Snapshot::history
   std::set<std::string> invalid_keys;
   std::vector<PickerEntry> pickers;
   std::map<std::string, Protection> protection;
-  // Rate limit of full resyncs (and of watch re-creation after a false rewind alarm): the first
-  // attempt runs at once, then 200 ms, 400 ms, ... 30 s (jittered).
-  util::Backoff sync_backoff{absl::Milliseconds(100), absl::Seconds(30)};
-  // Retries of a failed Range (etcd unreachable): consecutive failures only, reset by a Range
-  // that worked, so a watcher notices etcd is back within 10 s.
-  util::Backoff retry_backoff{absl::Milliseconds(200), absl::Seconds(10)};
-  bool stopping = false;
+  bool stopping = false;  // set when the Watcher is destroyed (protection timers stop)
 
   // Stats.
   std::atomic<uint64_t> events{0}, resyncs{0}, invalid_values{0}, protection_activations{0},
-      history_resets{0}, resync_backoffs{0}, rewind_false_alarms{0};
-  std::atomic<int64_t> resync_delay_ns{0};
-  void CountDelay(absl::Duration delay) {
-    resync_delay_ns.store(absl::ToInt64Nanoseconds(delay));
-    resync_backoffs.fetch_add(1);
-  }
+      history_resets{0};
 
   // Sync state.
   mutable util::Mutex sync_mu;
@@ -146,33 +103,23 @@ struct Watcher::Impl : std::enable_shared_from_this<Watcher::Impl> {
   util::Mutex queue_mu;
   std::deque<std::pair<uint64_t, ChangeEvent>> queue ABSL_GUARDED_BY(queue_mu);
 
-  // ---- watcher_sync.cc ----
-  // Background thread: a paged Range of the prefix at one revision.
-  absl::StatusOr<RangeResult> RangeAll();
-  // Background thread: a linearizable one-key read of the prefix (its header is what counts).
-  absl::StatusOr<RangeResult> Probe();
-  // Starts a (re)sync now (background Range, then ApplySync on the loop).
-  void StartSync(SyncCause cause);
-  // Starts a (re)sync through the rate limit: the first one after a healthy watch runs now,
-  // the following ones wait for the growing backoff (counted in resync_backoffs).
-  void ScheduleSync(SyncCause cause);
-  // Re-creates the watch through the same rate limit (a rewind alarm that was not confirmed).
-  void ScheduleWatch();
-  absl::Duration NextSyncDelay();
-  void RetryAfterFailure(SyncCause cause, const absl::Status& why);
-  void ApplySync(RangeResult& r, bool history_reset);
-  void StartWatch();
-  void OnBroken(const absl::Status& why);
-  HeldPosition Held() const;
+  // ---- WatchSink (watcher_cache.cc) ----
+  HeldPosition Held() const override;
+  void ApplyState(SourceState& state, bool history_reset) override;
+  void ApplyChanges(const std::vector<SourceChange>& changes, int64_t revision) override;
+  void EndOfBatch() override;
+  void SyncFailed(const absl::Status& why) override;
 
-  // ---- watcher.cc ----
-  InstancePtr Decode(const std::string& key, const std::string& value);
+  // ---- watcher_cache.cc ----
+  InstancePtr Decode(const std::string& key, std::string_view value);
   void Set(const std::string& key, InstancePtr next, int64_t rev, absl::Time now,
            std::vector<ChangeEvent>* out, std::set<std::string>* touched);
-  void ApplyEvents(const etcdserverpb::WatchResponse& resp);
-  void SchedulePublish();
   void FlushPublish();
-  void Publish(const std::set<std::string>& touched, absl::Time now);
+  // `changes` (applied since the last publish, in order) let a small batch patch the
+  // previous vectors instead of rebuilding them.
+  void Publish(const std::set<std::string>& touched, const std::vector<ChangeEvent>& changes,
+               absl::Time now);
+  // ---- delivery.cc ----
   void Deliver(uint64_t id, const std::shared_ptr<Sub>& sub, const ChangeEvent& ev);
   void Dispatch(const std::vector<ChangeEvent>& changes);
   void NotifyHistoryReset(const SnapshotPtr& snapshot);

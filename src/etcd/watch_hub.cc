@@ -1,5 +1,7 @@
 #include "etcd/watch_hub.h"
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -132,21 +134,18 @@ void WatchHub::Connect() {
   SPDLOG_LOGGER_DEBUG(logger_, "opening Watch stream to {}", client_->endpoints()[index].url);
   if (generation > 1) reconnects_.fetch_add(1);
   stream_ = WatchStream::Start(
-      &streams_,
-      [&](grpc::ClientContext* ctx,
-          grpc::ClientBidiReactor<pb::WatchRequest, pb::WatchResponse>* r) {
+      &streams_, "discovery-watch",
+      [&](grpc::ClientContext* ctx) {
         client_->PrepareContext(ctx, absl::InfiniteFuture());
         // A member without a leader then cancels the watch instead of going silent.
         ctx->AddMetadata("hasleader", "true");
-        stubs->watch->async()->Watch(ctx, r);
       },
-      {.on_response = [this,
-                       generation](pb::WatchResponse& r) { OnResponse(generation, std::move(r)); },
+      [stubs](grpc::ClientContext* ctx) { return stubs->watch->Watch(ctx); },
+      {.on_response = [this, generation](pb::WatchResponse& r) { OnResponse(generation, r); },
        .on_done =
            [this, generation, index](bool had_response, const grpc::Status& status) {
              OnStreamDone(generation, index, had_response, status);
-           }},
-      stubs);
+           }});
   for (auto& [id, w] : watches_) {
     w.server_id = -1;
     if (!w.postponed) SendCreate(id);
@@ -217,38 +216,66 @@ void WatchHub::Break(WatchId id, const absl::Status& why) {
   if (listener.on_broken) listener.on_broken(why);
 }
 
-void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse resp) {
-  loop_.Post([this, generation, resp = std::move(resp)]() mutable {
-    if (generation != generation_ || shutdown_) return;
-    last_message_ = util::MonoNow();
-    progress_sent_ = absl::InfiniteFuture();
-    if (resp.created()) {
-      HandleCreated(resp);
-      return;
+// Reader thread: queue the response; wake the loop only if it has nothing queued yet (a loop
+// turn already scheduled takes this response too).
+void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse& resp) {
+  bool wake = false;
+  {
+    util::MutexLock lock(&inbox_mu_);
+    wake = inbox_.empty();
+    inbox_.emplace_back(generation, pb::WatchResponse());
+    inbox_.back().second.Swap(&resp);
+  }
+  if (wake) loop_.Post([this] { DrainResponses(); });
+}
+
+void WatchHub::DrainResponses() {
+  {
+    util::MutexLock lock(&inbox_mu_);
+    draining_.swap(inbox_);
+  }
+  std::vector<std::pair<WatchId, std::function<void()>>> batch_ends;
+  for (auto& [generation, resp] : draining_) HandleResponse(generation, resp, &batch_ends);
+  draining_.clear();
+  // Copies: a listener may remove its watch (or destroy its owner) in on_batch_end.
+  for (auto& [id, end] : batch_ends) end();
+}
+
+void WatchHub::HandleResponse(uint64_t generation, const pb::WatchResponse& resp,
+                              std::vector<std::pair<WatchId, std::function<void()>>>* batch_ends) {
+  if (generation != generation_ || shutdown_) return;
+  last_message_ = util::MonoNow();
+  progress_sent_ = absl::InfiniteFuture();
+  if (resp.created()) {
+    HandleCreated(resp);
+    return;
+  }
+  if (resp.watch_id() < 0) return;  // progress answer for the whole stream
+  auto sit = by_server_id_.find(resp.watch_id());
+  if (sit == by_server_id_.end()) return;  // cancelled meanwhile
+  WatchId id = sit->second;
+  Watch& w = watches_.at(id);
+  if (resp.canceled()) {
+    if (resp.compact_revision() > 0) {
+      Break(id,
+            absl::OutOfRangeError(absl::StrCat("revision compacted at ", resp.compact_revision())));
+    } else {
+      Break(id, absl::UnavailableError(
+                    absl::StrCat("etcd cancelled the watch: ", resp.cancel_reason())));
     }
-    if (resp.watch_id() < 0) return;  // progress answer for the whole stream
-    auto sit = by_server_id_.find(resp.watch_id());
-    if (sit == by_server_id_.end()) return;  // cancelled meanwhile
-    WatchId id = sit->second;
-    Watch& w = watches_.at(id);
-    if (resp.canceled()) {
-      if (resp.compact_revision() > 0) {
-        Break(id, absl::OutOfRangeError(
-                      absl::StrCat("revision compacted at ", resp.compact_revision())));
-      } else {
-        Break(id, absl::UnavailableError(
-                      absl::StrCat("etcd cancelled the watch: ", resp.cancel_reason())));
-      }
-      return;
+    return;
+  }
+  w.raft_term = std::max<uint64_t>(w.raft_term, resp.header().raft_term());
+  if (resp.events_size() > 0) {
+    stream_delivered_ = true;
+    w.next_revision =
+        std::max(w.next_revision, resp.events(resp.events_size() - 1).kv().mod_revision() + 1);
+    if (w.listener.on_batch_end && std::none_of(batch_ends->begin(), batch_ends->end(),
+                                                [id](const auto& e) { return e.first == id; })) {
+      batch_ends->emplace_back(id, w.listener.on_batch_end);
     }
-    w.raft_term = std::max<uint64_t>(w.raft_term, resp.header().raft_term());
-    if (resp.events_size() > 0) {
-      stream_delivered_ = true;
-      w.next_revision =
-          std::max(w.next_revision, resp.events(resp.events_size() - 1).kv().mod_revision() + 1);
-      if (w.listener.on_events) w.listener.on_events(resp);
-    }
-  });
+    if (w.listener.on_events) w.listener.on_events(resp);
+  }
 }
 
 void WatchHub::CancelOnServer(int64_t server_id) {

@@ -1,5 +1,12 @@
-// WatchHub: multiplexes any number of etcd watches over ONE Watch bidi stream (gRPC callback
-// API), with resume after a broken stream.
+// WatchHub: multiplexes any number of etcd watches over ONE Watch bidi stream, with resume
+// after a broken stream.
+//
+// Latency path: the stream is read by its own thread with gRPC's sync API (SyncBidiStream, no
+// hop through gRPC's callback thread). The reader appends each response to an inbox and wakes
+// the client loop only when the inbox was empty; the loop takes every response received so far
+// in one turn, hands their events to the listeners (on_events, in order) and then calls
+// on_batch_end once per listener that got events. So a quiet stream costs one thread hop per
+// response, and a burst is handled in batches whose size follows the backlog.
 //
 // Each watch remembers the next revision it needs (last event's mod_revision + 1). When the
 // stream breaks or stalls it is reopened on the next endpoint with jittered backoff and every
@@ -45,10 +52,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "etcd/bidi_stream.h"
 #include "etcd/etcdserverpb/rpc.pb.h"
+#include "etcd/sync_bidi_stream.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
 #include "util/sync.h"
@@ -73,6 +83,9 @@ class WatchHub {
   struct Listener {
     // Events in revision order. `header_revision` is the store revision of the response.
     std::function<void(const etcdserverpb::WatchResponse& response)> on_events;
+    // After the responses received so far were handed out (once per batch, only to a listener
+    // whose on_events ran in it, also when the watch ended meanwhile): publish now.
+    std::function<void()> on_batch_end;
     std::function<void(const absl::Status& why)> on_broken;
   };
   using WatchId = uint64_t;
@@ -97,8 +110,8 @@ class WatchHub {
   void Shutdown();
 
  private:
-  // Called from the stream's handlers (gRPC threads).
-  void OnResponse(uint64_t generation, etcdserverpb::WatchResponse response);
+  // Called from the stream's handlers (the stream's reader thread).
+  void OnResponse(uint64_t generation, etcdserverpb::WatchResponse& response);
   void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
                     grpc::Status status);
   struct Watch {
@@ -115,6 +128,10 @@ class WatchHub {
   };
 
   // Loop-thread only.
+  // Handles every response in the inbox, then the listeners' on_batch_end.
+  void DrainResponses();
+  void HandleResponse(uint64_t generation, const etcdserverpb::WatchResponse& resp,
+                      std::vector<std::pair<WatchId, std::function<void()>>>* batch_ends);
   void Connect();
   void ScheduleReconnect();
   void SendCreate(WatchId id);
@@ -132,7 +149,7 @@ class WatchHub {
   std::map<int64_t, WatchId> by_server_id_;
   std::deque<PendingCreate> pending_creates_;
   WatchId next_id_ = 1;
-  using WatchStream = BidiStream<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>;
+  using WatchStream = SyncBidiStream<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>;
   std::shared_ptr<WatchStream> stream_;
   uint64_t generation_ = 0;
   bool connecting_ = false;
@@ -157,6 +174,11 @@ class WatchHub {
   util::Backoff deny_backoff_{absl::Milliseconds(200), absl::Seconds(10)};
   bool shutdown_ = false;
   bool paused_ = false;
+
+  // Responses read but not yet handled on the loop (generation, response).
+  util::Mutex inbox_mu_;
+  std::vector<std::pair<uint64_t, etcdserverpb::WatchResponse>> inbox_ ABSL_GUARDED_BY(inbox_mu_);
+  std::vector<std::pair<uint64_t, etcdserverpb::WatchResponse>> draining_;  // loop only
 
   std::atomic<int> open_streams_{0};
   std::atomic<int64_t> reconnects_{0};

@@ -1,0 +1,315 @@
+// The watcher's cache: turns what its source hands over (full states, ordered changes, see
+// watch_source.h) into immutable snapshots (copy-on-write, readers never block the writer)
+// and typed ChangeEvents, then hands those to delivery (delivery.cc). It does not know which
+// store the source reads.
+//
+// History resets. A state with history_reset (or another store_id) REPLACES the cache: values
+// are compared, never revisions of the old history; Snapshot::history is bumped, the
+// OnHistoryReset listeners run with the new snapshot, then the differences are delivered at
+// the new revision.
+#include <algorithm>
+#include <string_view>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+#include "util/clock.h"
+#include "watcher_impl.h"
+
+namespace discovery {
+
+namespace {
+
+std::string SortKey(const Instance& in) { return absl::StrCat(in.group, "\x1f", in.instance_id); }
+
+// SortKey(a) < SortKey(b), without building the keys.
+bool SortsBefore(const Instance& a, const Instance& b) {
+  auto at = [](const Instance& x, size_t i) -> int {
+    if (i < x.group.size()) return static_cast<unsigned char>(x.group[i]);
+    if (i == x.group.size()) return 0x1f;
+    i -= x.group.size() + 1;
+    return i < x.instance_id.size() ? static_cast<unsigned char>(x.instance_id[i]) : -1;
+  };
+  const size_t n = std::max(a.group.size() + 1 + a.instance_id.size(),
+                            b.group.size() + 1 + b.instance_id.size());
+  for (size_t i = 0; i < n; ++i) {
+    int ca = at(a, i), cb = at(b, i);
+    if (ca != cb) return ca < cb;
+  }
+  return false;
+}
+
+bool SameSortKey(const Instance& a, const Instance& b) {
+  return a.group == b.group && a.instance_id == b.instance_id;
+}
+
+// The published vector of `type` after `changes` (in order), from the previous one: a copy
+// patched in place, instead of a rebuild from the sorted map (the main per-event cost of a
+// small batch on a large type).
+std::shared_ptr<Snapshot::TypeSet> Patch(const Snapshot::TypeSet& prev, const std::string& type,
+                                         const std::vector<ChangeEvent>& changes) {
+  auto set = std::make_shared<Snapshot::TypeSet>(prev);
+  std::vector<InstancePtr>& v = set->instances;
+  auto find = [&](const Instance& in) {
+    return std::lower_bound(v.begin(), v.end(), in, [](const InstancePtr& x, const Instance& y) {
+      return SortsBefore(*x, y);
+    });
+  };
+  for (const ChangeEvent& ev : changes) {
+    const Instance* prev_in =
+        ev.previous != nullptr && ev.previous->type == type ? ev.previous.get() : nullptr;
+    InstancePtr next =
+        ev.type != ChangeType::kRemoved && ev.instance->type == type ? ev.instance : nullptr;
+    if (prev_in != nullptr && next != nullptr && SameSortKey(*prev_in, *next)) {
+      auto it = find(*next);
+      if (it != v.end() && SameSortKey(**it, *next)) {
+        *it = std::move(next);
+        continue;
+      }
+    }
+    if (prev_in != nullptr) {
+      auto it = find(*prev_in);
+      if (it != v.end() && SameSortKey(**it, *prev_in)) v.erase(it);
+    }
+    if (next != nullptr) v.insert(find(*next), std::move(next));
+  }
+  return set;
+}
+
+}  // namespace
+
+HeldPosition Watcher::Impl::Held() const {
+  HeldPosition h;
+  h.synced = history > 0;
+  h.revision = revision;
+  h.store_id = cluster_id;
+  h.epoch = raft_term;
+  return h;
+}
+
+void Watcher::Impl::SyncFailed(const absl::Status& why) {
+  util::MutexLock lock(&sync_mu);
+  last_error = why;
+}
+
+// Parses one key/value into an instance; nullptr (counted, logged once per key) if invalid.
+InstancePtr Watcher::Impl::Decode(const std::string& key, std::string_view value) {
+  absl::Status problem;
+  std::string_view rest(key);
+  rest.remove_prefix(opts.prefix.size());
+  size_t slash = rest.find('/');
+  if (slash == std::string_view::npos || slash == 0 || slash + 1 == rest.size() ||
+      rest.find('/', slash + 1) != std::string_view::npos) {
+    problem = absl::InvalidArgumentError("key is not <prefix><type>/<instanceId>");
+  }
+  absl::StatusOr<Instance> in = absl::InvalidArgumentError("");
+  if (problem.ok()) {
+    in = DecodeInstance(value, opts.max_value_bytes);
+    if (!in.ok()) {
+      problem = in.status();
+    } else if (in->type != rest.substr(0, slash) || in->instance_id != rest.substr(slash + 1)) {
+      problem = absl::InvalidArgumentError("type/instanceId in the value do not match the key");
+    } else if (absl::Status type = ValidateName("type", in->type); !type.ok()) {
+      problem = type;  // no registrar writes it, no tool could address it (NUL, unicode, ...)
+    } else if (absl::Status id = ValidateName("instanceId", in->instance_id); !id.ok()) {
+      problem = id;
+    }
+  }
+  if (!problem.ok()) {
+    invalid_values.fetch_add(1);
+    if (invalid_keys.insert(key).second) {
+      // Escaped: a hostile key may hold NUL, newlines or terminal escape sequences.
+      SPDLOG_LOGGER_WARN(logger, "skipping invalid value at {} ({} bytes): {}",
+                         absl::CHexEscape(key), value.size(), std::string(problem.message()));
+    }
+    return nullptr;
+  }
+  invalid_keys.erase(key);
+  return std::make_shared<const Instance>(*std::move(in));
+}
+
+// Sets `key` to `next` (nullptr = absent) and appends the resulting change, if any.
+void Watcher::Impl::Set(const std::string& key, InstancePtr next, int64_t rev, absl::Time now,
+                        std::vector<ChangeEvent>* out, std::set<std::string>* touched) {
+  auto it = current.find(key);
+  InstancePtr prev = it == current.end() ? nullptr : it->second;
+  if (prev == nullptr && next == nullptr) return;
+  if (prev != nullptr) {
+    by_type[prev->type].erase(SortKey(*prev));
+    if (by_type[prev->type].empty()) by_type.erase(prev->type);
+    touched->insert(prev->type);
+  }
+  if (next != nullptr) {
+    current[key] = next;
+    by_type[next->type][SortKey(*next)] = next;
+    touched->insert(next->type);
+  } else {
+    current.erase(key);
+  }
+  ChangeEvent ev;
+  ev.revision = rev;
+  ev.instance = next != nullptr ? next : prev;
+  ev.previous = prev;
+  if (prev == nullptr) {
+    ev.type = ChangeType::kAdded;
+  } else if (next == nullptr) {
+    ev.type = ChangeType::kRemoved;
+    if (prev->status == InstanceStatus::kReady)
+      protection[prev->type].removed.emplace_back(now, prev);
+  } else if (prev->status != next->status) {
+    ev.type = ChangeType::kStatusChanged;
+  } else {
+    ev.type = ChangeType::kUpdated;
+  }
+  out->push_back(std::move(ev));
+}
+
+void Watcher::Impl::ApplyChanges(const std::vector<SourceChange>& changes, int64_t reached) {
+  absl::Time now = util::MonoNow();
+  // Changes of one revision (a Txn, or every key of a revoked lease) share their revision.
+  const int64_t applied = revision;
+  for (const SourceChange& c : changes) {
+    if (c.revision <= applied) continue;  // already applied (defensive: never deliver twice)
+    // (Keys are looked up by std::string: one copy per change, as the maps are keyed so.)
+    std::string key(c.key);
+    InstancePtr next;
+    if (!c.deleted) {
+      next = Decode(key, c.value);
+    } else {
+      invalid_keys.erase(key);
+    }
+    if (next != nullptr) {
+      mod_revisions[key] = c.revision;
+    } else {
+      mod_revisions.erase(key);
+    }
+    Set(key, std::move(next), c.revision, now, &pending_changes, &pending_touched);
+    revision = std::max(revision, c.revision);
+    events.fetch_add(1);
+  }
+  revision = std::max(revision, reached);
+  // Published by FlushPublish at the source's EndOfBatch, in this same loop turn.
+}
+
+void Watcher::Impl::EndOfBatch() { FlushPublish(); }
+
+// Publishing rebuilds the touched types' sorted vectors (O(instances of the type)). Under a
+// burst the watch hub hands the loop every response received so far in one turn; publishing
+// once per such batch (not once per response) keeps ingestion linear, and a lone response is
+// published and dispatched in the turn that applied it (no re-post, no timer). Subscribers get
+// their events right after the snapshot that contains them is published.
+void Watcher::Impl::FlushPublish() {
+  if (pending_touched.empty() && pending_changes.empty()) return;
+  std::set<std::string> touched = std::move(pending_touched);
+  std::vector<ChangeEvent> changes = std::move(pending_changes);
+  pending_touched.clear();
+  pending_changes.clear();
+  Publish(touched, changes, util::MonoNow());
+  Dispatch(changes);
+}
+
+// Rebuilds the touched types and publishes a new snapshot; updates pickers.
+void Watcher::Impl::Publish(const std::set<std::string>& touched,
+                            const std::vector<ChangeEvent>& changes, absl::Time now) {
+  for (const std::string& type : touched) {
+    auto it = by_type.find(type);
+    if (it == by_type.end()) {
+      published.erase(type);
+      continue;
+    }
+    auto old = published.find(type);
+    if (old != published.end() && changes.size() * 8 < it->second.size()) {
+      old->second = Patch(*old->second, type, changes);
+      continue;
+    }
+    auto set = std::make_shared<Snapshot::TypeSet>();
+    set->instances.reserve(it->second.size());
+    for (const auto& [sk, in] : it->second) set->instances.push_back(in);
+    published[type] = std::move(set);
+  }
+  snap.store(std::make_shared<const Snapshot>(revision, published, history));
+  std::set<std::string> refresh = touched;
+  for (auto& [type, p] : protection) {
+    if (EvaluateProtection(type, p, now)) refresh.insert(type);
+  }
+  for (const std::string& type : refresh) UpdatePickers(type);
+}
+
+void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
+  absl::Time now = util::MonoNow();
+  FlushPublish();  // events applied before the resync go out first
+  const bool first = history == 0;
+  const bool new_cluster = !first && r.store_id != cluster_id;
+  const bool replace = !first && (history_reset || new_cluster);
+  // Within one history an unchanged mod_revision means an unchanged value: skip decoding.
+  // Across histories revisions mean nothing: every value is decoded and compared.
+  const bool same_history = !first && !replace;
+  std::unordered_map<std::string, InstancePtr> fresh;
+  fresh.reserve(r.kvs.size());
+  std::unordered_map<std::string, int64_t> fresh_revs;
+  fresh_revs.reserve(r.kvs.size());
+  for (auto& kv : r.kvs) {
+    fresh_revs[kv.key] = kv.revision;
+    auto cur = current.find(kv.key);
+    auto rev = mod_revisions.find(kv.key);
+    if (same_history && cur != current.end() && rev != mod_revisions.end() &&
+        rev->second == kv.revision) {
+      fresh.emplace(kv.key, cur->second);
+      continue;
+    }
+    InstancePtr in = Decode(kv.key, kv.value);
+    if (in != nullptr) fresh.emplace(kv.key, std::move(in));
+  }
+  std::vector<ChangeEvent> changes;
+  std::set<std::string> touched;
+  std::vector<std::string> gone;
+  for (const auto& [key, in] : current) {
+    if (fresh.count(key) == 0) gone.push_back(key);
+  }
+  for (const std::string& key : gone) Set(key, nullptr, r.revision, now, &changes, &touched);
+  for (auto& [key, in] : fresh) {
+    auto it = current.find(key);
+    // Unchanged values keep their object (and emit nothing).
+    if (it != current.end() &&
+        (it->second == in || EncodeInstance(*it->second) == EncodeInstance(*in))) {
+      continue;
+    }
+    Set(key, in, r.revision, now, &changes, &touched);
+  }
+  mod_revisions = std::move(fresh_revs);
+  if (!first) resyncs.fetch_add(1);
+  if (replace) {
+    history_resets.fetch_add(1);
+    if (new_cluster) {
+      SPDLOG_LOGGER_WARN(logger,
+                         "etcd cluster id changed {:x} -> {:x}: new history {}, cache of {} "
+                         "replaced ({} changes at revision {})",
+                         cluster_id, r.store_id, history + 1, watch_prefix, changes.size(),
+                         r.revision);
+    } else {
+      SPDLOG_LOGGER_WARN(logger,
+                         "etcd history went back (revision {} -> {}, raft term {} -> {}, cluster "
+                         "{:x}): etcd was wiped or restored; new history {}, cache of {} "
+                         "replaced ({} changes)",
+                         revision, r.revision, raft_term, r.epoch, r.store_id, history + 1,
+                         watch_prefix, changes.size());
+    }
+  }
+  revision = r.revision;
+  cluster_id = r.store_id;
+  raft_term = replace ? r.epoch : std::max(raft_term, r.epoch);
+  if (first || replace) ++history;
+  SPDLOG_LOGGER_INFO(logger, "{} {} at revision {}: {} instances, {} changes",
+                     first ? "synced" : "resynced", watch_prefix, revision, current.size(),
+                     changes.size());
+  Publish(touched, changes, now);
+  {
+    util::MutexLock lock(&sync_mu);
+    synced = true;
+    last_error = absl::OkStatus();
+  }
+  if (replace) NotifyHistoryReset(snap.load());
+  Dispatch(changes);
+}
+
+}  // namespace discovery
