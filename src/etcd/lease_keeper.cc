@@ -11,6 +11,8 @@ namespace discovery::etcd {
 namespace {
 // Keepalives are sent at most this much early or late: leases due within it share a burst.
 constexpr absl::Duration kMinInterval = absl::Milliseconds(100);
+// How long answers are collected before the loop handles them.
+constexpr absl::Duration kAnswerBatching = absl::Milliseconds(5);
 }  // namespace
 
 LeaseKeeper::LeaseKeeper(Client* client)
@@ -236,7 +238,10 @@ void LeaseKeeper::OnResponse(uint64_t generation, int64_t id, int64_t ttl) {
     if (drain_posted_) return;
     drain_posted_ = true;
   }
-  loop_.Post([this] { DrainAnswers(); });
+  // A burst's answers arrive over a few milliseconds in many reads: collecting them for a
+  // moment makes one loop wake-up per burst instead of one per read (an answer's only use is
+  // the lease's last_ack, milliseconds do not matter).
+  loop_.PostAfter(kAnswerBatching, [this] { DrainAnswers(); });
 }
 
 void LeaseKeeper::DrainAnswers() {
@@ -247,6 +252,7 @@ void LeaseKeeper::DrainAnswers() {
     drain_posted_ = false;
   }
   if (shutdown_) return;
+  answer_batches_.fetch_add(1, std::memory_order_relaxed);
   const absl::Time now = util::MonoNow();
   bool current = false;
   for (const Answer& a : batch) {

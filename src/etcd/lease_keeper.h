@@ -7,7 +7,8 @@
 // and written with the buffer hint on all but its last message (one flush per burst). The
 // client loop wakes only when something is due (a burst, a possible at-risk lease, the stall
 // deadline), never walks the leases that are not due, and never arms a timer per lease.
-// Answers are handed from gRPC's threads to the loop in batches (one task per burst of answers).
+// Answers are handed from gRPC's threads to the loop in batches: the first answer of a burst
+// schedules one loop task a few milliseconds later that handles all answers arrived by then.
 //
 // The stream is reopened on the next endpoint with jittered backoff when it breaks or stalls
 // (no answer to a keepalive within the stall timeout: a frozen or partitioned member keeps the
@@ -75,6 +76,10 @@ class LeaseKeeper {
   int64_t bursts() const { return bursts_.load(); }
   int64_t keepalives_sent() const { return sent_.load(); }
   int64_t timer_wakeups() const { return wakeups_.load(); }
+  // Loop tasks that handled keepalive answers (a few per burst, not one per answer).
+  int64_t answer_batches() const { return answer_batches_.load(); }
+  // Streams given up because a keepalive went unanswered for the stall timeout.
+  int64_t stalls() const { return session_.stalls(); }
   // Cancels the stream and waits for it to finish. Called by ~Client.
   void Shutdown();
 
@@ -141,6 +146,7 @@ class LeaseKeeper {
   std::atomic<int64_t> bursts_{0};
   std::atomic<int64_t> sent_{0};
   std::atomic<int64_t> wakeups_{0};
+  std::atomic<int64_t> answer_batches_{0};
   // Keepalive answers from gRPC threads, handed to the loop in batches (one task per burst
   // instead of one per answer).
   util::Mutex answers_mu_;
