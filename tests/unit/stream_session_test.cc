@@ -27,10 +27,9 @@ class StreamSessionTest : public ::testing::Test {
     client_ = *std::move(c);
   }
   void TearDown() override {
-    if (session_ != nullptr) {
-      client_->loop().RunSync([&] { session_->Shutdown(); });
-      session_.reset();
-    }
+    if (session_ != nullptr) client_->loop().RunSync([&] { session_->Shutdown(); });
+    client_.reset();  // stops the loops: no reconnect timer of the session runs any more
+    session_.reset();
   }
   void Make(etcd::StreamSession::Options options) {
     session_ = std::make_unique<etcd::StreamSession>(
