@@ -23,6 +23,16 @@
 // util::Backoff (jittered, ceiling `backoff_max`; the first retry is immediate when
 // `immediate_first_retry`). Reconnects are counted (reconnects()).
 //
+// LeaseKeeper: immediate_first_retry, backoff 100 ms .. 2 s reset by any answer, stall timeout
+// = the shortest keepalive interval (1 s .. 3 s), the keepalives themselves are the probes.
+// WatchHub maps onto it as: wanted = watches and not paused; open = the rest of its Connect
+// (stream_fresh_token_ = oc.fresh_token, per-stream state reset, creates, liveness timer);
+// closed = drop the stream, ResetBackoff() if stream_delivered_ && !stream_auth_refused_;
+// options {backoff 100 ms .. 5 s, stall_timeout = kProbeTimeout, fresh_token_after_stall and
+// _after_error}; OnResponse: IsCurrent + Received; CheckLiveness: CheckStall, else a progress
+// request (then Sent) when !outstanding() and last_message() is kProbeEvery old; a create
+// refused for a stale token: RequestFreshToken() + cancel (Done then skips MarkFailed).
+//
 // Thread-safety: open_streams(), reconnects(), stalls() and Done() are thread-safe; the rest is
 // for the loop thread.
 #pragma once
