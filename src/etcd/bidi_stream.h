@@ -117,6 +117,12 @@ class BidiStream final : public grpc::ClientBidiReactor<Req, Resp> {
     return true;
   }
 
+  // Requests queued and not yet written (the one being written included).
+  size_t queued() {
+    util::MutexLock lock(&mu_);
+    return queue_.size();
+  }
+
   void Cancel() { ctx_.TryCancel(); }
 
   void OnWriteDone(bool ok) override {

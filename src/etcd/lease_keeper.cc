@@ -11,8 +11,10 @@ namespace discovery::etcd {
 namespace {
 // Keepalives are sent at most this much early or late: leases due within it share a burst.
 constexpr absl::Duration kMinInterval = absl::Milliseconds(100);
+// How soon a burst deferred behind an unwritten one is tried again.
+constexpr absl::Duration kBacklogRetry = absl::Milliseconds(100);
 // How long answers are collected before the loop handles them.
-constexpr absl::Duration kAnswerBatching = absl::Milliseconds(5);
+constexpr absl::Duration kAnswerBatching = absl::Milliseconds(20);
 }  // namespace
 
 LeaseKeeper::LeaseKeeper(Client* client)
@@ -145,6 +147,15 @@ void LeaseKeeper::OnStreamOpened() {
 
 void LeaseKeeper::Burst(Group& g, absl::Time now) {
   g.next_burst = now + g.interval;
+  if (stream_ != nullptr && stream_->queued() > 0) {
+    // The last burst is still being written (an overloaded host): the same leases queued again
+    // would only grow the backlog. Those still queued go out with it; the group goes again as
+    // soon as the stream has written it.
+    g.next_burst = now + kBacklogRetry;
+    deferred_bursts_.fetch_add(1, std::memory_order_relaxed);
+    Walk(g, now, nullptr);
+    return;
+  }
   std::vector<pb::LeaseKeepAliveRequest> batch;
   Walk(g, now, stream_ != nullptr ? &batch : nullptr);
   if (stream_ == nullptr || batch.empty()) return;

@@ -4,7 +4,8 @@
 // Schedule: leases with the same (TTL, interval) form a group that is kept alive in ONE write
 // burst per interval: a lease added to an existing group is sent with the group's next burst
 // (at most one interval after it was added, as before); a burst is queued on the stream at once
-// and written with the buffer hint on all but its last message (one flush per burst). The
+// and written with the buffer hint on all but its last message (one flush per burst). A burst
+// due while the previous one is still being written waits for it (no backlog of duplicates). The
 // client loop wakes only when something is due (a burst, a possible at-risk lease, the stall
 // deadline), never walks the leases that are not due, and never arms a timer per lease.
 // Answers are handed from gRPC's threads to the loop in batches: the first answer of a burst
@@ -78,6 +79,8 @@ class LeaseKeeper {
   int64_t timer_wakeups() const { return wakeups_.load(); }
   // Loop tasks that handled keepalive answers (a few per burst, not one per answer).
   int64_t answer_batches() const { return answer_batches_.load(); }
+  // Bursts put off because the previous one was still being written (an overloaded host).
+  int64_t deferred_bursts() const { return deferred_bursts_.load(); }
   // Streams given up because a keepalive went unanswered for the stall timeout.
   int64_t stalls() const { return session_.stalls(); }
   // Cancels the stream and waits for it to finish. Called by ~Client.
@@ -147,6 +150,7 @@ class LeaseKeeper {
   std::atomic<int64_t> sent_{0};
   std::atomic<int64_t> wakeups_{0};
   std::atomic<int64_t> answer_batches_{0};
+  std::atomic<int64_t> deferred_bursts_{0};
   // Keepalive answers from gRPC threads, handed to the loop in batches (one task per burst
   // instead of one per answer).
   util::Mutex answers_mu_;
