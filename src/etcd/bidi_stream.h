@@ -10,6 +10,7 @@
 //        .on_done = [](bool had_response, const grpc::Status& s) { ... }},  // once
 //       stubs);                                          // kept alive as long as the call
 //   s->Send(req);   // queued; written one at a time in order; false once closing
+//   s->SendBatch(reqs);  // the same for a burst: one flush (buffer hint on all but the last)
 //   s->Cancel();    // on_done follows
 //
 // The stream owns itself from Start() until gRPC's OnDone, so an owner may drop its
@@ -96,10 +97,30 @@ class BidiStream final : public grpc::ClientBidiReactor<Req, Resp> {
     queue_.push_back(std::move(req));
     if (!writing_) {
       writing_ = true;
-      util::TsanRelease(this);
-      this->StartWrite(&queue_.front());
+      WriteFront();
     }
     return true;
+  }
+
+  // Queues every request of `batch` in order; false when the stream is closing. The writes
+  // carry the buffer hint except the last one queued, so a burst is flushed once, not per
+  // message.
+  template <class Container>
+  bool SendBatch(Container&& batch) {
+    util::MutexLock lock(&mu_);
+    if (closed_) return false;
+    for (auto& req : batch) queue_.push_back(std::move(req));
+    if (!writing_ && !queue_.empty()) {
+      writing_ = true;
+      WriteFront();
+    }
+    return true;
+  }
+
+  // Requests queued and not yet written (the one being written included).
+  size_t queued() {
+    util::MutexLock lock(&mu_);
+    return queue_.size();
   }
 
   void Cancel() { ctx_.TryCancel(); }
@@ -112,8 +133,7 @@ class BidiStream final : public grpc::ClientBidiReactor<Req, Resp> {
       writing_ = false;
       return;
     }
-    util::TsanRelease(this);
-    this->StartWrite(&queue_.front());
+    WriteFront();
   }
 
   void OnReadDone(bool ok) override {
@@ -145,6 +165,14 @@ class BidiStream final : public grpc::ClientBidiReactor<Req, Resp> {
   }
 
  private:
+  // Writes the queue's front; more queued behind it: buffer hint (not flushed yet).
+  void WriteFront() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    grpc::WriteOptions options;
+    if (queue_.size() > 1) options.set_buffer_hint();
+    util::TsanRelease(this);
+    this->StartWrite(&queue_.front(), options);
+  }
+
   BidiStream(StreamTracker* tracker, Handlers handlers, std::shared_ptr<void> keep)
       : tracker_(tracker), handlers_(std::move(handlers)), keep_(std::move(keep)) {}
 

@@ -1,14 +1,39 @@
 #include "etcd/lease_keeper.h"
 
-#include "absl/strings/match.h"
+#include <algorithm>
+
 #include "etcd/client.h"
 #include "spdlog/spdlog.h"
 #include "util/clock.h"
 
 namespace discovery::etcd {
 
+namespace {
+// Keepalives are sent at most this much early or late: leases due within it share a burst.
+constexpr absl::Duration kMinInterval = absl::Milliseconds(100);
+// How soon a burst deferred behind an unwritten one is tried again.
+constexpr absl::Duration kBacklogRetry = absl::Milliseconds(100);
+// How long answers are collected before the loop handles them.
+constexpr absl::Duration kAnswerBatching = absl::Milliseconds(20);
+}  // namespace
+
 LeaseKeeper::LeaseKeeper(Client* client)
-    : client_(client), logger_(client->logger()), loop_(client->loop()) {}
+    : client_(client),
+      logger_(client->logger()),
+      loop_(client->loop()),
+      session_(client, client->loop(),
+               {.name = "LeaseKeepAlive",
+                .backoff_initial = absl::Milliseconds(100),
+                .backoff_max = absl::Seconds(2),
+                .immediate_first_retry = true,
+                .stall_timeout = absl::Seconds(3)},
+               {.wanted = [this] { return !shutdown_ && !leases_.empty(); },
+                .open = [this](const StreamSession::OpenContext& oc) { return OpenStream(oc); },
+                .cancel =
+                    [this] {
+                      if (stream_ != nullptr) stream_->Cancel();
+                    },
+                .closed = [this](const StreamSession::Ended&) { stream_.reset(); }}) {}
 
 LeaseKeeper::~LeaseKeeper() = default;
 
@@ -18,22 +43,54 @@ void LeaseKeeper::Add(int64_t lease_id, absl::Duration ttl, absl::Duration inter
   // run in order, so a later Remove/lease_count sees this entry.
   loop_.Post([this, lease_id, ttl, interval, listener = std::move(listener)]() mutable {
     if (shutdown_) return;
-    absl::Time now = util::MonoNow();
-    Entry e;
-    e.ttl = ttl;
-    e.interval = std::max(interval, absl::Milliseconds(100));
-    e.next_send = now + e.interval;
+    const absl::Time now = util::MonoNow();
+    if (auto old = leases_.find(lease_id); old != leases_.end()) Erase(old);
+    interval = std::max(interval, kMinInterval);
+    const GroupKey key{absl::ToInt64Microseconds(ttl), absl::ToInt64Microseconds(interval)};
+    std::unique_ptr<Group>& g = groups_[key];
+    if (g == nullptr) {
+      g = std::make_unique<Group>();
+      g->ttl = ttl;
+      g->interval = interval;
+      g->next_burst = now + interval;
+      g->acked_floor = now;
+      // The stream gives up on a burst nobody answers after one interval (1 s .. 3 s).
+      stall_ = std::min(stall_, std::clamp(interval, absl::Seconds(1), absl::Seconds(3)));
+      session_.set_stall_timeout(stall_);
+    }
+    // The lease's first keepalive goes with its group's next burst, at most one interval away.
+    Entry& e = leases_[lease_id];
+    e.group = g.get();
+    e.index = g->ids.size();
     e.last_ack = now;
     e.last_ttl = absl::ToInt64Seconds(ttl);
     e.listener = std::move(listener);
-    leases_[lease_id] = std::move(e);
-    if (stream_ == nullptr && !connecting_) Connect();
-    EnsureTicking();
+    g->ids.push_back(lease_id);
+    session_.Start();
+    Reschedule();
   });
 }
 
 void LeaseKeeper::Remove(int64_t lease_id) {
-  loop_.RunSync([&] { leases_.erase(lease_id); });
+  loop_.RunSync([&] {
+    if (auto it = leases_.find(lease_id); it != leases_.end()) Erase(it);
+  });
+}
+
+void LeaseKeeper::Erase(std::unordered_map<int64_t, Entry>::iterator it) {
+  Group* g = it->second.group;
+  const size_t i = it->second.index;
+  // Swap-remove from the group's list.
+  if (i + 1 != g->ids.size()) {
+    g->ids[i] = g->ids.back();
+    leases_.at(g->ids[i]).index = i;
+  }
+  g->ids.pop_back();
+  leases_.erase(it);
+  if (g->ids.empty()) {
+    groups_.erase(
+        GroupKey{absl::ToInt64Microseconds(g->ttl), absl::ToInt64Microseconds(g->interval)});
+  }
 }
 
 size_t LeaseKeeper::lease_count() {
@@ -45,45 +102,23 @@ size_t LeaseKeeper::lease_count() {
 void LeaseKeeper::Shutdown() {
   loop_.RunSync([&] {
     shutdown_ = true;
+    session_.Shutdown();
     leases_.clear();
-    if (tick_timer_ != 0) loop_.Cancel(tick_timer_);
-    tick_timer_ = 0;
+    groups_.clear();
+    if (timer_ != 0) loop_.Cancel(timer_);
+    timer_ = 0;
     if (stream_ != nullptr) stream_->Cancel();
     stream_.reset();
   });
-  streams_.AwaitNone();
+  session_.tracker()->AwaitNone();
 }
 
-void LeaseKeeper::EnsureTicking() {
-  if (tick_timer_ != 0 || shutdown_) return;
-  tick_timer_ = loop_.PostAfter(tick_, [this] {
-    tick_timer_ = 0;
-    Tick();
-  });
-}
-
-void LeaseKeeper::Connect() {
-  if (shutdown_ || leases_.empty()) return;
-  if (!TokenReadyOrFetch(client_, loop_, &connecting_, refresh_token_, [this](bool fetched) {
-        if (!fetched) {
-          ScheduleReconnect();  // refresh_token_ stays: the next attempt fetches again
-          return;
-        }
-        refresh_token_ = false;
-        if (stream_ == nullptr) Connect();
-      })) {
-    return;
-  }
-  int index = 0;
-  std::shared_ptr<Stubs> stubs = client_->CurrentStubs(&index);
-  const uint64_t generation = ++generation_;
-  open_streams_.store(1);
-  if (generation > 1) reconnects_.fetch_add(1);
-  oldest_unanswered_ = absl::InfiniteFuture();
-  SPDLOG_LOGGER_DEBUG(logger_, "opening LeaseKeepAlive stream to {}",
-                      client_->endpoints()[index].url);
+std::shared_ptr<void> LeaseKeeper::OpenStream(const StreamSession::OpenContext& oc) {
+  const uint64_t generation = oc.generation;
+  const int index = oc.endpoint_index;
+  std::shared_ptr<Stubs> stubs = oc.stubs;
   stream_ = KeepAliveStream::Start(
-      &streams_,
+      session_.tracker(),
       [&](grpc::ClientContext* ctx,
           grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>* r) {
         client_->PrepareContext(ctx, absl::InfiniteFuture());
@@ -95,60 +130,116 @@ void LeaseKeeper::Connect() {
            },
        .on_done =
            [this, generation, index](bool had_response, const grpc::Status& status) {
-             OnStreamDone(generation, index, had_response, status);
+             session_.Done(generation, index, had_response, status);
            }},
       stubs);
-  // Send every lease at once on a new stream: the stream may have been down for a while.
-  absl::Time now = util::MonoNow();
-  for (auto& [id, e] : leases_) e.next_send = now;
-  Tick();
+  OnStreamOpened();
+  return stream_;
 }
 
-void LeaseKeeper::ScheduleReconnect() {
-  if (connecting_ || shutdown_) return;
-  connecting_ = true;
-  absl::Duration delay = backoff_.attempt() == 0 ? absl::ZeroDuration() : backoff_.Next();
-  if (backoff_.attempt() == 0) backoff_.Next();
-  loop_.PostAfter(delay, [this] {
-    connecting_ = false;
-    if (stream_ == nullptr) Connect();
-  });
+void LeaseKeeper::OnStreamOpened() {
+  // Every lease at once on a new stream (it may have been down for a while), then each group
+  // on its own interval from now.
+  const absl::Time now = util::MonoNow();
+  for (auto& [key, g] : groups_) Burst(*g, now);
+  Reschedule();
+}
+
+void LeaseKeeper::Burst(Group& g, absl::Time now) {
+  g.next_burst = now + g.interval;
+  if (stream_ != nullptr && stream_->queued() > 0) {
+    // The last burst is still being written (an overloaded host): the same leases queued again
+    // would only grow the backlog. Those still queued go out with it; the group goes again as
+    // soon as the stream has written it.
+    g.next_burst = now + kBacklogRetry;
+    deferred_bursts_.fetch_add(1, std::memory_order_relaxed);
+    Walk(g, now, nullptr);
+    return;
+  }
+  std::vector<pb::LeaseKeepAliveRequest> batch;
+  Walk(g, now, stream_ != nullptr ? &batch : nullptr);
+  if (stream_ == nullptr || batch.empty()) return;
+  const int64_t n = static_cast<int64_t>(batch.size());
+  if (stream_->SendBatch(batch)) {
+    bursts_.fetch_add(1, std::memory_order_relaxed);
+    sent_.fetch_add(n, std::memory_order_relaxed);
+    session_.Sent(now);
+  }
+}
+
+void LeaseKeeper::Walk(Group& g, absl::Time now, std::vector<pb::LeaseKeepAliveRequest>* batch) {
+  const absl::Duration risk = g.ttl * 2 / 3;
+  // The burst's requests, the group's exact floor, and the leases that just became at risk.
+  if (batch != nullptr) batch->resize(g.ids.size());
+  absl::Time floor = now;
+  std::vector<int64_t> risky;
+  for (size_t i = 0; i < g.ids.size(); ++i) {
+    const int64_t id = g.ids[i];
+    if (batch != nullptr) (*batch)[i].set_id(id);
+    Entry& e = leases_.at(id);
+    if (e.at_risk) continue;
+    if (now - e.last_ack > risk) {
+      risky.push_back(id);
+    } else {
+      floor = std::min(floor, e.last_ack);
+    }
+  }
+  g.acked_floor = floor;
+  for (int64_t id : risky) {
+    auto it = leases_.find(id);  // a listener may have ended others meanwhile
+    if (it == leases_.end()) continue;
+    Entry& e = it->second;
+    e.at_risk = true;
+    SPDLOG_LOGGER_WARN(logger_, "lease {:x} at risk: no keepalive answer for {}", id,
+                       absl::FormatDuration(now - e.last_ack));
+    Dispatch(e.listener, Event{EventType::kAtRisk, id, e.last_ttl});
+  }
 }
 
 void LeaseKeeper::Tick() {
+  timer_ = 0;
+  timer_at_ = absl::InfiniteFuture();
   if (shutdown_) return;
-  absl::Time now = util::MonoNow();
-  absl::Duration min_interval = absl::InfiniteDuration();
-  for (auto& [id, e] : leases_) {
-    min_interval = std::min(min_interval, e.interval);
-    if (stream_ != nullptr && e.next_send <= now) {
-      pb::LeaseKeepAliveRequest req;
-      req.set_id(id);
-      if (stream_->Send(std::move(req))) {
-        if (oldest_unanswered_ == absl::InfiniteFuture()) oldest_unanswered_ = now;
-        e.next_send = now + e.interval;
-      }
-    }
-    if (!e.at_risk && now - e.last_ack > e.ttl * 2 / 3) {
-      e.at_risk = true;
-      SPDLOG_LOGGER_WARN(logger_, "lease {:x} at risk: no keepalive answer for {}", id,
-                         absl::FormatDuration(now - e.last_ack));
-      Dispatch(e.listener, Event{EventType::kAtRisk, id, e.last_ttl});
-    }
-  }
+  wakeups_.fetch_add(1, std::memory_order_relaxed);
+  const absl::Time now = util::MonoNow();
   // A stream whose keepalives go unanswered is stuck (frozen member, partition): switch.
-  absl::Duration stall = std::clamp(min_interval, absl::Seconds(1), absl::Seconds(3));
-  if (stream_ != nullptr && oldest_unanswered_ != absl::InfiniteFuture() &&
-      now - oldest_unanswered_ > stall) {
-    SPDLOG_LOGGER_WARN(logger_, "LeaseKeepAlive stream stalled for {}; reconnecting",
-                       absl::FormatDuration(now - oldest_unanswered_));
-    stream_->Cancel();  // OnDone -> OnStreamDone -> reconnect on the next endpoint
+  session_.CheckStall(now);
+  // Bursts and at-risk checks of the groups that are due (a listener may end a group: collect
+  // the keys first).
+  std::vector<GroupKey> due;
+  for (auto& [key, g] : groups_) {
+    if (g->next_burst <= now || now - g->acked_floor > g->ttl * 2 / 3) due.push_back(key);
   }
-  if (stream_ == nullptr && !leases_.empty()) ScheduleReconnect();
-  if (min_interval != absl::InfiniteDuration()) {
-    tick_ = std::clamp(min_interval / 4, absl::Milliseconds(50), absl::Milliseconds(500));
+  for (const GroupKey& key : due) {
+    auto it = groups_.find(key);
+    if (it == groups_.end()) continue;
+    Group& g = *it->second;
+    if (g.next_burst <= now) {
+      Burst(g, now);
+    } else {
+      Walk(g, now, nullptr);  // some lease may be at risk (answers are missing)
+    }
   }
-  if (!leases_.empty()) EnsureTicking();
+  Reschedule();
+}
+
+void LeaseKeeper::Reschedule() {
+  if (shutdown_) return;
+  absl::Time next = absl::InfiniteFuture();
+  for (auto& [key, g] : groups_) {
+    next = std::min(next, g->next_burst);
+    // A lease answered last at acked_floor is at risk 2/3 ttl later (+1 ms: strictly after).
+    next = std::min(next, g->acked_floor + g->ttl * 2 / 3 + absl::Milliseconds(1));
+  }
+  // (Before the stall deadline: +1 ms so that the check sees it passed.)
+  absl::Time stall = session_.stall_deadline();
+  if (stall != absl::InfiniteFuture()) next = std::min(next, stall + absl::Milliseconds(1));
+  if (next == timer_at_) return;
+  if (timer_ != 0) loop_.Cancel(timer_);
+  timer_ = 0;
+  timer_at_ = next;
+  if (next == absl::InfiniteFuture()) return;
+  timer_ = loop_.PostAt(next, [this] { Tick(); });
 }
 
 void LeaseKeeper::OnResponse(uint64_t generation, int64_t id, int64_t ttl) {
@@ -158,7 +249,10 @@ void LeaseKeeper::OnResponse(uint64_t generation, int64_t id, int64_t ttl) {
     if (drain_posted_) return;
     drain_posted_ = true;
   }
-  loop_.Post([this] { DrainAnswers(); });
+  // A burst's answers arrive over a few milliseconds in many reads: collecting them for a
+  // moment makes one loop wake-up per burst instead of one per read (an answer's only use is
+  // the lease's last_ack, milliseconds do not matter).
+  loop_.PostAfter(kAnswerBatching, [this] { DrainAnswers(); });
 }
 
 void LeaseKeeper::DrainAnswers() {
@@ -168,21 +262,30 @@ void LeaseKeeper::DrainAnswers() {
     batch.swap(answers_);
     drain_posted_ = false;
   }
-  for (const Answer& a : batch) HandleAnswer(a);
+  if (shutdown_) return;
+  answer_batches_.fetch_add(1, std::memory_order_relaxed);
+  const absl::Time now = util::MonoNow();
+  bool current = false;
+  for (const Answer& a : batch) {
+    if (!session_.IsCurrent(a.generation)) continue;
+    current = true;
+    HandleAnswer(a);
+  }
+  if (!current) return;
+  session_.ResetBackoff();
+  session_.Received(now);
+  Reschedule();  // the stall deadline moved
 }
 
 void LeaseKeeper::HandleAnswer(const Answer& answer) {
   const int64_t id = answer.id;
   const int64_t ttl = answer.ttl;
-  if (answer.generation != generation_ || shutdown_) return;
-  backoff_.Reset();
-  oldest_unanswered_ = absl::InfiniteFuture();
   auto it = leases_.find(id);
   if (it == leases_.end()) return;
   Entry& e = it->second;
   if (ttl <= 0) {
     Listener listener = std::move(e.listener);
-    leases_.erase(it);
+    Erase(it);
     SPDLOG_LOGGER_WARN(logger_, "lease {:x} lost (etcd answered TTL {})", id, ttl);
     Dispatch(listener, Event{EventType::kLost, id, 0});
     return;
@@ -191,28 +294,11 @@ void LeaseKeeper::HandleAnswer(const Answer& answer) {
   e.last_ttl = ttl;
   if (e.at_risk) {
     e.at_risk = false;
+    // Back among the leases the group's floor covers.
+    e.group->acked_floor = std::min(e.group->acked_floor, e.last_ack);
     SPDLOG_LOGGER_INFO(logger_, "lease {:x} answered again (TTL {}s)", id, ttl);
     Dispatch(e.listener, Event{EventType::kAlive, id, ttl});
   }
-}
-
-void LeaseKeeper::OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
-                               grpc::Status status) {
-  loop_.Post([this, generation, endpoint_index, had_response, status = std::move(status)] {
-    if (generation != generation_ || shutdown_) return;
-    stream_.reset();
-    open_streams_.store(0);
-    const std::string error = status.ok() ? std::string() : status.error_message();
-    SPDLOG_LOGGER_INFO(logger_, "LeaseKeepAlive stream to {} ended ({}); reconnecting",
-                       client_->endpoints()[endpoint_index].url, error.empty() ? "closed" : error);
-    if (client_->has_auth() && !status.ok() &&
-        IsAuthRefusal(status.error_code(), status.error_message())) {
-      refresh_token_ = true;  // refused for its token: the member is fine
-    } else if (!had_response || !status.ok()) {
-      client_->MarkFailed(endpoint_index);
-    }
-    ScheduleReconnect();
-  });
 }
 
 void LeaseKeeper::Dispatch(const Listener& listener, const Event& event) {

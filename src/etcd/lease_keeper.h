@@ -1,8 +1,19 @@
 // LeaseKeeper: keeps any number of leases alive over ONE LeaseKeepAlive bidi stream
-// (gRPC callback API). A timer on the client loop sends a keepalive for each lease every
-// `interval`; responses are matched by lease id. The stream is reopened on the next endpoint
-// with jittered backoff when it breaks or stalls (no answer to a keepalive within the stall
-// timeout: a frozen or partitioned member keeps the TCP connection but never answers).
+// (gRPC callback API).
+//
+// Schedule: leases with the same (TTL, interval) form a group that is kept alive in ONE write
+// burst per interval: a lease added to an existing group is sent with the group's next burst
+// (at most one interval after it was added, as before); a burst is queued on the stream at once
+// and written with the buffer hint on all but its last message (one flush per burst). A burst
+// due while the previous one is still being written waits for it (no backlog of duplicates). The
+// client loop wakes only when something is due (a burst, a possible at-risk lease, the stall
+// deadline), never walks the leases that are not due, and never arms a timer per lease.
+// Answers are handed from gRPC's threads to the loop in batches: the first answer of a burst
+// schedules one loop task a few milliseconds later that handles all answers arrived by then.
+//
+// The stream is reopened on the next endpoint with jittered backoff when it breaks or stalls
+// (no answer to a keepalive within the stall timeout: a frozen or partitioned member keeps the
+// TCP connection but never answers); a new stream sends every lease at once.
 //
 // Auth: etcd 3.4 does not check the token on LeaseKeepAlive at all (an expired, unknown or
 // missing simple token still gets answers). Should a member refuse the stream for auth
@@ -15,18 +26,21 @@
 //  - kLost:   etcd answered TTL <= 0 (lease expired, revoked or etcd lost its data). The
 //             lease is no longer tracked after kLost.
 //
-// Thread-safety: Add/Remove/open_streams are thread-safe.
+// Thread-safety: Add/Remove/open_streams and the counters are thread-safe.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
 #include "etcd/bidi_stream.h"
 #include "etcd/etcdserverpb/rpc.pb.h"
+#include "etcd/stream_session.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
 #include "util/sync.h"
@@ -54,41 +68,67 @@ class LeaseKeeper {
   // Stops keeping the lease alive. When called off the loop thread, the listener is not
   // invoked after Remove returns.
   void Remove(int64_t lease_id);
-  int open_streams() const { return open_streams_.load(); }
+  int open_streams() const { return session_.open_streams(); }
   // Streams opened to replace one that ended (broke, stalled, or was refused for auth).
-  int64_t reconnects() const { return reconnects_.load(); }
+  int64_t reconnects() const { return session_.reconnects(); }
   size_t lease_count();
+  // For tests and stats: write bursts queued on the stream, keepalives sent, and loop wake-ups
+  // of the schedule timer (one per burst in the steady state).
+  int64_t bursts() const { return bursts_.load(); }
+  int64_t keepalives_sent() const { return sent_.load(); }
+  int64_t timer_wakeups() const { return wakeups_.load(); }
+  // Loop tasks that handled keepalive answers (a few per burst, not one per answer).
+  int64_t answer_batches() const { return answer_batches_.load(); }
+  // Bursts put off because the previous one was still being written (an overloaded host).
+  int64_t deferred_bursts() const { return deferred_bursts_.load(); }
+  // Streams given up because a keepalive went unanswered for the stall timeout.
+  int64_t stalls() const { return session_.stalls(); }
   // Cancels the stream and waits for it to finish. Called by ~Client.
   void Shutdown();
 
  private:
-  // Called from the stream's handlers (gRPC threads).
-  void OnResponse(uint64_t generation, int64_t id, int64_t ttl);
-  void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
-                    grpc::Status status);
-  struct Entry {
+  using KeepAliveStream =
+      BidiStream<etcdserverpb::LeaseKeepAliveRequest, etcdserverpb::LeaseKeepAliveResponse>;
+  // Leases sharing a (ttl, interval): sent together, one burst per interval.
+  struct Group {
     absl::Duration ttl;
     absl::Duration interval;
-    absl::Time next_send;
+    absl::Time next_burst;
+    // No lease of the group (that is not already at risk) has an answer older than this: the
+    // group needs a walk for kAtRisk only once now - acked_floor > 2/3 ttl.
+    absl::Time acked_floor;
+    std::vector<int64_t> ids;
+  };
+  using GroupKey = std::pair<int64_t, int64_t>;  // (ttl, interval) in microseconds
+  struct Entry {
+    Group* group = nullptr;
+    size_t index = 0;  // in group->ids
     absl::Time last_ack;
     int64_t last_ttl = 0;
     bool at_risk = false;
     Listener listener;
   };
-
   struct Answer {
     uint64_t generation;
     int64_t id;
     int64_t ttl;
   };
 
+  // Called from the stream's handlers (gRPC threads).
+  void OnResponse(uint64_t generation, int64_t id, int64_t ttl);
+
   // Loop-thread only.
+  std::shared_ptr<void> OpenStream(const StreamSession::OpenContext& oc);
+  void OnStreamOpened();
   void Tick();
+  void Burst(Group& g, absl::Time now);
+  // Walks a group: its exact acked_floor, kAtRisk for leases unanswered for 2/3 ttl, and the
+  // burst's requests when `batch` is given.
+  void Walk(Group& g, absl::Time now, std::vector<etcdserverpb::LeaseKeepAliveRequest>* batch);
+  void Reschedule();
   void DrainAnswers();
   void HandleAnswer(const Answer& answer);
-  void EnsureTicking();
-  void Connect();
-  void ScheduleReconnect();
+  void Erase(std::unordered_map<int64_t, Entry>::iterator it);
   void Dispatch(const Listener& listener, const Event& event);
 
   Client* client_;
@@ -96,29 +136,26 @@ class LeaseKeeper {
   util::EventLoop& loop_;
 
   // Loop-thread state.
-  std::map<int64_t, Entry> leases_;
-  using KeepAliveStream =
-      BidiStream<etcdserverpb::LeaseKeepAliveRequest, etcdserverpb::LeaseKeepAliveResponse>;
+  std::unordered_map<int64_t, Entry> leases_;
+  std::map<GroupKey, std::unique_ptr<Group>> groups_;
   std::shared_ptr<KeepAliveStream> stream_;
-  uint64_t generation_ = 0;
-  bool connecting_ = false;
-  bool refresh_token_ = false;  // the last stream was refused for auth: new token first
-  util::EventLoop::TimerId tick_timer_ = 0;
-  // A quarter of the shortest keepalive interval (50 ms .. 500 ms): sends are due at most that
-  // late, and 10,000 leases on a 10 s TTL are walked twice a second, not ten times.
-  absl::Duration tick_ = absl::Milliseconds(100);
+  StreamSession session_;
+  util::EventLoop::TimerId timer_ = 0;
+  absl::Time timer_at_ = absl::InfiniteFuture();
   absl::Time oldest_unanswered_ = absl::InfiniteFuture();
-  util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(2)};
+  absl::Duration stall_ = absl::Seconds(3);
   bool shutdown_ = false;
 
-  std::atomic<int> open_streams_{0};
-  std::atomic<int64_t> reconnects_{0};
+  std::atomic<int64_t> bursts_{0};
+  std::atomic<int64_t> sent_{0};
+  std::atomic<int64_t> wakeups_{0};
+  std::atomic<int64_t> answer_batches_{0};
+  std::atomic<int64_t> deferred_bursts_{0};
   // Keepalive answers from gRPC threads, handed to the loop in batches (one task per burst
   // instead of one per answer).
   util::Mutex answers_mu_;
   std::vector<Answer> answers_ ABSL_GUARDED_BY(answers_mu_);
   bool drain_posted_ ABSL_GUARDED_BY(answers_mu_) = false;
-  StreamTracker streams_;
 };
 
 }  // namespace discovery::etcd

@@ -1,0 +1,143 @@
+// LeaseKeeper against a real etcd: one write burst per interval for leases added at different
+// times (and one loop wake-up per burst), Remove shrinking the burst, and a frozen member
+// (TCP kept, never answers) making the stream switch endpoints without losing a lease.
+#include "etcd/lease_keeper.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <vector>
+
+#include "etcd/client.h"
+#include "etcd_harness.h"
+#include "harness_util.h"
+#include "util/clock.h"
+
+namespace discovery {
+namespace {
+
+using testing::EtcdCluster;
+using testing::WaitUntil;
+namespace pb = ::etcdserverpb;
+
+class LeaseKeeperTest : public ::testing::Test {
+ protected:
+  void Start(int members) {
+    auto c = EtcdCluster::Start({.members = members});
+    ASSERT_TRUE(c.ok()) << c.status();
+    cluster_ = *std::move(c);
+    EtcdOptions o;
+    o.endpoints = cluster_->ClientEndpoints();
+    o.call_timeout = testing::TimeScale(absl::Seconds(5));
+    auto client = etcd::Client::Create(o);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+  std::vector<int64_t> Grant(int n, int64_t ttl) {
+    std::vector<int64_t> ids;
+    for (int i = 0; i < n; ++i) {
+      pb::LeaseGrantRequest g;
+      g.set_ttl(ttl);
+      auto r = client_->LeaseGrant(g);
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (r.ok()) ids.push_back(r->id());
+    }
+    return ids;
+  }
+  void AddAll(const std::vector<int64_t>& ids, absl::Duration ttl, absl::Duration interval) {
+    for (int64_t id : ids) {
+      client_->keeper().Add(id, ttl, interval, [this](const etcd::LeaseKeeper::Event& e) {
+        if (e.type == etcd::LeaseKeeper::EventType::kLost) lost_.fetch_add(1);
+        if (e.type == etcd::LeaseKeeper::EventType::kAtRisk) at_risk_.fetch_add(1);
+      });
+    }
+  }
+  int64_t Remaining(int64_t id) {
+    pb::LeaseTimeToLiveRequest req;
+    req.set_id(id);
+    auto r = client_->LeaseTimeToLive(req);
+    return r.ok() ? r->ttl() : -2;
+  }
+
+  std::unique_ptr<EtcdCluster> cluster_;
+  std::shared_ptr<etcd::Client> client_;
+  std::atomic<int> lost_{0};
+  std::atomic<int> at_risk_{0};
+};
+
+// Leases added half an interval apart share one burst per interval, and the loop wakes once
+// per burst. (Before: every lease was sent on its own schedule by a tick every interval / 4
+// that walked all leases; each lease a separate write.)
+TEST_F(LeaseKeeperTest, LeasesAddedAtDifferentTimesShareOneBurstPerInterval) {
+  Start(1);
+  const absl::Duration ttl = absl::Seconds(3), interval = absl::Seconds(1);
+  std::vector<int64_t> first = Grant(100, 3), second = Grant(100, 3);
+  ASSERT_EQ(first.size() + second.size(), 200u);
+  etcd::LeaseKeeper& k = client_->keeper();
+  AddAll(first, ttl, interval);
+  // The new stream sends the first leases at once.
+  ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() >= 100; }, absl::Seconds(5)));
+  const absl::Time half = util::MonoNow() + interval / 2;
+  ASSERT_TRUE(WaitUntil([&] { return util::MonoNow() >= half; }, absl::Seconds(2)));
+  AddAll(second, ttl, interval);
+  // The second leases go with the first ones' next burst.
+  ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() >= 300; }, absl::Seconds(3)));
+  const int64_t sent0 = k.keepalives_sent(), bursts0 = k.bursts(), wakes0 = k.timer_wakeups();
+  const int64_t batches0 = k.answer_batches();
+  ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() >= sent0 + 3 * 200; }, absl::Seconds(6)));
+  const int64_t bursts = k.bursts() - bursts0, wakes = k.timer_wakeups() - wakes0;
+  EXPECT_EQ(bursts, 3);
+  EXPECT_EQ(k.keepalives_sent() - sent0, bursts * 200) << "a burst carries every lease";
+  EXPECT_LE(wakes, bursts + 1) << "the loop wakes once per burst";
+  // 200 answers per burst, handled by the loop in a few tasks (not one per answer or read).
+  EXPECT_LE(k.answer_batches() - batches0, 3 * bursts);
+  EXPECT_EQ(lost_.load(), 0);
+  EXPECT_EQ(at_risk_.load(), 0);
+  for (int64_t id : {first.front(), second.back()}) EXPECT_GT(Remaining(id), 0);
+}
+
+// Removed leases leave the burst; their listener is not called after Remove returns.
+TEST_F(LeaseKeeperTest, RemoveShrinksTheBurst) {
+  Start(1);
+  std::vector<int64_t> ids = Grant(50, 3);
+  ASSERT_EQ(ids.size(), 50u);
+  etcd::LeaseKeeper& k = client_->keeper();
+  AddAll(ids, absl::Seconds(3), absl::Seconds(1));
+  ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() >= 50; }, absl::Seconds(5)));
+  for (size_t i = 0; i < 30; ++i) k.Remove(ids[i]);
+  EXPECT_EQ(k.lease_count(), 20u);
+  const int64_t sent0 = k.keepalives_sent(), bursts0 = k.bursts();
+  ASSERT_TRUE(WaitUntil([&] { return k.bursts() >= bursts0 + 2; }, absl::Seconds(4)));
+  EXPECT_EQ(k.keepalives_sent() - sent0, (k.bursts() - bursts0) * 20);
+  // The removed leases expire: kept alive no more, and no kLost for them.
+  EXPECT_TRUE(WaitUntil([&] { return Remaining(ids[0]) == -1; }, absl::Seconds(6)));
+  EXPECT_GT(Remaining(ids[49]), 0);
+  EXPECT_EQ(lost_.load(), 0);
+}
+
+// A member frozen with SIGSTOP keeps the TCP connection but never answers: the stream gives
+// up after its stall timeout and reconnects to another member; the leases live on.
+TEST_F(LeaseKeeperTest, FrozenMemberSwitchesEndpointWithoutLosingLeases) {
+  Start(3);
+  std::vector<int64_t> ids = Grant(20, 10);
+  ASSERT_EQ(ids.size(), 20u);
+  etcd::LeaseKeeper& k = client_->keeper();
+  AddAll(ids, absl::Seconds(10), absl::Seconds(1));
+  ASSERT_TRUE(WaitUntil([&] { return k.open_streams() == 1 && k.keepalives_sent() >= 20; },
+                        absl::Seconds(5)));
+  int index = 0;
+  client_->CurrentStubs(&index);
+  ASSERT_TRUE(cluster_->Stop(index).ok());
+  EXPECT_TRUE(WaitUntil([&] { return k.stalls() >= 1 && k.reconnects() >= 1; }, absl::Seconds(8)));
+  // Kept alive through another member: the remaining TTL is back near the full 10 s (a
+  // lease left alone since the freeze would be well below).
+  for (int64_t id : {ids.front(), ids.back()}) {
+    EXPECT_TRUE(WaitUntil([&] { return Remaining(id) >= 9; }, absl::Seconds(8))) << id;
+  }
+  ASSERT_TRUE(cluster_->Cont(index).ok());
+  EXPECT_EQ(lost_.load(), 0);
+  EXPECT_EQ(k.open_streams(), 1);
+}
+
+}  // namespace
+}  // namespace discovery
