@@ -7,10 +7,10 @@
 #   bench/compare.sh --figures register --inflight "1 16" --register-n 2000
 #
 # Starts etcd (Debian's etcd-server, /usr/bin/etcd) on 127.0.0.1 with free ports and a data
-# dir under /dev/shm, stops it by PID on exit. Prints `cat /proc/loadavg` before each run
-# (the table's load column is that 1-minute figure),
-# keeps every JSON line in the work dir, and ends with a markdown table. All traffic stays
-# on 127.0.0.1; every run is bounded by --run-timeout. Exit status 1 when a run reported an
+# dir under /dev/shm, stops it by PID on exit and removes that work dir (--keep keeps it).
+# Prints `cat /proc/loadavg` before each run (the table's load column is that 1-minute
+# figure) and every JSON line, and ends with a markdown table. All traffic stays on
+# 127.0.0.1; every run is bounded by --run-timeout. Exit status 1 when a run reported an
 # error (missed timing targets never fail it), 2 on bad usage or when etcd does not start.
 set -euo pipefail
 
@@ -27,6 +27,7 @@ keepalive_ttl=10
 keepalive_seconds=30
 run_timeout=600
 quick=0
+keep=0
 etcd_bin=${ETCD_BIN:-/usr/bin/etcd}
 
 usage() {
@@ -44,6 +45,7 @@ Options:
   --keepalive-ttl T         lease TTL seconds ($keepalive_ttl)
   --keepalive-seconds S     measured window seconds ($keepalive_seconds)
   --run-timeout S           upper bound of one run ($run_timeout)
+  --keep                    keep the work dir (results.tsv, etcd and run logs) under /dev/shm
   --quick                   tiny sizes: register-n 500, inflight "1 16", rates 1000 for 2 s,
                             keepalive-n 200, ttl 2, 3 s
 EOF
@@ -62,6 +64,7 @@ while [ $# -gt 0 ]; do
     --keepalive-ttl) keepalive_ttl=$2; shift 2 ;;
     --keepalive-seconds) keepalive_seconds=$2; shift 2 ;;
     --run-timeout) run_timeout=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
     --quick)
       quick=1
       register_n=500; inflight="1 16"; rates="1000"; latency_seconds=2
@@ -101,7 +104,12 @@ cleanup() {
     kill "$etcd_pid" 2>/dev/null || true
     wait "$etcd_pid" 2>/dev/null || true
   fi
-  rm -rf "$work/etcd"
+  if [ "$keep" = 1 ]; then
+    rm -rf "$work/etcd"
+    echo "compare.sh: kept $work (results.tsv, stderr.log, etcd.log)" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -143,7 +151,7 @@ run() {
   echo "## $figure $side run $n: loadavg $load" >&2
   local out
   out=$(timeout "$run_timeout" "$@" 2>>"$work/stderr.log" | tail -1) ||
-    echo "   (the run failed or timed out; see $work/stderr.log)" >&2
+    { echo "   (the run failed or timed out; its stderr:)"; tail -20 "$work/stderr.log"; } >&2
   [ -n "$out" ] || out='{"error":"no output"}'
   echo "   $out" >&2
   printf '%s\t%s\t%s\t%s\t%s\n' "$figure" "$side" "$n" "${load%% *}" "$out" >>"$results"
@@ -186,7 +194,7 @@ for fig in "${figure_list[@]}"; do
 done
 
 echo "" >&2
-echo "results (one JSON line per run): $results" >&2
+[ "$keep" = 1 ] && echo "results (one JSON line per run): $results" >&2
 status=0
 awk -F'\t' -v runs="$runs" -f "$here/compare_table.awk" "$results" || status=1
 if [ "$quick" = 1 ]; then echo "(--quick: tiny sizes, not the issue's figures)"; fi

@@ -47,6 +47,7 @@ struct Flags {
 
   int latency_rate = 1000;
   double latency_seconds = 10;
+  int latency_inflight = 32;  // watch-latency/fanout writer: Puts outstanding at once
 
   int fanout_subscribers = 100;
   int fanout_rate = 100;

@@ -63,6 +63,9 @@ int main(int argc, char** argv) {
   app.add_option("--keepalive-ttl", f.keepalive_ttl, "keepalive: lease TTL seconds");
   app.add_option("--latency-rate", f.latency_rate, "watch-latency: puts per second (1000, 10000)");
   app.add_option("--latency-seconds", f.latency_seconds, "watch-latency: seconds");
+  app.add_option("--latency-inflight", f.latency_inflight,
+                 "watch-latency, fanout: writer Puts outstanding at once")
+      ->check(CLI::Range(1, 4096));
   app.add_option("--fanout-subscribers", f.fanout_subscribers, "fanout: subscribers");
   app.add_option("--fanout-rate", f.fanout_rate, "fanout: puts per second");
   app.add_option("--fanout-seconds", f.fanout_seconds, "fanout: seconds");

@@ -16,14 +16,16 @@
 #include "discovery/picker.h"
 #include "discovery/registrar.h"
 #include "discovery/watcher.h"
+#include "paced_writer.h"
 
 namespace discovery_bench {
 
 // ---------------------------------------------------------------------------------------------
-// watch-latency and fanout: a paced writer (blocking Put on its own channel); latency from the
-// put's answer (ack_*) and from its send (send_*) to the Watcher's callback, to the last (and,
-// fanout, the first) subscriber. fanout also follows the prefix on an in-process bare Watch
-// stream (inproc_raw_*, a diagnostic only).
+// watch-latency and fanout: the paced, pipelined writer of bench/paced_writer.h (up to
+// --latency-inflight Puts outstanding on its own channel); latency from the put's answer (ack_*)
+// and from its send (send_*) to the Watcher's callback, to the last (and, fanout, the first)
+// subscriber. fanout also follows the prefix on an in-process bare Watch stream (inproc_raw_*, a
+// diagnostic only).
 
 Json RunLatency(const Context& cx, const std::string& name, int rate, double seconds,
                 int subscribers) {
@@ -44,7 +46,6 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   // The in-process bare Watch stream is a diagnostic of fanout only (it shares this process's
   // CPU); the raw figure to compare watch-latency with is `discovery-raw-bench watch-latency`.
   const bool inproc_raw = subscribers > 1;
-  std::vector<int64_t> sent(total, 0);
   std::vector<std::atomic<int64_t>> ack(total), lib_first(total), lib_last(total), raw_first(total),
       raw_last(total);
   for (int i = 0; i < total; ++i) {
@@ -59,7 +60,7 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   std::vector<discovery::Subscription> subs;
   for (int s = 0; s < subscribers; ++s) {
     subs.push_back(watcher->Subscribe({}, [&](const discovery::ChangeEvent& ev) {
-      const int64_t now = NowNs();
+      const int64_t now = bench_writer::MonoNs();
       auto it = ev.instance->meta.find("seq");
       int64_t seq = -1;
       if (it == ev.instance->meta.end() || !absl::SimpleAtoi(it->second, &seq)) return;
@@ -75,45 +76,22 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
     raw.emplace(&raw_bare, prefix, rev.ok() ? *rev + 1 : 0,
                 [&](const mvccpb::Event& ev, int64_t /*recv*/) {
                   // The bare stream's "logic": find the sequence number in the value.
-                  const std::string& v = ev.kv().value();
-                  size_t at = v.find("\"seq\":\"");
-                  int64_t seq = -1;
-                  if (at == std::string::npos) return;
-                  at += 7;
-                  size_t endq = v.find('"', at);
-                  if (!absl::SimpleAtoi(absl::string_view(v).substr(at, endq - at), &seq)) return;
+                  const int64_t seq = bench_writer::SeqOf(ev.kv().value());
                   if (seq < 0 || seq >= total) return;
-                  for (auto& cb : raw_callbacks) cb(seq, NowNs());
+                  for (auto& cb : raw_callbacks) cb(seq, bench_writer::MonoNs());
                 });
   if (absl::Status s = raw ? raw->Start() : absl::OkStatus(); !s.ok()) {
     out["error"] = s.ToString();
     return out;
   }
 
-  // Writer: `rate` puts per second over 1,000 keys (first adds, then updates).
-  const int keys = std::min(total, 1000);
-  std::vector<Instance> instances;
-  for (int i = 0; i < keys; ++i) instances.push_back(MakeInstance(i));
-  int errors = 0;
-  const int64_t t0 = NowNs();
-  const int64_t period = static_cast<int64_t>(1e9 / rate);
-  for (int seq = 0; seq < total; ++seq) {
-    const int64_t due = t0 + period * seq;
-    const int64_t now = NowNs();
-    if (due > now) std::this_thread::sleep_for(std::chrono::nanoseconds(due - now));
-    Instance& in = instances[seq % keys];
-    in.meta["seq"] = absl::StrCat(seq);
-    in.meta["ts"] = absl::StrCat(NowNs());
-    const std::string key = KeyOf(prefix, in);
-    std::string value = discovery::EncodeInstance(in);
-    sent[seq] = NowNs();
-    if (!writer.Put(key, value).ok()) {
-      ++errors;
-      continue;
-    }
-    ack[seq].store(NowNs());
-  }
-  const double write_secs = Seconds(NowNs() - t0);
+  // Writer: `rate` puts per second over 1,000 keys (first adds, then updates), pipelined
+  // (bench/paced_writer.h, the same code and values as discovery-raw-bench watch-latency).
+  bench_writer::PacedResult w =
+      bench_writer::RunPacedWriter(writer.channel, prefix, rate, total, cx.flags->latency_inflight);
+  const std::vector<int64_t>& sent = w.sent;
+  const int errors = w.errors;
+  for (int i = 0; i < total; ++i) ack[i].store(w.ack[i]);
   auto all_seen = [&](std::vector<std::atomic<int64_t>>& last) {
     for (int i = 0; i < total; ++i) {
       if (ack[i].load() != 0 && last[i].load() == 0) return false;
@@ -164,7 +142,10 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   };
   out["puts"] = total - errors;
   out["put_errors"] = errors;
-  out["achieved_rate_per_s"] = Round((total - errors) / write_secs, 1);
+  out["writer_inflight"] = cx.flags->latency_inflight;
+  out["achieved_rate_per_s"] = Round(w.achieved_rate_per_s, 1);
+  out["writer_max_inflight"] = w.max_inflight_reached;
+  out["writer_max_lag_ms"] = Round(static_cast<double>(w.max_lag_ns) / 1e6);
   Lat lib_last_l = collect(lib_last);
   // To the last subscriber (watch-latency: the only one); fanout also to the first one.
   put("", lib_last_l);

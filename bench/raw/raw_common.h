@@ -35,6 +35,7 @@ struct Flags {
   // watch-latency
   int rate = 1000;
   double latency_seconds = 10;
+  int writer_inflight = 32;  // Puts outstanding at once (bench/paced_writer.h)
 
   // keepalive
   int keepalive_n = 1000;

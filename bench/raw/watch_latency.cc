@@ -1,12 +1,12 @@
-// discovery-raw-bench watch-latency: one paced writer thread (blocking Put on its own channel,
-// the value carries a sequence number) and one bare Watch stream (blocking reader/writer on
-// another channel) read by a dedicated thread that timestamps each event on arrival.
-// Figures: receive - put acknowledged, and receive - put sent (CLOCK_MONOTONIC).
+// discovery-raw-bench watch-latency: the paced, pipelined writer of bench/paced_writer.h (up
+// to --inflight Puts outstanding on its own channel, the value carries a sequence number) and
+// one bare Watch stream (blocking reader/writer on another channel) read by a dedicated
+// thread that timestamps each event on arrival. Figures: receive - put acknowledged, and
+// receive - put sent (CLOCK_MONOTONIC).
 #include <atomic>
 #include <thread>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
+#include "paced_writer.h"
 #include "raw_common.h"
 
 namespace raw_bench {
@@ -23,10 +23,8 @@ Json RunWatchLatency(const Flags& f) {
   const std::string prefix = f.prefix.empty() ? UniquePrefix("watch") : f.prefix;
   auto wch = NewChannel(f.endpoint);
   auto rch = NewChannel(f.endpoint);
-  auto kv = pb::KV::NewStub(wch);
   auto watch = pb::Watch::NewStub(rch);
 
-  std::vector<int64_t> sent(total, 0), ack(total, 0);
   std::vector<std::atomic<int64_t>> recv(total);
   for (auto& r : recv) r.store(0);
 
@@ -44,17 +42,10 @@ Json RunWatchLatency(const Flags& f) {
   std::thread reader([&] {
     pb::WatchResponse resp;
     while (stream->Read(&resp)) {
-      const int64_t now = NowNs();
+      const int64_t now = bench_writer::MonoNs();
       if (resp.created()) created.store(true);
       for (const auto& ev : resp.events()) {
-        const std::string& v = ev.kv().value();
-        size_t at = v.find("\"seq\":\"");
-        if (at == std::string::npos) continue;
-        at += 7;
-        int64_t seq = -1;
-        if (!absl::SimpleAtoi(absl::string_view(v).substr(at, v.find('"', at) - at), &seq)) {
-          continue;
-        }
+        const int64_t seq = bench_writer::SeqOf(ev.kv().value());
         if (seq >= 0 && seq < total) recv[seq].store(now, std::memory_order_relaxed);
       }
       events.fetch_add(static_cast<uint64_t>(resp.events_size()));
@@ -70,34 +61,17 @@ Json RunWatchLatency(const Flags& f) {
     return out;
   }
 
-  // Writer: `rate` puts per second over 1,000 keys, as the library scenario does.
-  const int keys = std::min(total, 1000);
-  int errors = 0;
-  std::thread writer([&] {
-    const int64_t period = static_cast<int64_t>(1e9 / rate);
-    const int64_t t0 = NowNs();
-    pb::PutRequest put;
-    pb::PutResponse resp;
-    for (int seq = 0; seq < total; ++seq) {
-      const int64_t due = t0 + period * seq;
-      if (const int64_t now = NowNs(); due > now) {
-        std::this_thread::sleep_for(std::chrono::nanoseconds(due - now));
-      }
-      put.set_key(absl::StrCat(prefix, "world/", InstanceId(seq % keys)));
-      put.set_value(ValueWithSeq(seq % keys, seq));
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-      sent[seq] = NowNs();
-      if (!kv->Put(&ctx, put, &resp).ok()) {
-        ++errors;
-        sent[seq] = 0;
-        continue;
-      }
-      ack[seq] = NowNs();
-    }
-    out["achieved_rate_per_s"] = Round(total / Seconds(NowNs() - t0), 1);
-  });
-  writer.join();
+  // Writer: `rate` puts per second over 1,000 keys, pipelined (bench/paced_writer.h, the
+  // same code as discovery-bench's watch-latency).
+  bench_writer::PacedResult w =
+      bench_writer::RunPacedWriter(wch, prefix, rate, total, f.writer_inflight);
+  const std::vector<int64_t>& sent = w.sent;
+  const std::vector<int64_t>& ack = w.ack;
+  const int errors = w.errors;
+  out["writer_inflight"] = f.writer_inflight;
+  out["achieved_rate_per_s"] = Round(w.achieved_rate_per_s, 1);
+  out["writer_max_inflight"] = w.max_inflight_reached;
+  out["writer_max_lag_ms"] = Round(static_cast<double>(w.max_lag_ns) / 1e6);
   // Wait (bounded) for the last events.
   auto all_seen = [&] {
     for (int i = 0; i < total; ++i) {
