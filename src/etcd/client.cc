@@ -279,6 +279,7 @@ absl::Status Client::RefreshToken(int endpoint_index) {
   token_refreshes_.fetch_add(1);
   util::MutexLock lock(&token_mu_);
   token_ = resp.token();
+  ++token_generation_;
   return absl::OkStatus();
 }
 
@@ -300,8 +301,18 @@ bool UnaryPolicy::Pick() {
   ++attempt_;
   stubs_ = client_->CurrentStubs(&index_);
   last_index_ = index_;
+  need_token_ = need_token_ && FetchStillNeeded();
   if (need_token_) client_->token_suspect_.store(false);
   return need_token_;
+}
+
+bool UnaryPolicy::FetchStillNeeded() {
+  if (used_generation_ == 0) return true;
+  // A token refresh after a refused attempt: when another call fetched a new token since
+  // that attempt was sent, use it instead of logging in again (64 registrations in flight
+  // refused at once log in once, not 64 times one after the other).
+  util::MutexLock lock(&client_->token_mu_);
+  return client_->token_generation_ == used_generation_ || client_->token_.empty();
 }
 
 UnaryPolicy::Action UnaryPolicy::Retry(absl::Duration* pause) {
@@ -338,6 +349,10 @@ bool UnaryPolicy::PrepareCall(grpc::ClientContext* ctx) {
   const absl::Time now = util::MonoNow();
   if (now >= deadline_) return false;
   client_->PrepareContext(ctx, std::min(deadline_, now + attempt_budget_));
+  if (client_->has_auth()) {
+    util::MutexLock lock(&client_->token_mu_);
+    used_generation_ = client_->token_generation_;
+  }
   return true;
 }
 
@@ -395,7 +410,8 @@ absl::StatusOr<Resp> Client::Unary(
   absl::Duration pause;
   for (;;) {
     if (p.Pick()) {
-      UnaryPolicy::Action a = p.AfterToken(RefreshToken(p.index()), &pause);
+      UnaryPolicy::Action a =
+          p.AfterToken(p.FetchStillNeeded() ? RefreshToken(p.index()) : absl::OkStatus(), &pause);
       if (a == UnaryPolicy::Action::kDone) break;
       if (a == UnaryPolicy::Action::kRetry) {
         if (pause > absl::ZeroDuration()) absl::SleepFor(pause);

@@ -199,6 +199,7 @@ class Client : public std::enable_shared_from_this<Client> {
   // Set when a call with a token timed out: the next call logs in again first (see Unary).
   std::atomic<bool> token_suspect_{false};
   std::string token_ ABSL_GUARDED_BY(token_mu_);
+  uint64_t token_generation_ ABSL_GUARDED_BY(token_mu_) = 0;  // +1 per fetched token
   std::atomic<int64_t> token_refreshes_{0};
   std::atomic<int64_t> token_refresh_failures_{0};
   std::atomic<int64_t> retries_{0};

@@ -39,8 +39,10 @@ class AsyncUnary : public std::enable_shared_from_this<AsyncUnary<Req, Resp>> {
       // Authenticate blocks: fetch the token on the background loop.
       client_->background().Post([self] {
         absl::Duration pause;
-        UnaryPolicy::Action a =
-            self->policy_.AfterToken(self->client_->RefreshToken(self->policy_.index()), &pause);
+        UnaryPolicy::Action a = self->policy_.AfterToken(
+            self->policy_.FetchStillNeeded() ? self->client_->RefreshToken(self->policy_.index())
+                                             : absl::OkStatus(),
+            &pause);
         self->Continue(a, pause);
       });
       return;

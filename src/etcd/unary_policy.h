@@ -32,6 +32,10 @@ class UnaryPolicy {
   // Chooses the endpoint of the next attempt. True when a token must be fetched first
   // (Client::RefreshToken(index())).
   bool Pick();
+  // False when the token this call was refused with has been replaced meanwhile (by another
+  // call's fetch): use that one instead of logging in again. Checked again right before the
+  // fetch (fetches queued behind each other then collapse into one).
+  bool FetchStillNeeded();
   // After the token fetch: kCall (go on with the call), kRetry (after *pause) or kDone
   // (Final() says why).
   Action AfterToken(const absl::Status& s, absl::Duration* pause);
@@ -63,6 +67,7 @@ class UnaryPolicy {
   grpc::Status last_;
   absl::Status final_;  // set when an auth failure ends the call
   int last_index_ = 0;
+  uint64_t used_generation_ = 0;  // Client::token_generation_ of the last attempt's token
   int index_ = 0;
   std::shared_ptr<Stubs> stubs_;
 };
