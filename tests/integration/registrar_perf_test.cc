@@ -253,6 +253,75 @@ class RegistrarPerfTest : public ::testing::Test {
     (*r)->ShutdownAll();
   }
 
+  // Library RegisterAsync with `k` in flight (a new one started from each completion).
+  void LibraryRegisterAsync(int k) {
+    if (!Want("library_register_async")) return;
+    auto null_logger =
+        std::make_shared<spdlog::logger>("null", std::make_shared<spdlog::sinks::null_sink_mt>());
+    auto r = Registrar::Create(
+        {.connection = conn_, .on_event = [](const RegistrationEvent&) {}, .logger = null_logger});
+    ASSERT_TRUE(r.ok());
+    Registrar* registrar = r->get();
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<Registration> regs;
+    int started = 0, done = 0, errors = 0;
+    const std::string prefix = absl::StrCat("/perf/async", k, "-", ++run_, "/");
+    std::function<void()> start_one = [&] {
+      int i;
+      {
+        std::lock_guard l(mu);
+        if (started >= n_) return;
+        i = started++;
+      }
+      registrar->RegisterAsync(Sample(i), {.prefix = prefix},
+                               [&](absl::StatusOr<Registration> reg) {
+                                 start_one();
+                                 std::lock_guard l(mu);
+                                 if (reg.ok()) {
+                                   regs.push_back(*std::move(reg));
+                                 } else {
+                                   ++errors;
+                                 }
+                                 ++done;
+                                 cv.notify_all();
+                               });
+    };
+    MarkEtcd();
+    const double c0 = CpuSeconds();
+    const int64_t t0 = NowNs();
+    for (int j = 0; j < k; ++j) start_one();
+    {
+      std::unique_lock l(mu);
+      cv.wait(l, [&] { return done == n_; });
+    }
+    Print("library_register_async", n_, k, (NowNs() - t0) / 1e9, CpuSeconds() - c0,
+          absl::StrCat(",\"errors\":", errors));
+    (*r)->ShutdownAll();
+  }
+
+  // Library RegisterMany (64 in flight).
+  void LibraryRegisterMany() {
+    if (!Want("library_register_many")) return;
+    auto null_logger =
+        std::make_shared<spdlog::logger>("null", std::make_shared<spdlog::sinks::null_sink_mt>());
+    auto r = Registrar::Create(
+        {.connection = conn_, .on_event = [](const RegistrationEvent&) {}, .logger = null_logger});
+    ASSERT_TRUE(r.ok());
+    std::vector<Instance> batch;
+    for (int i = 0; i < n_; ++i) batch.push_back(Sample(i));
+    const std::string prefix = absl::StrCat("/perf/many-", ++run_, "/");
+    MarkEtcd();
+    const double c0 = CpuSeconds();
+    const int64_t t0 = NowNs();
+    auto results = (*r)->RegisterMany(std::move(batch), {.prefix = prefix});
+    int errors = 0;
+    for (auto& x : results) errors += !x.ok();
+    Print("library_register_many", n_, 64, (NowNs() - t0) / 1e9, CpuSeconds() - c0,
+          absl::StrCat(",\"errors\":", errors));
+    (*r)->ShutdownAll();
+  }
+
   // The steps of Register one by one, `k` threads; prints the mean wall time of each step.
   void Steps(int k) {
     if (!Want("steps")) return;
@@ -312,6 +381,7 @@ TEST_F(RegistrarPerfTest, OneInFlight) {
   for (int round = 0; round < 2; ++round) {  // A B A B
     RawAsync(1);
     LibraryRegister(1);
+    LibraryRegisterAsync(1);
     Steps(1);
   }
 }
@@ -320,7 +390,15 @@ TEST_F(RegistrarPerfTest, SixteenInFlight) {
   for (int round = 0; round < 2; ++round) {
     RawAsync(16);
     LibraryRegister(16);
+    LibraryRegisterAsync(16);
     Steps(16);
+  }
+}
+
+TEST_F(RegistrarPerfTest, SixtyFourInFlight) {
+  for (int round = 0; round < 2; ++round) {
+    RawAsync(64);
+    LibraryRegisterMany();
   }
 }
 
