@@ -28,6 +28,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -120,6 +121,27 @@ class Registrar {
   // id is registered already), kUnavailable (etcd does not answer), kUnauthenticated,
   // kPermissionDenied.
   absl::StatusOr<Registration> Register(Instance instance, RegistrationOptions options = {});
+
+  // Register without blocking: LeaseGrant and the guarded Txn are pipelined on gRPC's callback
+  // API. Same validation, errors, events and rollback (lease revoked when the Txn fails) as
+  // Register. `done` runs exactly once and never inline in the caller: on the gRPC callback
+  // thread that completed the registration (or, for an error found before any etcd call, on
+  // the library's background thread). It must not block; a Registration dropped inside it
+  // deregisters there (a blocking LeaseRevoke): move it out instead. ~Registrar waits for
+  // registrations in flight.
+  void RegisterAsync(Instance instance, RegistrationOptions options,
+                     std::function<void(absl::StatusOr<Registration>)> done);
+
+  // Registers every instance with up to 64 registrations in flight; blocks until all are done.
+  // Results are in input order and independent: an invalid instance, an id repeated within
+  // the batch (the first occurrence wins) or already in etcd fails only that element
+  // (kInvalidArgument / kAlreadyExists). Once an element found etcd unavailable (after its
+  // retries up to the call timeout), elements not started yet fail at once with kUnavailable
+  // ("not attempted"): a batch against a dead etcd ends within about one call timeout.
+  // Logs one INFO line per batch (per instance at debug).
+  // Do not call from a library callback.
+  std::vector<absl::StatusOr<Registration>> RegisterMany(std::vector<Instance> instances,
+                                                         RegistrationOptions options = {});
 
   // Graceful shutdown of every open registration at once: all go to shutting_down, one
   // shared drain, then every lease is revoked.

@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "etcd/lease_keeper.h"
+#include "etcd/unary_policy.h"
 #include "etcd/watch_hub.h"
 #include "spdlog/spdlog.h"
 #include "util/logging.h"
@@ -71,25 +72,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-bool IsAuthTokenError(const grpc::Status& s) {
-  // etcd: ErrGRPCInvalidAuthToken (Unauthenticated) "etcdserver: invalid auth token",
-  // and after a member restart with simple tokens the same text.
-  return s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
-         absl::StrContains(s.error_message(), "invalid auth token");
-}
-
-// After a failed attempt: false when the deadline has passed, else (after a full round over
-// all `n` endpoints) sleeps a growing pause (100 ms per round, at most 500 ms) and returns true.
-bool PauseBeforeRetry(int attempt, int n, absl::Time deadline) {
-  if (util::MonoNow() >= deadline) return false;
-  if ((attempt + 1) % n == 0) {
-    absl::Duration pause =
-        std::min(absl::Milliseconds(100 * ((attempt + 1) / n)), absl::Milliseconds(500));
-    absl::SleepFor(std::min(pause, deadline - util::MonoNow()));
-  }
-  return true;
 }
 
 }  // namespace
@@ -210,6 +192,11 @@ absl::Status Client::Init() {
 }
 
 Client::~Client() {
+  // Every async call has a deadline: this wait is bounded by the call timeout (plus pauses).
+  {
+    std::unique_lock lock(async_mu_);
+    async_cv_.wait(lock, [&] { return async_calls_ == 0; });
+  }
   // Streams first (they post to the loop), then the loops.
   if (watch_hub_ != nullptr) watch_hub_->Shutdown();
   if (keeper_ != nullptr) keeper_->Shutdown();
@@ -285,6 +272,7 @@ absl::Status Client::RefreshToken(int endpoint_index) {
   token_refreshes_.fetch_add(1);
   util::MutexLock lock(&token_mu_);
   token_ = resp.token();
+  ++token_generation_;
   return absl::OkStatus();
 }
 
@@ -292,85 +280,27 @@ template <typename Resp>
 absl::StatusOr<Resp> Client::Unary(
     const char* what, absl::Duration timeout,
     const std::function<grpc::Status(Stubs&, grpc::ClientContext*, Resp*)>& call) {
-  if (timeout <= absl::ZeroDuration()) timeout = options_.call_timeout;
-  const absl::Time deadline = util::MonoNow() + timeout;
-  const int n = static_cast<int>(stubs_.size());
-  // One endpoint may hang (SIGSTOPped member, partition): give each attempt a share of the
-  // deadline so the others still get a chance.
-  const absl::Duration attempt_budget =
-      n > 1 ? std::max(timeout / n, std::min(timeout, absl::Seconds(1))) : timeout;
-  bool token_refreshed = false;
-  bool need_token = has_auth();
-  {
-    util::MutexLock lock(&token_mu_);
-    need_token = need_token && (token_.empty() || token_suspect_.exchange(false));
-  }
-  grpc::Status last;
-  int last_index = 0;
-  for (int attempt = 0;; ++attempt) {
-    int index = 0;
-    std::shared_ptr<Stubs> stubs = CurrentStubs(&index);
-    last_index = index;
-    if (need_token) {
-      token_suspect_.store(false);
-      absl::Status s = RefreshToken(index);
-      if (!s.ok()) {
-        if (absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s) ||
-            absl::IsInvalidArgument(s)) {
-          return s;
-        }
-        // Unreachable or not answering: fail over and pause like any failed attempt, never
-        // spin on Authenticate for the whole call timeout.
-        MarkFailed(index);
-        last = grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-        if (!PauseBeforeRetry(attempt, n, deadline)) break;
+  UnaryPolicy p(this, what, timeout);
+  absl::Duration pause;
+  for (;;) {
+    if (p.Pick()) {
+      UnaryPolicy::Action a =
+          p.AfterToken(p.FetchStillNeeded() ? RefreshToken(p.index()) : absl::OkStatus(), &pause);
+      if (a == UnaryPolicy::Action::kDone) break;
+      if (a == UnaryPolicy::Action::kRetry) {
+        if (pause > absl::ZeroDuration()) absl::SleepFor(pause);
         continue;
       }
-      need_token = false;
     }
-    absl::Time now = util::MonoNow();
-    if (now >= deadline) break;
     grpc::ClientContext ctx;
-    PrepareContext(&ctx, std::min(deadline, now + attempt_budget));
+    if (!p.PrepareCall(&ctx)) break;
     Resp resp;
-    grpc::Status s = call(*stubs, &ctx, &resp);
+    grpc::Status s = call(p.stubs(), &ctx, &resp);
     if (s.ok()) return resp;
-    last = s;
-    if (has_auth() && !token_refreshed && IsAuthTokenError(s)) {
-      token_refreshed = true;
-      need_token = true;
-      continue;
-    }
-    bool retryable = s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                     s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-    if (!retryable) break;
-    if (has_auth() && !token_refreshed && s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      // A simple token issued before etcd was wiped or restored from a snapshot makes etcd
-      // hold the call until our deadline (it waits for its raft log to reach the index in
-      // the token) instead of saying "invalid auth token": the next attempt, or the next call
-      // if this one is out of time, logs in again. Costs one Authenticate per timed-out call.
-      token_refreshed = true;
-      need_token = true;
-      token_suspect_.store(true);
-    } else if (has_auth() && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
-      // The member is gone or restarting; if it comes back wiped or restored, our token would
-      // be held (see above): the next call logs in again first (one Authenticate per outage).
-      token_suspect_.store(true);
-    }
-    MarkFailed(index);
-    if (!PauseBeforeRetry(attempt, n, deadline)) break;
+    if (p.AfterCall(s, &pause) == UnaryPolicy::Action::kDone) break;
+    if (pause > absl::ZeroDuration()) absl::SleepFor(pause);
   }
-  if (last.ok()) {
-    last = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded");
-  }
-  if (last.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    // Out of time because no member answered: for the caller that is "etcd unavailable".
-    last = grpc::Status(
-        grpc::StatusCode::UNAVAILABLE,
-        absl::StrCat("no etcd endpoint answered within ", absl::FormatDuration(timeout),
-                     " (last tried ", endpoints_[last_index].url, ": ", last.error_message(), ")"));
-  }
-  return FromGrpc(last, absl::StrCat("etcd ", what));
+  return p.Final();
 }
 
 absl::StatusOr<pb::LeaseGrantResponse> Client::GrantOwnLease(int64_t ttl_seconds) {

@@ -12,8 +12,10 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,9 @@ namespace pb = ::etcdserverpb;
 
 class LeaseKeeper;
 class WatchHub;
+class UnaryPolicy;
+template <typename Req, typename Resp>
+class AsyncUnary;
 
 struct Endpoint {
   std::string url;     // as configured, for logs
@@ -105,6 +110,28 @@ class Client : public std::enable_shared_from_this<Client> {
   // TTL in seconds; kNotFound when the lease is gone.
   absl::StatusOr<int64_t> LeaseKeepAliveOnce(int64_t lease_id,
                                              absl::Duration timeout = absl::ZeroDuration());
+  // ---- async unary calls ----
+  // The same deadline, token, retry-on-auth and endpoint-failover rules as the blocking calls
+  // (one implementation: UnaryPolicy), on the gRPC callback API. `done` runs exactly once,
+  // never inline in the caller: on the gRPC callback thread that completed the last attempt,
+  // or on the client's loop (after a retry pause) or background thread (after a token fetch).
+  // It must not block. ~Client waits for calls in flight.
+  template <typename Resp>
+  using Callback = std::function<void(absl::StatusOr<Resp>)>;
+  void TxnAsync(pb::TxnRequest req, Callback<pb::TxnResponse> done,
+                absl::Duration timeout = absl::ZeroDuration());
+  void LeaseGrantAsync(pb::LeaseGrantRequest req, Callback<pb::LeaseGrantResponse> done,
+                       absl::Duration timeout = absl::ZeroDuration());
+  void LeaseRevokeAsync(pb::LeaseRevokeRequest req, Callback<pb::LeaseRevokeResponse> done,
+                        absl::Duration timeout = absl::ZeroDuration());
+  void LeaseTimeToLiveAsync(pb::LeaseTimeToLiveRequest req,
+                            Callback<pb::LeaseTimeToLiveResponse> done,
+                            absl::Duration timeout = absl::ZeroDuration());
+  // GrantOwnLease, async.
+  void GrantOwnLeaseAsync(int64_t ttl_seconds, Callback<pb::LeaseGrantResponse> done);
+  // Async calls in flight (started, `done` not yet returned).
+  int async_in_flight();
+
   // Status of the member at endpoint index `endpoint` (-1 = whichever answers).
   absl::StatusOr<pb::StatusResponse> MemberStatus(int endpoint = -1,
                                                   absl::Duration timeout = absl::ZeroDuration());
@@ -130,6 +157,8 @@ class Client : public std::enable_shared_from_this<Client> {
   // Authenticate calls that got a token / that failed, since Create.
   int64_t token_refreshes() const { return token_refreshes_.load(); }
   int64_t token_refresh_failures() const { return token_refresh_failures_.load(); }
+  // Unary attempts retried (failover, etcd unavailable, token refresh), since Create.
+  int64_t unary_retries() const { return retries_.load(); }
   bool has_auth() const { return !options_.user.empty(); }
   bool has_token() {
     util::MutexLock lock(&token_mu_);
@@ -145,6 +174,9 @@ class Client : public std::enable_shared_from_this<Client> {
   const std::shared_ptr<spdlog::logger>& logger() const { return logger_; }
 
  private:
+  friend class UnaryPolicy;
+  template <typename Req, typename Resp>
+  friend class AsyncUnary;
   explicit Client(const EtcdOptions& options);
   absl::Status Init();
   std::shared_ptr<Stubs> MakeStubs(const Endpoint& endpoint);
@@ -167,8 +199,17 @@ class Client : public std::enable_shared_from_this<Client> {
   // Set when a call with a token timed out: the next call logs in again first (see Unary).
   std::atomic<bool> token_suspect_{false};
   std::string token_ ABSL_GUARDED_BY(token_mu_);
+  uint64_t token_generation_ ABSL_GUARDED_BY(token_mu_) = 0;  // +1 per fetched token
   std::atomic<int64_t> token_refreshes_{0};
   std::atomic<int64_t> token_refresh_failures_{0};
+  std::atomic<int64_t> retries_{0};
+
+  // Async calls in flight; ~Client waits for none.
+  void AsyncBegin();
+  void AsyncEnd();
+  std::mutex async_mu_;
+  std::condition_variable async_cv_;
+  int async_calls_ = 0;  // guarded by async_mu_
 
   std::unique_ptr<util::EventLoop> loop_;
   std::unique_ptr<util::EventLoop> background_;
