@@ -6,6 +6,8 @@
 #include "absl/strings/match.h"
 #include "etcd/client.h"
 #include "etcd/unary_policy.h"
+#include "grpcpp/support/client_callback.h"
+#include "util/sync.h"
 
 namespace discovery::etcd {
 
@@ -16,7 +18,7 @@ template <typename Req, typename Resp>
 class AsyncUnary : public std::enable_shared_from_this<AsyncUnary<Req, Resp>> {
  public:
   using Start = void (*)(Stubs&, grpc::ClientContext*, const Req*, Resp*,
-                         std::function<void(grpc::Status)>);
+                         grpc::ClientUnaryReactor*);
 
   AsyncUnary(Client* client, const char* what, absl::Duration timeout, Req req, Start start,
              Client::Callback<Resp> done)
@@ -53,11 +55,31 @@ class AsyncUnary : public std::enable_shared_from_this<AsyncUnary<Req, Resp>> {
       return;
     }
     resp_ = Resp();
-    start_(policy_.stubs(), ctx_.get(), &req_, &resp_,
-           [self](grpc::Status s) { self->OnCall(std::move(s)); });
+    auto* attempt = new Attempt(std::move(self));
+    start_(policy_.stubs(), ctx_.get(), &req_, &resp_, attempt);
+    util::TsanRelease(attempt);  // everything above is visible to OnDone
+    attempt->StartCall();
   }
 
  private:
+  // One call of the retry sequence. A reactor rather than a std::function callback: gRPC runs
+  // OnDone on its own thread after handing the call over through libgrpc's (uninstrumented)
+  // completion queue, and a reactor can tell TSan so (TsanAcquire on `this`, which gRPC passes)
+  // before reading anything, where a lambda would first read its captures.
+  class Attempt final : public grpc::ClientUnaryReactor {
+   public:
+    explicit Attempt(std::shared_ptr<AsyncUnary> owner) : owner_(std::move(owner)) {}
+    void OnDone(const grpc::Status& status) override {
+      util::TsanAcquire(this);
+      std::shared_ptr<AsyncUnary> owner = std::move(owner_);
+      delete this;
+      owner->OnCall(status);
+    }
+
+   private:
+    std::shared_ptr<AsyncUnary> owner_;
+  };
+
   void OnCall(grpc::Status s) {
     if (s.ok()) {
       Finish(std::move(resp_), false);
@@ -127,9 +149,7 @@ int Client::async_in_flight() {
     auto call = std::make_shared<AsyncUnary<pb::Req, pb::Resp>>(                           \
         this, #Name, timeout, std::move(req),                                              \
         [](Stubs& s, grpc::ClientContext* ctx, const pb::Req* rq, pb::Resp* rs,            \
-           std::function<void(grpc::Status)> cb) {                                         \
-          s.Service->async()->Name(ctx, rq, rs, std::move(cb));                            \
-        },                                                                                 \
+           grpc::ClientUnaryReactor* r) { s.Service->async()->Name(ctx, rq, rs, r); },     \
         std::move(done));                                                                  \
     call->Step(/*in_caller=*/true);                                                        \
   }

@@ -180,7 +180,7 @@ TEST_F(RegistrarAsyncTest, RegisterManyResultsAreInInputOrderAndIndependent) {
 TEST_F(RegistrarAsyncTest, BatchOfFiveHundredIsKeptAliveOnOwnLeases) {
   Start();
   std::vector<Instance> batch(500, World());
-  auto results = registrar_->RegisterMany(std::move(batch), {.ttl = absl::Seconds(2)});
+  auto results = registrar_->RegisterMany(std::move(batch), {.ttl = TimeScale(absl::Seconds(2))});
   ASSERT_EQ(results.size(), 500u);
   std::set<int64_t> leases;
   for (auto& r : results) {
