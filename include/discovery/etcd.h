@@ -14,6 +14,7 @@
 // from it.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +74,12 @@ class Connection {
   // Number of LeaseKeepAlive / Watch gRPC streams currently open (0 or 1 each).
   int keepalive_streams() const;
   int watch_streams() const;
+  // Counters since Create: LeaseKeepAlive streams given up because a keepalive went unanswered;
+  // keepalive bursts put off because the previous one was still being written (an overloaded
+  // host); Watch streams opened to replace one that ended (broke, stalled, refused for auth).
+  int64_t keepalive_stalls() const;
+  int64_t keepalive_deferred_bursts() const;
+  int64_t watch_reconnects() const;
 
   // Internal: the implementation, for the library's own components.
   const std::shared_ptr<etcd::Client>& client() const { return client_; }

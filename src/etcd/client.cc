@@ -62,6 +62,11 @@ absl::Status Connection::Ping(absl::Duration timeout) {
 }
 int Connection::keepalive_streams() const { return client_->keeper().open_streams(); }
 int Connection::watch_streams() const { return client_->watch_hub().open_streams(); }
+int64_t Connection::keepalive_stalls() const { return client_->keeper().stalls(); }
+int64_t Connection::keepalive_deferred_bursts() const {
+  return client_->keeper().deferred_bursts();
+}
+int64_t Connection::watch_reconnects() const { return client_->watch_hub().reconnects(); }
 
 namespace etcd {
 namespace {

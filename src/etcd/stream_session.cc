@@ -48,7 +48,8 @@ void StreamSession::Connect() {
 }
 
 void StreamSession::ScheduleReconnect() {
-  if (connecting_ || shutdown_) return;
+  // Not wanted any more (no leases / watches, paused): the owner's next Start() connects.
+  if (connecting_ || shutdown_ || !hooks_.wanted()) return;
   connecting_ = true;
   absl::Duration delay = absl::ZeroDuration();
   if (options_.immediate_first_retry && backoff_.attempt() == 0) {

@@ -1,7 +1,8 @@
 // StreamSession: the connect / token / reconnect-with-backoff / stall / stream-done state
-// machine around ONE long-lived etcd stream (LeaseKeeper's LeaseKeepAlive stream; WatchHub's
-// Watch stream maps onto it the same way). It knows nothing of the stream's type: the owner
-// opens the stream in `hooks.open` (typically BidiStream<Req, Resp>::Start on tracker()) and
+// machine around ONE long-lived etcd stream; LeaseKeeper's LeaseKeepAlive stream (BidiStream,
+// gRPC callback API) and WatchHub's Watch stream (SyncBidiStream, its own reader thread) both
+// run on it. It knows nothing of the stream's type: the owner opens the stream in `hooks.open`
+// (BidiStream<Req, Resp>::Start or SyncBidiStream<Req, Resp>::Start on tracker()) and
 // keeps the typed pointer; the session decides when to open, when to give up on a stream and
 // how long to wait before the next one.
 //
@@ -25,13 +26,16 @@
 //
 // LeaseKeeper: immediate_first_retry, backoff 100 ms .. 2 s reset by any answer, stall timeout
 // = the shortest keepalive interval (1 s .. 3 s), the keepalives themselves are the probes.
-// WatchHub maps onto it as: wanted = watches and not paused; open = the rest of its Connect
-// (stream_fresh_token_ = oc.fresh_token, per-stream state reset, creates, liveness timer);
-// closed = drop the stream, ResetBackoff() if stream_delivered_ && !stream_auth_refused_;
-// options {backoff 100 ms .. 5 s, stall_timeout = kProbeTimeout, fresh_token_after_stall and
-// _after_error}; OnResponse: IsCurrent + Received; CheckLiveness: CheckStall, else a progress
-// request (then Sent) when !outstanding() and last_message() is kProbeEvery old; a create
-// refused for a stale token: RequestFreshToken() + cancel (Done then skips MarkFailed).
+// WatchHub: wanted = watches and not paused; open = its OpenStream (stream_fresh_token_ =
+// oc.fresh_token, per-stream state reset, creates, liveness timer); closed = drop the stream,
+// ResetBackoff() if stream_delivered_ && !stream_auth_refused_; options {backoff 100 ms .. 5 s,
+// stall_timeout = kProbeTimeout, fresh_token_after_stall and _after_error}; OnResponse:
+// IsCurrent + Received; CheckLiveness: CheckStall, else a progress request (then Sent) when
+// !outstanding() and last_message() is kProbeEvery old; a create refused for a stale token:
+// RequestFreshToken() + cancel (Done then skips MarkFailed).
+//
+// A stream that ends while the owner no longer wants one is not replaced: the owner's next
+// Start() (a new lease / watch, unpause) opens one at once.
 //
 // Thread-safety: open_streams(), reconnects(), stalls() and Done() are thread-safe; the rest is
 // for the loop thread.

@@ -18,7 +18,24 @@ constexpr absl::Duration kProbeTimeout = absl::Seconds(3);
 }  // namespace
 
 WatchHub::WatchHub(Client* client)
-    : client_(client), logger_(client->logger()), loop_(client->loop()) {}
+    : client_(client),
+      logger_(client->logger()),
+      loop_(client->loop()),
+      session_(client, client->loop(),
+               {.name = "Watch",
+                .backoff_initial = absl::Milliseconds(100),
+                .backoff_max = absl::Seconds(5),
+                .immediate_first_retry = false,
+                .stall_timeout = kProbeTimeout,
+                .fresh_token_after_stall = true,
+                .fresh_token_after_error = true},
+               {.wanted = [this] { return !shutdown_ && !paused_ && !watches_.empty(); },
+                .open = [this](const StreamSession::OpenContext& oc) { return OpenStream(oc); },
+                .cancel =
+                    [this] {
+                      if (stream_ != nullptr) stream_->Cancel();
+                    },
+                .closed = [this](const StreamSession::Ended&) { OnStreamClosed(); }}) {}
 
 WatchHub::~WatchHub() = default;
 
@@ -47,19 +64,21 @@ WatchHub::WatchId WatchHub::Add(Spec spec, Listener listener) {
         auto it = watches_.find(id);
         if (shutdown_ || it == watches_.end() || !it->second.postponed) return;
         it->second.postponed = false;
-        if (stream_ != nullptr) {
-          SendCreate(id);
-        } else if (!connecting_) {
-          Connect();
-        }
+        CreateOrConnect(id);
       });
-    } else if (stream_ != nullptr) {
-      SendCreate(id);
-    } else if (!connecting_) {
-      Connect();
+    } else {
+      CreateOrConnect(id);
     }
   });
   return id;
+}
+
+void WatchHub::CreateOrConnect(WatchId id) {
+  if (stream_ != nullptr) {
+    SendCreate(id);
+  } else {
+    session_.Start();  // unless a stream is being opened (token fetch, backoff)
+  }
 }
 
 void WatchHub::Remove(WatchId id) {
@@ -91,50 +110,34 @@ void WatchHub::SetPausedForTest(bool paused) {
   loop_.RunSync([&] {
     paused_ = paused;
     if (paused && stream_ != nullptr) stream_->Cancel();
-    if (!paused && stream_ == nullptr && !connecting_) Connect();
+    if (!paused) session_.Start();
   });
 }
 
 void WatchHub::Shutdown() {
   loop_.RunSync([&] {
     shutdown_ = true;
+    session_.Shutdown();
     watches_.clear();
     if (liveness_timer_ != 0) loop_.Cancel(liveness_timer_);
     if (stream_ != nullptr) stream_->Cancel();
     stream_.reset();
   });
-  streams_.AwaitNone();
+  session_.tracker()->AwaitNone();
 }
 
-void WatchHub::Connect() {
-  if (shutdown_ || paused_ || watches_.empty()) return;
-  if (!TokenReadyOrFetch(client_, loop_, &connecting_, refresh_token_, [this](bool fetched) {
-        if (!fetched) {
-          ScheduleReconnect();  // refresh_token_ stays: the next attempt fetches again
-          return;
-        }
-        refresh_token_ = false;
-        token_fetched_ = true;
-        if (stream_ == nullptr) Connect();
-      })) {
-    return;
-  }
-  stream_fresh_token_ = token_fetched_ && client_->has_auth();
+// StreamSession::open: the session chose the endpoint and has the token ready.
+std::shared_ptr<void> WatchHub::OpenStream(const StreamSession::OpenContext& oc) {
+  stream_fresh_token_ = oc.fresh_token;
   stream_delivered_ = false;
   stream_auth_refused_ = false;
-  token_fetched_ = false;
-  int index = 0;
-  std::shared_ptr<Stubs> stubs = client_->CurrentStubs(&index);
-  const uint64_t generation = ++generation_;
-  open_streams_.store(1);
   by_server_id_.clear();
   pending_creates_.clear();
-  progress_sent_ = absl::InfiniteFuture();
-  last_message_ = util::MonoNow();
-  SPDLOG_LOGGER_DEBUG(logger_, "opening Watch stream to {}", client_->endpoints()[index].url);
-  if (generation > 1) reconnects_.fetch_add(1);
+  const uint64_t generation = oc.generation;
+  const int index = oc.endpoint_index;
+  std::shared_ptr<Stubs> stubs = oc.stubs;
   stream_ = WatchStream::Start(
-      &streams_, "discovery-watch",
+      session_.tracker(), "discovery-watch",
       [&](grpc::ClientContext* ctx) {
         client_->PrepareContext(ctx, absl::InfiniteFuture());
         // A member without a leader then cancels the watch instead of going silent.
@@ -144,7 +147,7 @@ void WatchHub::Connect() {
       {.on_response = [this, generation](pb::WatchResponse& r) { OnResponse(generation, r); },
        .on_done =
            [this, generation, index](bool had_response, const grpc::Status& status) {
-             OnStreamDone(generation, index, had_response, status);
+             session_.Done(generation, index, had_response, status);
            }});
   for (auto& [id, w] : watches_) {
     w.server_id = -1;
@@ -158,6 +161,15 @@ void WatchHub::Connect() {
       CheckLiveness();
     });
   }
+  return stream_;
+}
+
+// StreamSession::closed: the session logged the end, marked the endpoint failed or asked for a
+// fresh token as the rules say; the reconnect follows with backoff.
+void WatchHub::OnStreamClosed() {
+  stream_.reset();
+  SPDLOG_LOGGER_DEBUG(logger_, "resuming {} watch(es) on a new Watch stream", watches_.size());
+  if (stream_delivered_ && !stream_auth_refused_) session_.ResetBackoff();
 }
 
 void WatchHub::SendCreate(WatchId id) {
@@ -171,33 +183,16 @@ void WatchHub::SendCreate(WatchId id) {
   if (stream_->Send(std::move(req))) pending_creates_.push_back({id, stream_fresh_token_});
 }
 
-void WatchHub::ScheduleReconnect() {
-  if (connecting_ || shutdown_ || watches_.empty()) return;
-  connecting_ = true;
-  absl::Duration delay = backoff_.Next();
-  loop_.PostAfter(delay, [this] {
-    connecting_ = false;
-    if (stream_ == nullptr) Connect();
-  });
-}
-
 void WatchHub::CheckLiveness() {
   if (shutdown_ || stream_ == nullptr) return;
-  absl::Time now = util::MonoNow();
-  if (progress_sent_ != absl::InfiniteFuture() && now - progress_sent_ > kProbeTimeout) {
-    SPDLOG_LOGGER_WARN(logger_, "Watch stream unanswered for {}; reconnecting",
-                       absl::FormatDuration(now - progress_sent_));
-    // With auth on, a token issued before etcd was wiped or restored makes etcd hold every
-    // request of the stream (it waits for its raft log to reach the index in the token, which
-    // may be never): the next stream carries a fresh token. One Authenticate per stall.
-    if (client_->has_auth()) refresh_token_ = true;
-    stream_->Cancel();
-    return;  // OnStreamDone reconnects
-  }
-  if (progress_sent_ == absl::InfiniteFuture() && now - last_message_ >= kProbeEvery) {
+  const absl::Time now = util::MonoNow();
+  // An unanswered progress request: the session cancels the stream (with auth on, the next
+  // one carries a fresh token) and reconnects; OpenStream restarts this timer.
+  if (session_.CheckStall(now)) return;
+  if (!session_.outstanding() && now - session_.last_message() >= kProbeEvery) {
     pb::WatchRequest req;
     req.mutable_progress_request();
-    if (stream_->Send(std::move(req))) progress_sent_ = now;
+    if (stream_->Send(std::move(req))) session_.Sent(now);
   }
   liveness_timer_ = loop_.PostAfter(absl::Milliseconds(500), [this] {
     liveness_timer_ = 0;
@@ -243,9 +238,8 @@ void WatchHub::DrainResponses() {
 
 void WatchHub::HandleResponse(uint64_t generation, const pb::WatchResponse& resp,
                               std::vector<std::pair<WatchId, std::function<void()>>>* batch_ends) {
-  if (generation != generation_ || shutdown_) return;
-  last_message_ = util::MonoNow();
-  progress_sent_ = absl::InfiniteFuture();
+  if (shutdown_ || !session_.IsCurrent(generation)) return;
+  session_.Received(util::MonoNow());
   if (resp.created()) {
     HandleCreated(resp);
     return;
@@ -320,12 +314,13 @@ void WatchHub::HandleCreated(const pb::WatchResponse& resp) {
       if (!pending.fresh_token) {
         // The stream's token expired or the member forgot it (restart): a fresh token on a
         // new stream; this watch is re-created there from its next revision.
-        if (!refresh_token_) {
+        if (!session_.fresh_token_requested()) {
           SPDLOG_LOGGER_INFO(logger_, "etcd refused the watch on {} ({}); new token, new stream",
                              w.spec.key, reason);
         }
-        refresh_token_ = true;
-        if (stream_ != nullptr) stream_->Cancel();  // OnStreamDone reconnects, with backoff
+        // (The session then does not blame the endpoint for the cancelled stream.)
+        session_.RequestFreshToken();
+        if (stream_ != nullptr) stream_->Cancel();  // the session reconnects, with backoff
         return;
       }
       // RBAC says no. Whoever adds this range again waits, with growing pauses.
@@ -361,33 +356,6 @@ void WatchHub::HandleCreated(const pb::WatchResponse& resp) {
   w.raft_term = std::max<uint64_t>(w.raft_term, h.raft_term());
   w.server_id = resp.watch_id();
   by_server_id_[w.server_id] = id;
-}
-
-void WatchHub::OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
-                            grpc::Status status) {
-  loop_.Post([this, generation, endpoint_index, had_response, status = std::move(status)] {
-    if (generation != generation_ || shutdown_) return;
-    stream_.reset();
-    open_streams_.store(0);
-    const std::string error = status.ok() ? std::string() : status.error_message();
-    SPDLOG_LOGGER_INFO(logger_, "Watch stream to {} ended ({}); resuming {} watch(es)",
-                       client_->endpoints()[endpoint_index].url, error.empty() ? "closed" : error,
-                       watches_.size());
-    if (client_->has_auth() && !status.ok() &&
-        IsAuthRefusal(status.error_code(), status.error_message())) {
-      refresh_token_ = true;  // the stream itself was refused: the member is fine
-    } else if (!refresh_token_ && (!had_response || !status.ok())) {
-      // (Not when we cancelled it ourselves for a refused token: the member is fine.)
-      client_->MarkFailed(endpoint_index);
-      // The member went away: if it comes back wiped or restored from a snapshot, a token
-      // from before makes it hold our creates (it waits for its raft log to reach the index in
-      // the token) until the liveness probe gives up, seconds later. One Authenticate per
-      // broken stream avoids that stall.
-      if (client_->has_auth() && !status.ok()) refresh_token_ = true;
-    }
-    if (stream_delivered_ && !stream_auth_refused_) backoff_.Reset();
-    ScheduleReconnect();
-  });
 }
 
 }  // namespace discovery::etcd

@@ -43,6 +43,9 @@
 //  - anything else: etcd cancelled it.
 // Listeners run on the client loop thread and must not block.
 //
+// The connect / token / reconnect / stall / stream-done state machine is StreamSession's (the
+// same one LeaseKeeper runs on); the hub supplies the stream and the rules above.
+//
 // Thread-safety: Add/Remove/open_streams and the counters are thread-safe.
 #pragma once
 
@@ -58,6 +61,7 @@
 #include "absl/status/status.h"
 #include "etcd/bidi_stream.h"
 #include "etcd/etcdserverpb/rpc.pb.h"
+#include "etcd/stream_session.h"
 #include "etcd/sync_bidi_stream.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
@@ -96,9 +100,11 @@ class WatchHub {
   WatchId Add(Spec spec, Listener listener);
   // After Remove returns (off the loop thread), no listener call for this watch runs.
   void Remove(WatchId id);
-  int open_streams() const { return open_streams_.load(); }
+  int open_streams() const { return session_.open_streams(); }
   // Streams opened to replace one that ended (broke, stalled, or was dropped for auth).
-  int64_t reconnects() const { return reconnects_.load(); }
+  int64_t reconnects() const { return session_.reconnects(); }
+  // Streams replaced because a progress request went unanswered.
+  int64_t stalls() const { return session_.stalls(); }
   // Watch creates etcd refused for auth (stale token or RBAC).
   int64_t auth_refusals() const { return auth_refusals_.load(); }
   // Watches ended with kDataLoss (etcd's history went back).
@@ -110,10 +116,8 @@ class WatchHub {
   void Shutdown();
 
  private:
-  // Called from the stream's handlers (the stream's reader thread).
+  // Called from the stream's reader thread.
   void OnResponse(uint64_t generation, etcdserverpb::WatchResponse& response);
-  void OnStreamDone(uint64_t generation, int endpoint_index, bool had_response,
-                    grpc::Status status);
   struct Watch {
     Spec spec;
     Listener listener;
@@ -132,8 +136,11 @@ class WatchHub {
   void DrainResponses();
   void HandleResponse(uint64_t generation, const etcdserverpb::WatchResponse& resp,
                       std::vector<std::pair<WatchId, std::function<void()>>>* batch_ends);
-  void Connect();
-  void ScheduleReconnect();
+  // StreamSession hooks: open the Watch stream and (re-)create every watch on it; drop it.
+  std::shared_ptr<void> OpenStream(const StreamSession::OpenContext& oc);
+  void OnStreamClosed();
+  // Sends the create now when a stream is open, else has the session open one.
+  void CreateOrConnect(WatchId id);
   void SendCreate(WatchId id);
   void CheckLiveness();
   void Break(WatchId id, const absl::Status& why);
@@ -151,23 +158,14 @@ class WatchHub {
   WatchId next_id_ = 1;
   using WatchStream = SyncBidiStream<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>;
   std::shared_ptr<WatchStream> stream_;
-  uint64_t generation_ = 0;
-  bool connecting_ = false;
-  // The next stream needs a new token first (a create or the stream was refused for auth).
-  bool refresh_token_ = false;
-  // A token was just fetched for the stream about to be opened / the current stream's
-  // initial creates carry it.
-  bool token_fetched_ = false;
+  // The current stream's initial creates carry a token fetched just for it.
   bool stream_fresh_token_ = false;
   // When the current stream ends, the backoff is reset only if it delivered (a created watch
   // or events) and no create on it was refused for auth (a denied watch that its owner keeps
   // re-adding must not make a stream whose other watches deliver reconnect at once).
   bool stream_delivered_ = false;
   bool stream_auth_refused_ = false;
-  absl::Time progress_sent_ = absl::InfiniteFuture();
-  absl::Time last_message_ = absl::InfinitePast();
   util::EventLoop::TimerId liveness_timer_ = 0;
-  util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(5)};
   // Ranges RBAC denied (with a fresh token), until when a new watch on them waits; the pause
   // grows while denials keep coming, so an owner that re-adds at once cannot spin.
   std::map<std::string, absl::Time> denied_until_;
@@ -180,11 +178,10 @@ class WatchHub {
   std::vector<std::pair<uint64_t, etcdserverpb::WatchResponse>> inbox_ ABSL_GUARDED_BY(inbox_mu_);
   std::vector<std::pair<uint64_t, etcdserverpb::WatchResponse>> draining_;  // loop only
 
-  std::atomic<int> open_streams_{0};
-  std::atomic<int64_t> reconnects_{0};
   std::atomic<int64_t> auth_refusals_{0};
   std::atomic<int64_t> history_rewinds_{0};
-  StreamTracker streams_;
+  // Connect / token / reconnect with backoff / liveness / stream done (shared with LeaseKeeper).
+  StreamSession session_;
 };
 
 }  // namespace discovery::etcd

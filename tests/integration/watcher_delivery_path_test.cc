@@ -113,8 +113,8 @@ TEST_F(WatcherDeliveryPathTest, OneReaderThreadAcrossBrokenStreamsNoLossNoDuplic
   EXPECT_TRUE(
       WaitUntil([&] { return ThreadsNamed("discovery-watch") == 1; }, TimeScale(absl::Seconds(5))))
       << ThreadsNamed("discovery-watch") << " reader threads";
-  EXPECT_TRUE(WaitUntil([&] { return conn_->client()->watch_hub().reconnects() >= 1; },
-                        TimeScale(absl::Seconds(5))));
+  EXPECT_TRUE(
+      WaitUntil([&] { return conn_->watch_reconnects() >= 1; }, TimeScale(absl::Seconds(5))));
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(revisions.size(), 100u);
   for (size_t i = 1; i < revisions.size(); ++i) EXPECT_LT(revisions[i - 1], revisions[i]);
