@@ -162,9 +162,12 @@ for fig in "${figure_list[@]}"; do
   case "$fig" in
     register)
       for k in $inflight; do
+        # The library API matching the raw binary's --inflight K: Register for K=1,
+        # RegisterMany (which keeps 64 in flight) for K=64, RegisterAsync otherwise.
+        case "$k" in 1) api=sync ;; 64) api=many ;; *) api=async ;; esac
         for r in $(seq "$runs"); do
           run "register K=$k" library "$r" "$lib" --endpoints "$endpoint" --scenario register \
-            --register-n "$register_n" --register-inflight "$k"
+            --register-n "$register_n" --register-inflight "$k" --register-api "$api"
           run "register K=$k" raw "$r" "$raw" register --endpoints "$endpoint" \
             --n "$register_n" --inflight "$k" --op txn --prefix "/bench/compare-$$-$seq_no/"
         done

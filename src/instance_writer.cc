@@ -35,13 +35,20 @@ absl::StatusOr<int64_t> PutIfAbsentResult(const absl::StatusOr<pb::TxnResponse>&
   return 0;
 }
 
+std::optional<InstanceWriter::Current> CurrentOf(const pb::RangeResponse& range) {
+  if (range.kvs_size() == 0) return std::nullopt;
+  const auto& kv = range.kvs(0);
+  return InstanceWriter::Current{kv.value(), kv.lease(), kv.mod_revision()};
+}
+
 class EtcdInstanceWriter : public InstanceWriter {
  public:
-  explicit EtcdInstanceWriter(std::shared_ptr<etcd::Client> client) : client_(std::move(client)) {}
+  EtcdInstanceWriter(std::shared_ptr<etcd::Client> client, absl::Duration timeout)
+      : client_(std::move(client)), timeout_(timeout) {}
 
   absl::StatusOr<int64_t> PutIfAbsent(const std::string& key, const std::string& value,
                                       int64_t lease) override {
-    return PutIfAbsentResult(client_->Txn(PutIfAbsentTxn(key, value, lease)), lease);
+    return PutIfAbsentResult(client_->Txn(PutIfAbsentTxn(key, value, lease), timeout_), lease);
   }
 
   void PutIfAbsentAsync(const std::string& key, const std::string& value, int64_t lease,
@@ -65,30 +72,66 @@ class EtcdInstanceWriter : public InstanceWriter {
     put->set_lease(lease);
     put->set_value(value);
     txn.add_failure()->mutable_request_range()->set_key(key);
-    auto resp = client_->Txn(txn);
+    auto resp = client_->Txn(txn, timeout_);
     if (!resp.ok()) return resp.status();
     WriteResult out;
+    out.store_revision = resp->header().revision();
     if (resp->succeeded()) {
       out.written = true;
       out.revision = resp->header().revision();
       return out;
     }
-    const auto& range = resp->responses(0).response_range();
-    if (range.kvs_size() > 0) {
-      const auto& kv = range.kvs(0);
-      out.current = Current{kv.value(), kv.lease(), kv.mod_revision()};
+    out.current = CurrentOf(resp->responses(0).response_range());
+    return out;
+  }
+
+  // Txn{ [lease(key) == guard.lease] [mod(key) == guard.mod_revision] ? DeleteRange(key)
+  // : Range(key) }; without a guard a plain DeleteRange in a Txn.
+  absl::StatusOr<DeleteResult> Delete(const std::string& key, DeleteGuard guard) override {
+    pb::TxnRequest txn;
+    if (guard.lease != 0) {
+      auto* cmp = txn.add_compare();
+      cmp->set_key(key);
+      cmp->set_target(pb::Compare::LEASE);
+      cmp->set_result(pb::Compare::EQUAL);
+      cmp->set_lease(guard.lease);
     }
+    if (guard.mod_revision != 0) {
+      auto* cmp = txn.add_compare();
+      cmp->set_key(key);
+      cmp->set_target(pb::Compare::MOD);
+      cmp->set_result(pb::Compare::EQUAL);
+      cmp->set_mod_revision(guard.mod_revision);
+    }
+    if (txn.compare_size() > 0) txn.add_failure()->mutable_request_range()->set_key(key);
+    auto* del = txn.add_success()->mutable_request_delete_range();
+    del->set_key(key);
+    del->set_prev_kv(true);
+    auto resp = client_->Txn(txn, timeout_);
+    if (!resp.ok()) return resp.status();
+    DeleteResult out;
+    out.store_revision = resp->header().revision();
+    if (!resp->succeeded()) {
+      out.current = CurrentOf(resp->responses(0).response_range());
+      return out;
+    }
+    const pb::DeleteRangeResponse& d = resp->responses(0).response_delete_range();
+    if (d.deleted() == 0 || d.prev_kvs_size() == 0) return out;  // absent
+    out.deleted = true;
+    out.lease_id = d.prev_kvs(0).lease();
     return out;
   }
 
  private:
   std::shared_ptr<etcd::Client> client_;
+  absl::Duration timeout_;
 };
 
 }  // namespace
 
-std::unique_ptr<InstanceWriter> NewEtcdInstanceWriter(std::shared_ptr<etcd::Client> client) {
-  return std::make_unique<EtcdInstanceWriter>(std::move(client));
+std::unique_ptr<InstanceWriter> NewEtcdInstanceWriter(std::shared_ptr<etcd::Client> client,
+                                                      absl::Duration timeout) {
+  return std::make_unique<EtcdInstanceWriter>(std::move(client), timeout);
 }
 
 }  // namespace discovery

@@ -1,8 +1,10 @@
 // The writer seam for instance records: the three writes every component makes to
 // `<prefix><type>/<instanceId>` (register = put-if-absent on a lease; update = a write guarded
-// by the mod revision last seen; delete). Implemented on etcd today (EtcdInstanceWriter); the
-// gateway and Redis stores will implement the same calls. Used by the Registrar; discoveryd's
-// REST handlers and discoveryctl are to move onto it (see the report of issue 14).
+// by the mod revision last seen; delete, optionally guarded by lease / mod revision).
+// Implemented on etcd today (EtcdInstanceWriter); the gateway and Redis stores will implement
+// the same calls. Used by the Registrar, discoveryd's REST handlers (tools/discoveryd/api.cc)
+// and discoveryctl (tools/discoveryctl/store.cc). Leases are not the writer's business: the
+// callers grant, refresh and revoke them.
 //
 // Thread-safety: thread-safe.
 #pragma once
@@ -33,6 +35,18 @@ class InstanceWriter {
     bool written = false;
     int64_t revision = 0;            // when written: the key's new mod revision
     std::optional<Current> current;  // when not written: the key as it is (nullopt: absent)
+    int64_t store_revision = 0;      // the store's revision when the write was decided
+  };
+  // Conditions of a Delete; 0 = not checked.
+  struct DeleteGuard {
+    int64_t lease = 0;         // the key must be attached to this lease
+    int64_t mod_revision = 0;  // the key's mod revision must be this one
+  };
+  struct DeleteResult {
+    bool deleted = false;            // false: the key was absent or a guard did not hold
+    int64_t lease_id = 0;            // when deleted: the lease the key was attached to
+    std::optional<Current> current;  // when a guard did not hold: the key as it is
+    int64_t store_revision = 0;      // the store's revision after the call
   };
   using PutCallback = std::function<void(absl::StatusOr<int64_t>)>;
 
@@ -50,8 +64,13 @@ class InstanceWriter {
   virtual absl::StatusOr<WriteResult> PutIfUnchanged(const std::string& key,
                                                      const std::string& value, int64_t lease,
                                                      int64_t expected) = 0;
+  // Deletes the key when every condition of `guard` holds. Not deleted with `current` unset:
+  // the key is absent.
+  virtual absl::StatusOr<DeleteResult> Delete(const std::string& key, DeleteGuard guard) = 0;
 };
 
-std::unique_ptr<InstanceWriter> NewEtcdInstanceWriter(std::shared_ptr<etcd::Client> client);
+// `timeout` bounds every call (zero: the client's call timeout).
+std::unique_ptr<InstanceWriter> NewEtcdInstanceWriter(
+    std::shared_ptr<etcd::Client> client, absl::Duration timeout = absl::ZeroDuration());
 
 }  // namespace discovery

@@ -38,7 +38,8 @@ struct Flags {
   std::string log_level = "warn";
 
   int register_n = 5000;
-  int register_inflight = 16;  // K registrations in flight (today: K calling threads)
+  int register_inflight = 16;         // K registrations in flight
+  std::string register_api = "sync";  // sync (K threads), async (K in flight), many (batch)
 
   int keepalive_n = 10000;
   double keepalive_seconds = 30;

@@ -57,7 +57,11 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", f.log_level, "Library log level (stderr)");
   app.add_option("--register-n", f.register_n, "register: instances");
   app.add_option("--register-inflight,--register-threads", f.register_inflight,
-                 "register: registrations in flight (K calling threads)");
+                 "register: registrations in flight");
+  app.add_option("--register-api", f.register_api,
+                 "register: sync (K threads calling Register), async (RegisterAsync, K in "
+                 "flight) or many (one RegisterMany of all N, 64 in flight)")
+      ->check(CLI::IsMember({"sync", "async", "many"}));
   app.add_option("--keepalive-n", f.keepalive_n, "keepalive: leases");
   app.add_option("--keepalive-seconds", f.keepalive_seconds, "keepalive: measured seconds");
   app.add_option("--keepalive-ttl", f.keepalive_ttl, "keepalive: lease TTL seconds");

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "common.h"
 #include "etcd/client.h"
+#include "instance_writer.h"
 
 namespace discoveryctl {
 namespace {
@@ -52,7 +53,12 @@ absl::StatusOr<StoredInstance> ParseStored(std::string_view prefix, std::string_
 
 Store::Store(std::shared_ptr<discovery::Connection> connection, std::string prefix,
              absl::Duration timeout)
-    : connection_(std::move(connection)), prefix_(std::move(prefix)), timeout_(timeout) {}
+    : connection_(std::move(connection)),
+      prefix_(std::move(prefix)),
+      timeout_(timeout),
+      writer_(discovery::NewEtcdInstanceWriter(connection_->client(), timeout_)) {}
+
+Store::~Store() = default;
 
 absl::StatusOr<ListResult> Store::List(std::string_view type) {
   const std::string start = type.empty() ? prefix_ : absl::StrCat(prefix_, AV(type), "/");
@@ -128,14 +134,11 @@ absl::StatusOr<StoredInstance> Store::Get(std::string_view type, std::string_vie
 
 absl::StatusOr<DeleteResult> Store::Delete(std::string_view type, std::string_view id) {
   const std::string key = InstanceKey(prefix_, type, id);
-  pb::DeleteRangeRequest req;
-  req.set_key(key);
-  req.set_prev_kv(true);
-  absl::StatusOr<pb::DeleteRangeResponse> resp = connection_->client()->DeleteRange(req, timeout_);
+  auto resp = writer_->Delete(key, {});  // unguarded
   if (!resp.ok()) return resp.status();
-  if (resp->deleted() == 0) return absl::NotFoundError(absl::StrCat(key, " not found"));
+  if (!resp->deleted) return absl::NotFoundError(absl::StrCat(key, " not found"));
   DeleteResult result;
-  if (resp->prev_kvs_size() > 0) result.lease_id = resp->prev_kvs(0).lease();
+  result.lease_id = resp->lease_id;
   if (result.lease_id == 0) return result;
 
   // A lease shared by several instances (RegistrarOptions opt-in) must outlive this one.
@@ -177,17 +180,9 @@ absl::StatusOr<SetStatusResult> Store::SetStatus(std::string_view type, std::str
     in.updated_at = absl::Now();
     if (current->lease_id != 0) in.lease_id = current->lease_id;
 
-    pb::TxnRequest txn;
-    auto* cmp = txn.add_compare();
-    cmp->set_key(current->key);
-    cmp->set_target(pb::Compare::MOD);
-    cmp->set_result(pb::Compare::EQUAL);
-    cmp->set_mod_revision(current->mod_revision);
-    auto* put = txn.add_success()->mutable_request_put();
-    put->set_key(current->key);
-    put->set_value(discovery::EncodeInstance(in));
-    put->set_lease(current->lease_id);  // keep the instance's lease (0: none)
-    absl::StatusOr<pb::TxnResponse> resp = connection_->client()->Txn(txn, timeout_);
+    // Keeps the instance's lease (0: none).
+    auto resp = writer_->PutIfUnchanged(current->key, discovery::EncodeInstance(in),
+                                        current->lease_id, current->mod_revision);
     if (!resp.ok()) {
       if (absl::IsNotFound(resp.status())) {
         return absl::NotFoundError(
@@ -195,7 +190,7 @@ absl::StatusOr<SetStatusResult> Store::SetStatus(std::string_view type, std::str
       }
       return resp.status();
     }
-    if (resp->succeeded()) return SetStatusResult{current->key, current->instance.status, in};
+    if (resp->written) return SetStatusResult{current->key, current->instance.status, in};
     if (attempt >= kSetStatusAttempts) {
       return absl::AbortedError(
           absl::StrCat(current->key, " keeps changing; gave up after ", attempt, " attempts"));

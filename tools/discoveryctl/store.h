@@ -1,6 +1,7 @@
-// discoveryctl: the instance records under the prefix, read and written with the internal etcd
-// client (Range, Txn, DeleteRange, LeaseTimeToLive, LeaseRevoke). Every call is bounded by the
-// timeout given at construction.
+// discoveryctl: the instance records under the prefix, read with the internal etcd client
+// (Range, LeaseTimeToLive; LeaseRevoke) and written through the library's instance writer seam
+// (src/instance_writer.h: PutIfUnchanged, Delete). Every call is bounded by the timeout given
+// at construction.
 //
 // A value is a valid instance when it decodes (discovery::DecodeInstance) and its `type` and
 // `instanceId` match its key `<prefix><type>/<instanceId>` — the same rule the Watcher applies.
@@ -21,6 +22,10 @@
 #include "discovery/etcd.h"
 #include "discovery/instance.h"
 #include "nlohmann/json.hpp"
+
+namespace discovery {
+class InstanceWriter;
+}
 
 namespace discoveryctl {
 
@@ -66,6 +71,7 @@ class Store {
  public:
   Store(std::shared_ptr<discovery::Connection> connection, std::string prefix,
         absl::Duration timeout);
+  ~Store();
 
   // Every value under the prefix (under `<prefix><type>/` when `type` is not empty), read in
   // pages at one revision. Invalid values are returned in `invalid`, not as an error.
@@ -93,6 +99,7 @@ class Store {
   std::shared_ptr<discovery::Connection> connection_;
   std::string prefix_;
   absl::Duration timeout_;
+  std::unique_ptr<discovery::InstanceWriter> writer_;  // on connection_'s client, timeout_
 };
 
 }  // namespace discoveryctl

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "discovery/instance.h"
 #include "etcd/client.h"
+#include "instance_writer.h"
 
 namespace discoveryd {
 namespace {
@@ -49,7 +50,7 @@ absl::StatusOr<discovery::Instance> DecodeStored(const std::string& key, const s
 // Read-modify-write of one instance under its current lease, retried when another writer
 // got in between. kNotFound when the key (or its lease) is gone.
 absl::StatusOr<discovery::Instance> Update(
-    discovery::etcd::Client& client, const std::string& key,
+    discovery::etcd::Client& client, discovery::InstanceWriter& writer, const std::string& key,
     const std::function<absl::Status(discovery::Instance*)>& mutate) {
   for (int attempt = 0; attempt < kUpdateAttempts; ++attempt) {
     auto kv = ReadKey(client, key);
@@ -63,19 +64,9 @@ absl::StatusOr<discovery::Instance> Update(
     in->lease_id = cur.lease();
     absl::StatusOr<std::string> value = EncodeStorable(*in);
     if (!value.ok()) return value.status();
-    pb::TxnRequest txn;
-    pb::Compare* cmp = txn.add_compare();
-    cmp->set_key(key);
-    cmp->set_target(pb::Compare::MOD);
-    cmp->set_result(pb::Compare::EQUAL);
-    cmp->set_mod_revision(cur.mod_revision());
-    pb::PutRequest* put = txn.add_success()->mutable_request_put();
-    put->set_key(key);
-    put->set_value(*std::move(value));
-    put->set_lease(cur.lease());
-    auto r = client.Txn(txn);
+    auto r = writer.PutIfUnchanged(key, *value, cur.lease(), cur.mod_revision());
     if (!r.ok()) return r.status();
-    if (r->succeeded()) return *std::move(in);
+    if (r->written) return *std::move(in);
   }
   return absl::AbortedError(absl::StrCat("instance at ", key, " kept changing; retry"));
 }
@@ -100,9 +91,12 @@ bool SameRegistration(const discovery::Instance& in, const std::string& key,
 InstanceApi::InstanceApi(std::shared_ptr<discovery::Connection> connection,
                          discovery::Watcher* watcher, TcpHealthChecker* checker, Options options)
     : connection_(std::move(connection)),
+      writer_(discovery::NewEtcdInstanceWriter(connection_->client())),
       watcher_(watcher),
       checker_(checker),
       options_(std::move(options)) {}
+
+InstanceApi::~InstanceApi() = default;
 
 absl::StatusOr<std::string> InstanceApi::KeyFor(const InstanceRef& ref) const {
   const std::string& id = ref.id;
@@ -147,38 +141,27 @@ HttpResponse InstanceApi::Register(const RegisterCall& call) {
                                  {"revision", revision}});
   };
 
-  pb::TxnRequest txn;
-  pb::Compare* cmp = txn.add_compare();
-  cmp->set_key(key);
-  cmp->set_target(pb::Compare::CREATE);
-  cmp->set_result(pb::Compare::EQUAL);
-  cmp->set_create_revision(0);
-  pb::PutRequest* put = txn.add_success()->mutable_request_put();
-  put->set_key(key);
-  put->set_value(discovery::EncodeInstance(in));
-  put->set_lease(own);
-  txn.add_failure()->mutable_request_range()->set_key(key);
-  auto r = client.Txn(txn);
+  // Expected mod revision 0: the key is absent.
+  auto r = writer_->PutIfUnchanged(key, discovery::EncodeInstance(in), own, 0);
   if (!r.ok()) {
     // Unknown outcome: take our lease (and with it a key it may have written) back; the
     // client retries on the 503.
     revoke_own();
     return StatusResponse(r.status());
   }
-  if (r->succeeded()) return created(own, lease->ttl(), r->header().revision(), 201);
+  if (r->written) return created(own, lease->ttl(), r->revision, 201);
 
-  const pb::RangeResponse& range = r->responses(0).response_range();
-  if (range.kvs_size() > 0) {
-    const mvccpb::KeyValue& kv = range.kvs(0);
+  if (r->current.has_value()) {
+    const discovery::InstanceWriter::Current& kv = *r->current;
     // The client retried this Txn after its first attempt was applied: our own write.
-    if (kv.lease() == own) return created(own, lease->ttl(), kv.mod_revision(), 201);
+    if (kv.lease_id == own) return created(own, lease->ttl(), kv.mod_revision, 201);
     // A retried POST (the client never saw the first answer): the same instance is registered
     // under the lease of the first attempt. Answer with that registration, not 409.
-    if (kv.lease() != 0 && SameRegistration(in, key, kv.value())) {
-      absl::StatusOr<int64_t> ttl = client.LeaseKeepAliveOnce(kv.lease());
+    if (kv.lease_id != 0 && SameRegistration(in, key, kv.value)) {
+      absl::StatusOr<int64_t> ttl = client.LeaseKeepAliveOnce(kv.lease_id);
       if (ttl.ok()) {
         revoke_own();
-        return created(kv.lease(), *ttl, r->header().revision(), 200);
+        return created(kv.lease_id, *ttl, r->store_revision, 200);
       }
     }
   }
@@ -217,8 +200,8 @@ HttpResponse InstanceApi::Heartbeat(const HeartbeatCall& call) {
   }
   json out = {{"ttlSeconds", *ttl}, {"leaseId", LeaseHex(lease)}};
   if (!changes.empty()) {
-    auto updated =
-        Update(client, *key, [&](discovery::Instance* in) { return ApplyChanges(changes, in); });
+    auto updated = Update(client, *writer_, *key,
+                          [&](discovery::Instance* in) { return ApplyChanges(changes, in); });
     if (!updated.ok()) return StatusResponse(updated.status());
     out["instance"] = discovery::InstanceToJson(*updated);
   }
@@ -289,7 +272,7 @@ HttpResponse InstanceApi::Get(const GetCall& call) {
 HttpResponse InstanceApi::Patch(const PatchCall& call) {
   absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
-  auto updated = Update(*connection_->client(), *key,
+  auto updated = Update(*connection_->client(), *writer_, *key,
                         [&](discovery::Instance* in) { return ApplyChanges(call.changes, in); });
   if (!updated.ok()) return StatusResponse(updated.status());
   return JsonResponse(200, discovery::InstanceToJson(*updated));
@@ -300,37 +283,19 @@ HttpResponse InstanceApi::Delete(const DeleteCall& call) {
   absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
   discovery::etcd::Client& client = *connection_->client();
-  // Txn{ lease(key) == named ? DeleteRange(key) : Range(key) }; unguarded: lease(key) != 0 is
-  // not needed, a plain DeleteRange does.
-  pb::TxnRequest txn;
-  if (call.lease_id != 0) {
-    pb::Compare* cmp = txn.add_compare();
-    cmp->set_key(*key);
-    cmp->set_target(pb::Compare::LEASE);
-    cmp->set_result(pb::Compare::EQUAL);
-    cmp->set_lease(call.lease_id);
-    txn.add_failure()->mutable_request_range()->set_key(*key);
-  }
-  pb::DeleteRangeRequest* del = txn.add_success()->mutable_request_delete_range();
-  del->set_key(*key);
-  del->set_prev_kv(true);
-  auto r = client.Txn(txn);
+  // Guarded by the named lease (?leaseId= / If-Match) when there is one.
+  auto r = writer_->Delete(*key, {.lease = call.lease_id});
   if (!r.ok()) return StatusResponse(r.status());
-  if (!r->succeeded()) {
-    const pb::RangeResponse& range = r->responses(0).response_range();
-    if (range.kvs_size() == 0) {
+  if (!r->deleted) {
+    if (!r->current.has_value()) {
       return StatusResponse(absl::NotFoundError(absl::StrCat("instance ", id, " not found")));
     }
     return ErrorResponse(
         412, "precondition_failed",
-        absl::StrCat("instance ", id, " is registered with lease ", LeaseHex(range.kvs(0).lease()),
+        absl::StrCat("instance ", id, " is registered with lease ", LeaseHex(r->current->lease_id),
                      ", not ", LeaseHex(call.lease_id), "; nothing deleted"));
   }
-  const pb::DeleteRangeResponse& d = r->responses(0).response_delete_range();
-  if (d.deleted() == 0 || d.prev_kvs_size() == 0) {
-    return StatusResponse(absl::NotFoundError(absl::StrCat("instance ", id, " not found")));
-  }
-  int64_t lease = d.prev_kvs(0).lease();
+  int64_t lease = r->lease_id;
   bool revoked = false;
   if (lease != 0) {
     // Revoke only when nothing else lives on the lease (a registrar may share one lease
@@ -349,7 +314,7 @@ HttpResponse InstanceApi::Delete(const DeleteCall& call) {
                             {"deleted", true},
                             {"leaseId", LeaseHex(lease)},
                             {"leaseRevoked", revoked},
-                            {"revision", r->header().revision()}});
+                            {"revision", r->store_revision}});
 }
 
 }  // namespace discoveryd

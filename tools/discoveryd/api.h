@@ -1,19 +1,21 @@
 // File: tools/discoveryd/api.h
 //
 // The REST half of discoveryd: `/sd/v1/instances` register / heartbeat / discover / get /
-// patch / delete, implemented directly on the etcd client (no Registrar: the gateway keeps no
-// per-instance state, so a heartbeat may reach any gateway of the fleet).
+// patch / delete, on the etcd client for leases and reads and on the library's instance
+// writer seam (src/instance_writer.h) for every write of an instance record (no Registrar:
+// the gateway keeps no per-instance state, so a heartbeat may reach any gateway of the fleet).
 //
-//   register  = LeaseGrant(ttl, id chosen here) + Txn{ create_revision(key) == 0
-//               ? Put(key, value, lease) : Range(key) }. Idempotent: a grant or Txn retried
-//               after its answer was lost finds its own lease/key (201); a retried POST with
-//               the same instance (all fields but startedAt/updatedAt/leaseId) finds the first
-//               attempt's registration, refreshes its lease and answers 200 with its leaseId;
-//               other fields -> 409.
+//   register  = LeaseGrant(ttl, id chosen here) + PutIfUnchanged(key, value, lease, absent)
+//               (Txn{ mod_revision(key) == 0 ? Put(key, value, lease) : Range(key) }). Idempotent:
+//               a grant or Txn retried after its answer was lost finds its own lease/key (201); a
+//               retried POST with the same instance (all fields but startedAt/updatedAt/leaseId)
+//               finds the first attempt's registration, refreshes its lease and answers 200 with
+//               its leaseId; other fields -> 409.
 //   heartbeat = Range(key) -> its lease -> LeaseKeepAliveOnce (+ optional value update)
-//   update    = Range(key) + Txn{ mod_revision(key) == seen ? Put(key, value, same lease) },
+//   update    = Range(key) + PutIfUnchanged(key, value, same lease, seen mod revision),
 //               retried on a concurrent write
-//   delete    = Txn{ [lease(key) == named lease ?] DeleteRange(key) : Range(key) } + LeaseRevoke
+//   delete    = writer Delete (guarded by lease(key) == named lease when one is named) +
+//   LeaseRevoke
 //               when no other key is attached to the lease. 200, then 404 when repeated; a
 //               named lease (?leaseId= / If-Match) the key is not on -> 412.
 //   discover  = the gateway's Watcher snapshot (+ optional TCP health check)
@@ -38,6 +40,10 @@
 #include "http_message.h"
 #include "router.h"
 
+namespace discovery {
+class InstanceWriter;
+}
+
 namespace discoveryd {
 
 class InstanceApi {
@@ -47,6 +53,7 @@ class InstanceApi {
   };
   InstanceApi(std::shared_ptr<discovery::Connection> connection, discovery::Watcher* watcher,
               TcpHealthChecker* checker, Options options);
+  ~InstanceApi();
 
   HttpResponse Register(const RegisterCall& call);
   HttpResponse Heartbeat(const HeartbeatCall& call);
@@ -61,6 +68,7 @@ class InstanceApi {
   absl::StatusOr<std::string> KeyFor(const InstanceRef& ref) const;
 
   std::shared_ptr<discovery::Connection> connection_;
+  std::unique_ptr<discovery::InstanceWriter> writer_;  // on connection_'s client
   discovery::Watcher* watcher_;
   // Discover answers by query, valid while the watcher's snapshot is the same object: a busy
   // gateway serialises each (snapshot, query) once instead of once per request.
