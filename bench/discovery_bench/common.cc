@@ -23,36 +23,6 @@ const std::vector<std::string> kAllScenarios = {"keepalive", "register",        
                                                 "fanout",    "watch-throughput", "resync",
                                                 "pick",      "gateway"};
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-double Seconds(int64_t ns) { return static_cast<double>(ns) / 1e9; }
-
-double CpuSeconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
-  return tv(ru.ru_utime) + tv(ru.ru_stime);
-}
-
-// A numeric field of /proc/self/status ("Threads", "VmRSS" in kB); -1 if absent.
-int64_t ProcStatus(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (absl::StartsWith(line, field + ":")) {
-      std::string rest = line.substr(field.size() + 1);
-      std::vector<std::string> parts = absl::StrSplit(rest, ' ', absl::SkipWhitespace());
-      int64_t v = -1;
-      if (!parts.empty() && absl::SimpleAtoi(parts[0], &v)) return v;
-    }
-  }
-  return -1;
-}
-
 ThreadCounts CountThreads() {
   ThreadCounts c;
   const std::string self = absl::StrCat(getpid());
@@ -66,23 +36,6 @@ ThreadCounts CountThreads() {
     if (absl::StartsWith(comm, "discovery-")) ++c.library;
   }
   return c;
-}
-
-double Round(double v, int digits) {
-  double f = std::pow(10.0, digits);
-  return std::round(v * f) / f;
-}
-
-// Runs fn(i) for i in [0, n) on `threads` threads (work stealing by an atomic index).
-void ParallelFor(int threads, int n, const std::function<void(int)>& fn) {
-  std::atomic<int> next{0};
-  std::vector<std::thread> pool;
-  for (int t = 0; t < std::max(1, threads); ++t) {
-    pool.emplace_back([&] {
-      for (int i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
-    });
-  }
-  for (auto& th : pool) th.join();
 }
 
 bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout, absl::Duration poll) {

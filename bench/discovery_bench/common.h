@@ -16,6 +16,7 @@
 #include "discovery/etcd.h"
 #include "discovery/instance.h"
 #include "discovery/watcher.h"
+#include "measure.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -94,23 +95,15 @@ extern const std::vector<std::string> kAllScenarios;
 // ---------------------------------------------------------------------------------------------
 // Measurement helpers
 
-int64_t NowNs();
-double Seconds(int64_t ns);
-double CpuSeconds();
-
-// A numeric field of /proc/self/status ("Threads", "VmRSS" in kB); -1 if absent.
-int64_t ProcStatus(const std::string& field);
-
-// Percentile (0..100) of unsorted samples; sorts them.
-template <typename T>
-double Percentile(std::vector<T>& v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t idx = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
-  return static_cast<double>(v[std::min(idx, v.size() - 1)]);
-}
-
-double Round(double v, int digits = 3);
+// Clocks, CPU time, /proc fields, percentiles, rounding, ParallelFor: bench/measure.h (shared
+// with discovery-raw-bench).
+using bench_measure::CpuSeconds;
+using bench_measure::NowNs;
+using bench_measure::ParallelFor;
+using bench_measure::Percentile;
+using bench_measure::ProcStatus;
+using bench_measure::Round;
+using bench_measure::Seconds;
 
 // Threads of this process by name (/proc/self/task/*/comm): the library's are named
 // discovery-* (the main thread, also "discovery-bench", is not counted as the library's).
@@ -119,9 +112,6 @@ struct ThreadCounts {
   int library = 0;
 };
 ThreadCounts CountThreads();
-
-// Runs fn(i) for i in [0, n) on `threads` threads (work stealing by an atomic index).
-void ParallelFor(int threads, int n, const std::function<void(int)>& fn);
 
 bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout,
              absl::Duration poll = absl::Milliseconds(1));

@@ -16,40 +16,6 @@
 
 namespace raw_bench {
 
-int64_t NowNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
-double Seconds(int64_t ns) { return static_cast<double>(ns) / 1e9; }
-
-double CpuSeconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
-  return tv(ru.ru_utime) + tv(ru.ru_stime);
-}
-
-int64_t ProcStatus(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (absl::StartsWith(line, field + ":")) {
-      std::vector<std::string> parts =
-          absl::StrSplit(line.substr(field.size() + 1), ' ', absl::SkipWhitespace());
-      int64_t v = -1;
-      if (!parts.empty() && absl::SimpleAtoi(parts[0], &v)) return v;
-    }
-  }
-  return -1;
-}
-
-double Round(double v, int digits) {
-  double f = std::pow(10.0, digits);
-  return std::round(v * f) / f;
-}
-
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& endpoint) {
   std::string target = endpoint;
   if (absl::StartsWith(target, "http://")) target = target.substr(7);

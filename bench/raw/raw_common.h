@@ -12,6 +12,7 @@
 
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "measure.h"
 #include "nlohmann/json.hpp"
 
 namespace raw_bench {
@@ -43,23 +44,15 @@ struct Flags {
   double keepalive_seconds = 30;
 };
 
-// CLOCK_MONOTONIC nanoseconds.
-int64_t NowNs();
-double Seconds(int64_t ns);
-// User + system CPU seconds of the whole process (getrusage RUSAGE_SELF).
-double CpuSeconds();
-// A numeric field of /proc/self/status ("Threads"); -1 if absent.
-int64_t ProcStatus(const std::string& field);
-double Round(double v, int digits = 3);
-
-// Percentile (0..100) of unsorted samples; sorts them.
-template <typename T>
-double Percentile(std::vector<T>& v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t idx = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
-  return static_cast<double>(v[std::min(idx, v.size() - 1)]);
-}
+// Clocks, CPU time, /proc fields, percentiles, rounding: bench/measure.h (shared with
+// discovery-bench; standard library only).
+using bench_measure::CpuSeconds;
+using bench_measure::NowNs;
+using bench_measure::ParallelFor;
+using bench_measure::Percentile;
+using bench_measure::ProcStatus;
+using bench_measure::Round;
+using bench_measure::Seconds;
 
 // A channel with its own TCP connection (no subchannel shared with another channel).
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& endpoint);

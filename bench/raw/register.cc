@@ -208,17 +208,6 @@ struct Run {
   }
 };
 
-void Parallel(int threads, int n, const std::function<void(int)>& fn) {
-  std::atomic<int> next{0};
-  std::vector<std::thread> pool;
-  for (int t = 0; t < std::max(1, threads); ++t) {
-    pool.emplace_back([&] {
-      for (int i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
-    });
-  }
-  for (auto& th : pool) th.join();
-}
-
 }  // namespace
 
 Json RunRegister(const Flags& f) {
@@ -259,7 +248,7 @@ Json RunRegister(const Flags& f) {
 
   const int64_t t0 = NowNs();
   if (api == "sync") {
-    Parallel(k, n, [&](int i) {
+    ParallelFor(k, n, [&](int i) {
       const int64_t s = NowNs();
       if (!run.Sync(i)) run.errors.fetch_add(1);
       run.lat[i] = NowNs() - s;
@@ -282,7 +271,7 @@ Json RunRegister(const Flags& f) {
   out["value_bytes"] = ValueWithLease(run.heads[0], run.leases[0]).size();
 
   // Cleanup (not measured): revoke every lease, which deletes the keys.
-  Parallel(16, n, [&](int i) {
+  ParallelFor(16, n, [&](int i) {
     if (run.leases[i] == 0) return;
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
