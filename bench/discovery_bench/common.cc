@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "bare.h"
 #include "sample_instance.h"
+#include "util/clock.h"
 
 namespace discovery_bench {
 
@@ -39,9 +40,10 @@ ThreadCounts CountThreads() {
 }
 
 bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout, absl::Duration poll) {
-  absl::Time deadline = absl::Now() + timeout;
+  const absl::Time deadline =
+      discovery::util::MonoNow() + timeout;  // a wall-clock step must not cut it
   while (!pred()) {
-    if (absl::Now() > deadline) return pred();
+    if (discovery::util::MonoNow() > deadline) return pred();
     absl::SleepFor(poll);
   }
   return true;
