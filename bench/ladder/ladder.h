@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -132,6 +133,8 @@ void StopReplica(Replica& r);
 int64_t RssKib(pid_t pid);
 // utime + stime of /proc/<pid>/stat (or /proc/<pid>/task/<tid>/stat) in seconds.
 double CpuSeconds(pid_t pid, pid_t tid = 0);
+// Per thread of `pid`: tid -> (comm, utime+stime seconds).
+std::map<pid_t, std::pair<std::string, double>> ThreadCpu(pid_t pid);
 // GET /sd/v1/instances?type=world on `port`: wall ms and body bytes (ms < 0 on failure).
 struct Discover {
   double ms = -1;

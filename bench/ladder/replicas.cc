@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "harness_util.h"
@@ -100,6 +102,21 @@ double CpuSeconds(pid_t pid, pid_t tid) {
     if (i == 15) stime = std::stod(f);
   }
   return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+std::map<pid_t, std::pair<std::string, double>> ThreadCpu(pid_t pid) {
+  std::map<pid_t, std::pair<std::string, double>> out;
+  std::error_code ec;
+  for (const auto& e :
+       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"), ec)) {
+    pid_t tid = 0;
+    if (!absl::SimpleAtoi(e.path().filename().string(), &tid)) continue;
+    std::ifstream comm(absl::StrCat("/proc/", pid, "/task/", tid, "/comm"));
+    std::string name;
+    std::getline(comm, name);
+    out[tid] = {name, CpuSeconds(pid, tid)};
+  }
+  return out;
 }
 
 Discover TimedDiscover(int port, double timeout_s) {

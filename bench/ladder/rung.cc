@@ -37,6 +37,7 @@ std::pair<double, double> MachineJiffies() {
 
 struct CpuSample {
   std::vector<double> discoveryd;
+  std::vector<std::map<pid_t, std::pair<std::string, double>>> threads;  // per replica
   double etcd = 0, ladder = 0, subscribers = 0;
   std::pair<double, double> machine;
   int64_t at = 0;
@@ -45,7 +46,10 @@ struct CpuSample {
 CpuSample SampleCpu(const std::vector<Replica>& reps, pid_t etcd_pid, const SseFleet& fleet) {
   CpuSample s;
   s.at = NowNs();
-  for (const Replica& r : reps) s.discoveryd.push_back(CpuSeconds(r.pid()));
+  for (const Replica& r : reps) {
+    s.discoveryd.push_back(CpuSeconds(r.pid()));
+    s.threads.push_back(ThreadCpu(r.pid()));
+  }
   s.etcd = etcd_pid > 0 ? CpuSeconds(etcd_pid) : 0;
   s.ladder = CpuSeconds(getpid());
   for (pid_t t : fleet.thread_ids()) s.subscribers += CpuSeconds(getpid(), t);
@@ -260,6 +264,22 @@ absl::StatusOr<std::vector<Json>> RunSize(const Config& cfg, const Size& size) {
       pct[absl::StrCat("discoveryd", i)] = p;
     }
     cpu["discoveryd"] = dd;
+    // The busiest thread of each replica (a single-thread wall shows here, not in the total).
+    Json tops = Json::array();
+    for (size_t i = 0; i < reps.size(); ++i) {
+      std::string name;
+      double best = -1;
+      for (const auto& [tid, v] : c1.threads[i]) {
+        auto was = c0.threads[i].find(tid);
+        const double d = v.second - (was == c0.threads[i].end() ? 0 : was->second.second);
+        if (d > best) {
+          best = d;
+          name = v.first;
+        }
+      }
+      tops.push_back({{"thread", name}, {"pct", Pct100(best, window)}});
+    }
+    cpu["discoveryd_top_thread"] = tops;
     cpu["etcd"] = etcd_pid > 0 ? Pct100(c1.etcd - c0.etcd, window) : -1.0;
     cpu["ladder"] = Pct100(c1.ladder - c0.ladder, window);
     cpu["ladder_subscriber_threads"] = Pct100(c1.subscribers - c0.subscribers, window);
