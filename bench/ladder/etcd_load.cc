@@ -169,6 +169,12 @@ absl::Status DeletePrefix(const std::shared_ptr<grpc::Channel>& ch, const std::s
   req.set_range_end(end);
   pb::DeleteRangeResponse resp;
   grpc::Status st = kv->DeleteRange(&ctx, req, &resp);
+  if (!st.ok()) return absl::UnavailableError(st.error_message());
+  grpc::ClientContext ctx2;
+  ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  pb::DeleteRangeRequest epoch;
+  epoch.set_key(absl::StrCat(prefix.substr(0, prefix.size() - 1), ".epoch"));
+  st = kv->DeleteRange(&ctx2, epoch, &resp);
   return st.ok() ? absl::OkStatus() : absl::UnavailableError(st.error_message());
 }
 

@@ -41,6 +41,7 @@ std::string InstanceKey(const std::string& prefix, int i);
 // Pipelined puts of instances [0, n) (no lease), `inflight` outstanding.
 absl::Status LoadInstances(const std::shared_ptr<grpc::Channel>& ch, const std::string& prefix,
                            int n, int group_size, int inflight);
+// Deletes every key under `prefix`, and discoveryd's epoch key beside it ("/p/" -> "/p.epoch").
 absl::Status DeletePrefix(const std::shared_ptr<grpc::Channel>& ch, const std::string& prefix);
 
 struct ChurnResult {

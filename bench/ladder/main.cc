@@ -22,6 +22,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "ladder.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
 
 #ifndef DISCOVERY_LADDER_DISCOVERYD
 #define DISCOVERY_LADDER_DISCOVERYD "discoveryd"
@@ -131,6 +133,8 @@ int main(int argc, char** argv) {
   app.add_flag("--smoke", smoke, "--quick and assert 0 missed / 0 disconnected / complete JSON");
   app.add_flag("--keep", keep, "keep the work dir (discoveryd logs) under /dev/shm");
   CLI11_PARSE(app, argc, argv);
+  // stdout carries only the JSON lines: library and harness logs go to stderr.
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("ladder"));
 
   cfg.churn.clear();
   for (absl::string_view r : absl::StrSplit(churn, ',', absl::SkipWhitespace())) {
