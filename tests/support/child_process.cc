@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "harness_util.h"
+#include "util/clock.h"
 
 extern char** environ;
 
@@ -273,14 +274,14 @@ absl::Status ChildProcess::Signal(int sig) {
 }
 
 absl::StatusOr<int> ChildProcess::Wait(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   absl::Duration poll = absl::Milliseconds(1);
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (TryReapLocked()) return *exit_value_;
     }
-    const absl::Time now = absl::Now();
+    const absl::Time now = util::MonoNow();
     if (now >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat("process ", pid_, " (", argv_[0],
                                                       ") still running after ",
@@ -344,7 +345,7 @@ bool ChildProcess::FillPipeLocked(absl::Time deadline) {
       pipe_eof_ = true;
       return true;
     }
-    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - util::MonoNow());
     if (ms < 0) return false;
     pollfd pfd{stdout_pipe_, POLLIN, 0};
     const int rc = ::poll(&pfd, 1, static_cast<int>(std::min<int64_t>(ms, 1 << 30)));
@@ -353,7 +354,7 @@ bool ChildProcess::FillPipeLocked(absl::Time deadline) {
 }
 
 std::optional<std::string> ChildProcess::ReadLine(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   std::lock_guard<std::mutex> lock(pipe_mu_);
   if (stdout_pipe_ < 0) return std::nullopt;
   for (;;) {
@@ -374,7 +375,7 @@ std::string ChildProcess::ReadStdout() {
   {
     std::lock_guard<std::mutex> lock(pipe_mu_);
     if (stdout_pipe_ >= 0) {
-      while (!pipe_eof_ && FillPipeLocked(absl::Now())) {
+      while (!pipe_eof_ && FillPipeLocked(util::MonoNow())) {
       }
       return std::exchange(pipe_buf_, std::string());
     }

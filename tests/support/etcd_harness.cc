@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "spdlog/spdlog.h"
+#include "util/clock.h"
 
 namespace discovery::testing {
 namespace {
@@ -111,17 +112,17 @@ absl::StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(EtcdClusterOptio
     }
   }
 
-  const absl::Time started = absl::Now();
+  const absl::Time started = util::MonoNow();
   absl::Status status;
   for (int attempt = 0; attempt < 2; ++attempt) {
     {
       std::lock_guard<std::mutex> lock(cluster->mu_);
       cluster->AssignPortsLocked();
     }
-    status = cluster->BootstrapAndWait(absl::Now() + TimeScale(start_timeout));
+    status = cluster->BootstrapAndWait(util::MonoNow() + TimeScale(start_timeout));
     if (status.ok()) {
       spdlog::info("etcd cluster ({} member{}) healthy in {} at {}: {}", n, n == 1 ? "" : "s",
-                   absl::FormatDuration(absl::Now() - started), cluster->dir_,
+                   absl::FormatDuration(util::MonoNow() - started), cluster->dir_,
                    cluster->EndpointsCsv());
       return cluster;
     }
@@ -274,7 +275,7 @@ absl::Status EtcdCluster::WaitSnapshotsHealthy(const std::vector<Snapshot>& memb
         spdlog::error("{}", msg);
         return absl::FailedPreconditionError(msg);
       }
-      const absl::Duration left = (deadline - absl::Now()) / TimeScaleFactor();
+      const absl::Duration left = (deadline - util::MonoNow()) / TimeScaleFactor();
       absl::StatusOr<HttpResponse> r = HttpGet(
           s.client_port, "/health", std::clamp(left, absl::Milliseconds(100), absl::Seconds(1)));
       if (r.ok() && r->status == 200 && absl::StrContains(r->body, "\"health\":\"true\"")) {
@@ -298,7 +299,7 @@ absl::Status EtcdCluster::WaitSnapshotsHealthy(const std::vector<Snapshot>& memb
       }
       return absl::OkStatus();
     }
-    if (absl::Now() >= deadline) {
+    if (util::MonoNow() >= deadline) {
       std::string msg = "etcd members not healthy before the deadline:";
       for (size_t k = 0; k < members.size(); ++k) {
         if (healthy[k]) continue;
@@ -308,12 +309,12 @@ absl::Status EtcdCluster::WaitSnapshotsHealthy(const std::vector<Snapshot>& memb
       spdlog::error("{}", msg);
       return absl::DeadlineExceededError(msg);
     }
-    absl::SleepFor(std::min(absl::Milliseconds(50), deadline - absl::Now()));
+    absl::SleepFor(std::min(absl::Milliseconds(50), deadline - util::MonoNow()));
   }
 }
 
 absl::Status EtcdCluster::WaitHealthy(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   std::vector<Snapshot> snaps;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -328,7 +329,7 @@ absl::Status EtcdCluster::WaitHealthy(absl::Duration timeout) {
 
 absl::Status EtcdCluster::WaitMemberHealthy(int i, absl::Duration timeout) {
   if (i < 0 || i >= size()) return absl::OutOfRangeError(absl::StrCat("no member ", i));
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   std::vector<Snapshot> snaps;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -482,7 +483,7 @@ absl::Status EtcdCluster::Cont(int i) {
 
 absl::Status EtcdCluster::Restart(int i, absl::Duration timeout) {
   if (i < 0 || i >= size()) return absl::OutOfRangeError(absl::StrCat("no member ", i));
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   std::vector<Snapshot> snaps;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -500,7 +501,7 @@ absl::Status EtcdCluster::Restart(int i, absl::Duration timeout) {
 
 absl::Status EtcdCluster::GracefulRestart(int i, absl::Duration timeout) {
   if (i < 0 || i >= size()) return absl::OutOfRangeError(absl::StrCat("no member ", i));
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   std::shared_ptr<ChildProcess> proc;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -514,7 +515,7 @@ absl::Status EtcdCluster::GracefulRestart(int i, absl::Duration timeout) {
   }
   // Leadership transfer and backend flush take a moment: wait outside the lock.
   if (proc != nullptr) {
-    const absl::Duration left = std::max(absl::ZeroDuration(), deadline - absl::Now());
+    const absl::Duration left = std::max(absl::ZeroDuration(), deadline - util::MonoNow());
     if (absl::StatusOr<int> exited = proc->Wait(left / TimeScaleFactor()); !exited.ok()) {
       (void)proc->Kill();
       std::lock_guard<std::mutex> lock(mu_);
@@ -536,7 +537,7 @@ absl::Status EtcdCluster::GracefulRestart(int i, absl::Duration timeout) {
 }
 
 absl::Status EtcdCluster::WipeAndBootstrap(absl::Duration timeout, bool new_token) {
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   {
     std::lock_guard<std::mutex> lock(mu_);
     KillAllLocked();

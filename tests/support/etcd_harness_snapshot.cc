@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "etcd_harness.h"
+#include "util/clock.h"
 
 namespace discovery::testing {
 
@@ -38,7 +39,7 @@ absl::Status EtcdCluster::SnapshotSave(const std::string& path) {
 }
 
 absl::Status EtcdCluster::RestoreSnapshot(const std::string& path, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   std::error_code ec;
   const std::string abs_path = std::filesystem::absolute(path, ec).lexically_normal().string();
   if (ec || !std::filesystem::is_regular_file(abs_path, ec)) {
@@ -71,7 +72,7 @@ absl::Status EtcdCluster::RestoreSnapshot(const std::string& path, absl::Duratio
         absl::StrCat("--initial-cluster=", initial_cluster),
         absl::StrCat("--initial-cluster-token=", token),
         absl::StrCat("--initial-advertise-peer-urls=http://127.0.0.1:", m.peer_port)};
-    const absl::Duration left = std::max(absl::Seconds(1), deadline - absl::Now());
+    const absl::Duration left = std::max(absl::Seconds(1), deadline - util::MonoNow());
     absl::StatusOr<std::string> r = CtlOutput(
         RunEtcdctl({}, args, left / TimeScaleFactor(), std::nullopt, /*offline=*/true), args);
     if (!r.ok()) {

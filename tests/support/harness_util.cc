@@ -23,6 +23,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "util/clock.h"
 
 namespace discovery::testing {
 namespace {
@@ -45,7 +46,7 @@ class FdCloser {
 
 // Milliseconds left until `deadline`, clamped to [0, INT_MAX].
 int MillisLeft(absl::Time deadline) {
-  const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+  const int64_t ms = absl::ToInt64Milliseconds(deadline - util::MonoNow());
   if (ms <= 0) return 0;
   return static_cast<int>(std::min<int64_t>(ms, 1 << 30));
 }
@@ -101,14 +102,14 @@ absl::Duration TimeScale(absl::Duration d) {
 }
 
 bool WaitUntil(std::function<bool()> pred, absl::Duration timeout, absl::Duration poll) {
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   if (poll <= absl::ZeroDuration()) poll = absl::Milliseconds(1);
   for (;;) {
     if (pred()) return true;
-    const absl::Time now = absl::Now();
+    const absl::Time now = util::MonoNow();
     if (now >= deadline) return false;
     absl::SleepFor(std::min(poll, deadline - now));
-    if (absl::Now() >= deadline) return pred();
+    if (util::MonoNow() >= deadline) return pred();
   }
 }
 
@@ -139,7 +140,7 @@ absl::StatusOr<HttpResponse> HttpRequest(
     absl::string_view method, int port, const std::string& path, const std::string& request_body,
     const std::vector<std::pair<std::string, std::string>>& request_headers,
     absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + TimeScale(timeout);
+  const absl::Time deadline = util::MonoNow() + TimeScale(timeout);
   const std::string where = absl::StrCat("http://127.0.0.1:", port, path);
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", ErrnoText(errno)));
