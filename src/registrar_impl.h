@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "discovery/registrar.h"
 #include "etcd/client.h"
@@ -60,11 +61,32 @@ struct Registrar::Impl : std::enable_shared_from_this<Registrar::Impl> {
   util::Mutex mu;
   std::map<std::string, std::weak_ptr<RegistrationState>> registrations ABSL_GUARDED_BY(mu);
 
+  // Events for on_event, delivered on the background thread in order. Nothing is posted when
+  // nobody listens; events emitted together (registrations completing at once) share one task.
+  struct EventQueue {
+    util::Mutex mu;
+    std::vector<RegistrationEvent> events ABSL_GUARDED_BY(mu);
+    bool posted ABSL_GUARDED_BY(mu) = false;
+  };
+  std::shared_ptr<EventQueue> events = std::make_shared<EventQueue>();
   void Emit(RegistrationEventType type, const RegistrationState& st, int64_t lease,
             absl::Status status = absl::OkStatus()) {
     if (!on_event) return;
-    RegistrationEvent ev{type, st.instance_id, lease, std::move(status)};
-    client->background().Post([cb = on_event, ev] { cb(ev); });
+    {
+      util::MutexLock lock(&events->mu);
+      events->events.push_back(RegistrationEvent{type, st.instance_id, lease, std::move(status)});
+      if (events->posted) return;  // the posted task takes this one too
+      events->posted = true;
+    }
+    client->background().Post([cb = on_event, q = events] {
+      std::vector<RegistrationEvent> batch;
+      {
+        util::MutexLock lock(&q->mu);
+        batch.swap(q->events);
+        q->posted = false;
+      }
+      for (const RegistrationEvent& ev : batch) cb(ev);
+    });
   }
 
   // Async registrations in flight (RegisterAsync, RegisterMany); ~Registrar waits for none.
