@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "discovery/registrar.h"
 #include "etcd/client.h"
@@ -60,11 +61,43 @@ struct Registrar::Impl : std::enable_shared_from_this<Registrar::Impl> {
   util::Mutex mu;
   std::map<std::string, std::weak_ptr<RegistrationState>> registrations ABSL_GUARDED_BY(mu);
 
+  // Events for on_event, delivered on the background thread in order. Nothing is posted when
+  // nobody listens; events emitted together share one task. kRegistered (the caller has its
+  // result already) waits up to kEventBatching for others: registrations completing one after
+  // another cost one background wake-up per batch, not one each. Any other event is posted at
+  // once (and takes the queued ones with it).
+  static constexpr absl::Duration kEventBatching = absl::Milliseconds(5);
+  struct EventQueue {
+    util::Mutex mu;
+    std::vector<RegistrationEvent> events ABSL_GUARDED_BY(mu);
+    bool posted_now ABSL_GUARDED_BY(mu) = false;    // a task runs as soon as it can
+    bool posted_later ABSL_GUARDED_BY(mu) = false;  // a task runs within kEventBatching
+  };
+  std::shared_ptr<EventQueue> events = std::make_shared<EventQueue>();
   void Emit(RegistrationEventType type, const RegistrationState& st, int64_t lease,
             absl::Status status = absl::OkStatus()) {
     if (!on_event) return;
-    RegistrationEvent ev{type, st.instance_id, lease, std::move(status)};
-    client->background().Post([cb = on_event, ev] { cb(ev); });
+    const bool now = type != RegistrationEventType::kRegistered;
+    {
+      util::MutexLock lock(&events->mu);
+      events->events.push_back(RegistrationEvent{type, st.instance_id, lease, std::move(status)});
+      if (events->posted_now || (!now && events->posted_later)) return;  // a task takes it
+      (now ? events->posted_now : events->posted_later) = true;
+    }
+    auto deliver = [cb = on_event, q = events, now] {
+      std::vector<RegistrationEvent> batch;
+      {
+        util::MutexLock lock(&q->mu);
+        batch.swap(q->events);
+        (now ? q->posted_now : q->posted_later) = false;
+      }
+      for (const RegistrationEvent& ev : batch) cb(ev);
+    };
+    if (now) {
+      client->background().Post(std::move(deliver));
+    } else {
+      client->background().PostAfter(kEventBatching, std::move(deliver));
+    }
   }
 
   // Async registrations in flight (RegisterAsync, RegisterMany); ~Registrar waits for none.

@@ -54,12 +54,11 @@ Registration Registrar::Impl::Commit(const std::shared_ptr<RegistrationState>& s
     registrations[st->instance_id] = st;
   }
   Track(st, lease);
-  if (log_info) {
-    SPDLOG_LOGGER_INFO(logger, "registered {} with lease {:x} (ttl {})", st->key, lease,
-                       absl::FormatDuration(st->ttl));
-  } else {
-    SPDLOG_LOGGER_DEBUG(logger, "registered {} with lease {:x} (ttl {})", st->key, lease,
-                        absl::FormatDuration(st->ttl));
+  // (The level is checked first: a registration pays nothing for a line nobody reads.)
+  const spdlog::level::level_enum level = log_info ? spdlog::level::info : spdlog::level::debug;
+  if (logger->should_log(level)) {
+    logger->log(level, "registered {} with lease {:x} (ttl {})", st->key, lease,
+                absl::FormatDuration(st->ttl));
   }
   Emit(RegistrationEventType::kRegistered, *st, lease);
   return Registration(st);

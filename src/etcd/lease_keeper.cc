@@ -39,41 +39,80 @@ LeaseKeeper::~LeaseKeeper() = default;
 
 void LeaseKeeper::Add(int64_t lease_id, absl::Duration ttl, absl::Duration interval,
                       Listener listener) {
-  // Posted, not run synchronously: the caller (Register) need not wait for the loop. Tasks
-  // run in order, so a later Remove/lease_count sees this entry.
-  loop_.Post([this, lease_id, ttl, interval, listener = std::move(listener)]() mutable {
-    if (shutdown_) return;
-    const absl::Time now = util::MonoNow();
-    if (auto old = leases_.find(lease_id); old != leases_.end()) Erase(old);
-    interval = std::max(interval, kMinInterval);
-    const GroupKey key{absl::ToInt64Microseconds(ttl), absl::ToInt64Microseconds(interval)};
-    std::unique_ptr<Group>& g = groups_[key];
-    if (g == nullptr) {
-      g = std::make_unique<Group>();
-      g->ttl = ttl;
-      g->interval = interval;
-      g->next_burst = now + interval;
-      g->acked_floor = now;
-      // The stream gives up on a burst nobody answers after one interval (1 s .. 3 s).
-      stall_ = std::min(stall_, std::clamp(interval, absl::Seconds(1), absl::Seconds(3)));
-      session_.set_stall_timeout(stall_);
+  // Not run synchronously: the caller (Register) need not wait for the loop, nor wake it when
+  // the loop wakes in time anyway (every wake-up of the loop takes CPU from etcd on a small
+  // host). Merged before any later Remove/lease_count, which merge first.
+  const absl::Time now = util::MonoNow();
+  interval = std::max(interval, kMinInterval);
+  {
+    util::MutexLock lock(&pending_mu_);
+    if (closed_) return;
+    pending_.push_back(Pending{lease_id, ttl, interval, now, std::move(listener)});
+    if (merge_posted_) return;  // a merge is on its way
+    // The loop's armed wake-up merges the lease in time for its first keepalive (its group's
+    // next burst, at most one interval away) and for a kAtRisk (2/3 ttl away).
+    if (keeping_ && armed_at_ <= now + std::min(interval, ttl * 2 / 3)) {
+      deferred_adds_.fetch_add(1, std::memory_order_relaxed);
+      return;
     }
-    // The lease's first keepalive goes with its group's next burst, at most one interval away.
-    Entry& e = leases_[lease_id];
-    e.group = g.get();
-    e.index = g->ids.size();
-    e.last_ack = now;
-    e.last_ttl = absl::ToInt64Seconds(ttl);
-    e.listener = std::move(listener);
-    g->ids.push_back(lease_id);
-    session_.Start();
-    Reschedule();
+    merge_posted_ = true;
+  }
+  add_posts_.fetch_add(1, std::memory_order_relaxed);
+  loop_.Post([this] {
+    {
+      util::MutexLock lock(&pending_mu_);
+      merge_posted_ = false;
+    }
+    if (shutdown_) return;
+    Reschedule();  // merges
   });
+}
+
+void LeaseKeeper::MergePending() {
+  for (;;) {
+    std::vector<Pending> batch;
+    {
+      util::MutexLock lock(&pending_mu_);
+      if (pending_.empty()) return;
+      batch.swap(pending_);
+    }
+    if (shutdown_) return;
+    for (Pending& p : batch) Insert(std::move(p));
+    session_.Start();
+  }
+}
+
+void LeaseKeeper::Insert(Pending p) {
+  if (auto old = leases_.find(p.id); old != leases_.end()) Erase(old);
+  const GroupKey key{absl::ToInt64Microseconds(p.ttl), absl::ToInt64Microseconds(p.interval)};
+  std::unique_ptr<Group>& g = groups_[key];
+  if (g == nullptr) {
+    g = std::make_unique<Group>();
+    g->ttl = p.ttl;
+    g->interval = p.interval;
+    g->next_burst = p.added + p.interval;
+    g->acked_floor = p.added;
+    // The stream gives up on a burst nobody answers after one interval (1 s .. 3 s).
+    stall_ = std::min(stall_, std::clamp(p.interval, absl::Seconds(1), absl::Seconds(3)));
+    session_.set_stall_timeout(stall_);
+  }
+  // The lease's first keepalive goes with its group's next burst, at most one interval after
+  // Add; it is at risk 2/3 ttl after Add without an answer.
+  g->acked_floor = std::min(g->acked_floor, p.added);
+  Entry& e = leases_[p.id];
+  e.group = g.get();
+  e.index = g->ids.size();
+  e.last_ack = p.added;
+  e.last_ttl = absl::ToInt64Seconds(p.ttl);
+  e.listener = std::move(p.listener);
+  g->ids.push_back(p.id);
 }
 
 void LeaseKeeper::Remove(int64_t lease_id) {
   loop_.RunSync([&] {
+    MergePending();  // a lease still pending is removed before it is ever sent
     if (auto it = leases_.find(lease_id); it != leases_.end()) Erase(it);
+    Reschedule();
   });
 }
 
@@ -95,11 +134,19 @@ void LeaseKeeper::Erase(std::unordered_map<int64_t, Entry>::iterator it) {
 
 size_t LeaseKeeper::lease_count() {
   size_t n = 0;
-  loop_.RunSync([&] { n = leases_.size(); });
+  loop_.RunSync([&] {
+    Reschedule();  // merges
+    n = leases_.size();
+  });
   return n;
 }
 
 void LeaseKeeper::Shutdown() {
+  {
+    util::MutexLock lock(&pending_mu_);
+    closed_ = true;
+    pending_.clear();
+  }
   loop_.RunSync([&] {
     shutdown_ = true;
     session_.Shutdown();
@@ -140,6 +187,7 @@ std::shared_ptr<void> LeaseKeeper::OpenStream(const StreamSession::OpenContext& 
 void LeaseKeeper::OnStreamOpened() {
   // Every lease at once on a new stream (it may have been down for a while), then each group
   // on its own interval from now.
+  MergePending();
   const absl::Time now = util::MonoNow();
   for (auto& [key, g] : groups_) Burst(*g, now);
   Reschedule();
@@ -201,6 +249,7 @@ void LeaseKeeper::Tick() {
   timer_at_ = absl::InfiniteFuture();
   if (shutdown_) return;
   wakeups_.fetch_add(1, std::memory_order_relaxed);
+  MergePending();
   const absl::Time now = util::MonoNow();
   // A stream whose keepalives go unanswered is stuck (frozen member, partition): switch.
   session_.CheckStall(now);
@@ -224,22 +273,32 @@ void LeaseKeeper::Tick() {
 }
 
 void LeaseKeeper::Reschedule() {
-  if (shutdown_) return;
-  absl::Time next = absl::InfiniteFuture();
-  for (auto& [key, g] : groups_) {
-    next = std::min(next, g->next_burst);
-    // A lease answered last at acked_floor is at risk 2/3 ttl later (+1 ms: strictly after).
-    next = std::min(next, g->acked_floor + g->ttl * 2 / 3 + absl::Milliseconds(1));
+  for (;;) {
+    if (shutdown_) return;
+    MergePending();
+    absl::Time next = absl::InfiniteFuture();
+    for (auto& [key, g] : groups_) {
+      next = std::min(next, g->next_burst);
+      // A lease answered last at acked_floor is at risk 2/3 ttl later (+1 ms: strictly after).
+      next = std::min(next, g->acked_floor + g->ttl * 2 / 3 + absl::Milliseconds(1));
+    }
+    // (Before the stall deadline: +1 ms so that the check sees it passed.)
+    absl::Time stall = session_.stall_deadline();
+    if (stall != absl::InfiniteFuture()) next = std::min(next, stall + absl::Milliseconds(1));
+    if (next != timer_at_) {
+      if (timer_ != 0) loop_.Cancel(timer_);
+      timer_ = 0;
+      timer_at_ = next;
+      if (next != absl::InfiniteFuture()) timer_ = loop_.PostAt(next, [this] { Tick(); });
+    }
+    // What Add decides on, published only when nothing is pending: an Add made meanwhile is
+    // merged by the next round of this loop.
+    util::MutexLock lock(&pending_mu_);
+    if (!pending_.empty()) continue;
+    keeping_ = !leases_.empty();
+    armed_at_ = timer_ != 0 ? timer_at_ : absl::InfiniteFuture();
+    return;
   }
-  // (Before the stall deadline: +1 ms so that the check sees it passed.)
-  absl::Time stall = session_.stall_deadline();
-  if (stall != absl::InfiniteFuture()) next = std::min(next, stall + absl::Milliseconds(1));
-  if (next == timer_at_) return;
-  if (timer_ != 0) loop_.Cancel(timer_);
-  timer_ = 0;
-  timer_at_ = next;
-  if (next == absl::InfiniteFuture()) return;
-  timer_ = loop_.PostAt(next, [this] { Tick(); });
 }
 
 void LeaseKeeper::OnResponse(uint64_t generation, int64_t id, int64_t ttl) {

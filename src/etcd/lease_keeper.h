@@ -10,6 +10,11 @@
 // deadline), never walks the leases that are not due, and never arms a timer per lease.
 // Answers are handed from gRPC's threads to the loop in batches: the first answer of a burst
 // schedules one loop task a few milliseconds later that handles all answers arrived by then.
+// Add does not wake the loop either when it need not: the lease goes on a pending list that
+// the loop merges whenever it runs (at the latest at its armed wake-up), and Add posts a task
+// only when that wake-up is later than the new lease's first keepalive or possible kAtRisk,
+// or when the keeper keeps no lease yet (the stream must be opened). One posted merge serves
+// every Add made until it runs.
 //
 // The stream is reopened on the next endpoint with jittered backoff when it breaks or stalls
 // (no answer to a keepalive within the stall timeout: a frozen or partitioned member keeps the
@@ -62,11 +67,12 @@ class LeaseKeeper {
   explicit LeaseKeeper(Client* client);
   ~LeaseKeeper();
 
-  // Starts keeping `lease_id` alive (asynchronously: posted to the loop, which also opens the
-  // stream). `ttl` is the granted TTL. Replaces an existing entry.
+  // Starts keeping `lease_id` alive (asynchronously: merged by the loop, which also opens the
+  // stream; the first keepalive goes at most one interval after Add). `ttl` is the granted
+  // TTL. Replaces an existing entry.
   void Add(int64_t lease_id, absl::Duration ttl, absl::Duration interval, Listener listener);
-  // Stops keeping the lease alive. When called off the loop thread, the listener is not
-  // invoked after Remove returns.
+  // Stops keeping the lease alive (also one added but not merged yet: it gets no keepalive).
+  // When called off the loop thread, the listener is not invoked after Remove returns.
   void Remove(int64_t lease_id);
   int open_streams() const { return session_.open_streams(); }
   // Streams opened to replace one that ended (broke, stalled, or was refused for auth).
@@ -79,6 +85,10 @@ class LeaseKeeper {
   int64_t timer_wakeups() const { return wakeups_.load(); }
   // Loop tasks that handled keepalive answers (a few per burst, not one per answer).
   int64_t answer_batches() const { return answer_batches_.load(); }
+  // Loop tasks posted by Add (not one per Add: see the schedule above), and Adds that left
+  // the lease for the loop's next wake-up without a post.
+  int64_t add_posts() const { return add_posts_.load(); }
+  int64_t deferred_adds() const { return deferred_adds_.load(); }
   // Bursts put off because the previous one was still being written (an overloaded host).
   int64_t deferred_bursts() const { return deferred_bursts_.load(); }
   // Streams given up because a keepalive went unanswered for the stall timeout.
@@ -108,6 +118,14 @@ class LeaseKeeper {
     bool at_risk = false;
     Listener listener;
   };
+  // A lease given to Add, not yet merged by the loop.
+  struct Pending {
+    int64_t id;
+    absl::Duration ttl;
+    absl::Duration interval;
+    absl::Time added;
+    Listener listener;
+  };
   struct Answer {
     uint64_t generation;
     int64_t id;
@@ -121,6 +139,9 @@ class LeaseKeeper {
   std::shared_ptr<void> OpenStream(const StreamSession::OpenContext& oc);
   void OnStreamOpened();
   void Tick();
+  // Merges the pending Adds into the schedule (callers Reschedule afterwards).
+  void MergePending();
+  void Insert(Pending p);
   void Burst(Group& g, absl::Time now);
   // Walks a group: its exact acked_floor, kAtRisk for leases unanswered for 2/3 ttl, and the
   // burst's requests when `batch` is given.
@@ -151,6 +172,17 @@ class LeaseKeeper {
   std::atomic<int64_t> wakeups_{0};
   std::atomic<int64_t> answer_batches_{0};
   std::atomic<int64_t> deferred_bursts_{0};
+  std::atomic<int64_t> add_posts_{0};
+  std::atomic<int64_t> deferred_adds_{0};
+  // Adds handed to the loop, and what Add needs to know of the loop to decide whether to wake
+  // it: written by the loop (Reschedule) only when nothing is pending, so a deferred Add is
+  // always merged by the loop's current task or its armed wake-up.
+  util::Mutex pending_mu_;
+  std::vector<Pending> pending_ ABSL_GUARDED_BY(pending_mu_);
+  bool merge_posted_ ABSL_GUARDED_BY(pending_mu_) = false;
+  bool keeping_ ABSL_GUARDED_BY(pending_mu_) = false;  // leases are kept (stream wanted)
+  absl::Time armed_at_ ABSL_GUARDED_BY(pending_mu_) = absl::InfiniteFuture();  // the timer
+  bool closed_ ABSL_GUARDED_BY(pending_mu_) = false;                           // Shutdown
   // Keepalive answers from gRPC threads, handed to the loop in batches (one task per burst
   // instead of one per answer).
   util::Mutex answers_mu_;

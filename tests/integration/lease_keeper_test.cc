@@ -1,5 +1,6 @@
 // LeaseKeeper against a real etcd: one write burst per interval for leases added at different
-// times (and one loop wake-up per burst), Remove shrinking the burst, and a frozen member
+// times (and one loop wake-up per burst), Adds that do not wake the loop per lease, Remove
+// shrinking the burst (also of leases not merged yet), and a frozen member
 // (TCP kept, never answers) making the stream switch endpoints without losing a lease.
 #include "etcd/lease_keeper.h"
 
@@ -113,6 +114,68 @@ TEST_F(LeaseKeeperTest, RemoveShrinksTheBurst) {
   EXPECT_TRUE(WaitUntil([&] { return Remaining(ids[0]) == -1; }, absl::Seconds(6)));
   EXPECT_GT(Remaining(ids[49]), 0);
   EXPECT_EQ(lost_.load(), 0);
+}
+
+// Leases added within one interval to a keeper that already keeps leases do not wake its loop
+// one by one: they wait for the loop's armed wake-up (the next burst at most one interval
+// away), which sends them all. (Before: every Add posted a loop task, a context switch per
+// registration on a host where etcd shares the cores.) They are kept alive past their TTL.
+TEST_F(LeaseKeeperTest, AddsWithinAnIntervalDoNotWakeTheLoopPerLease) {
+  Start(1);
+  const absl::Duration ttl = absl::Seconds(3), interval = absl::Seconds(1);
+  std::vector<int64_t> first = Grant(1, 3), later = Grant(200, 3);
+  ASSERT_EQ(first.size() + later.size(), 201u);
+  etcd::LeaseKeeper& k = client_->keeper();
+  AddAll(first, ttl, interval);
+  ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() >= 1; }, absl::Seconds(5)));
+  const int64_t posts0 = k.add_posts(), sent0 = k.keepalives_sent();
+  const absl::Time added = util::MonoNow();
+  AddAll(later, ttl, interval);
+  EXPECT_LE(k.add_posts() - posts0, 1) << "one loop task at most for 200 Adds";
+  EXPECT_GE(k.deferred_adds(), 199);
+  // Sent with the next burst, within one interval of Add (+ scheduling slack).
+  ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() >= sent0 + 201; },
+                        interval + absl::Milliseconds(500)));
+  EXPECT_EQ(k.lease_count(), 201u);
+  // Kept alive past their TTL, never at risk.
+  ASSERT_TRUE(WaitUntil([&] { return util::MonoNow() >= added + ttl + absl::Seconds(1); },
+                        absl::Seconds(6)));
+  for (int64_t id : {later.front(), later.back()}) EXPECT_GT(Remaining(id), 0) << id;
+  EXPECT_EQ(at_risk_.load(), 0);
+  EXPECT_EQ(lost_.load(), 0);
+}
+
+// A lease removed before the loop merged its Add never gets a keepalive (it expires), and a
+// lease of a new (TTL, interval) added while the loop sleeps gets its own schedule in time.
+TEST_F(LeaseKeeperTest, LeaseRemovedWhilePendingIsNeverSent) {
+  Start(1);
+  std::vector<int64_t> kept = Grant(1, 3), dropped = Grant(50, 3), other;
+  ASSERT_EQ(kept.size() + dropped.size(), 51u);
+  etcd::LeaseKeeper& k = client_->keeper();
+  AddAll(kept, absl::Seconds(3), absl::Seconds(1));
+  ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() >= 1; }, absl::Seconds(5)));
+  const int64_t deferred0 = k.deferred_adds();
+  AddAll(dropped, absl::Seconds(3), absl::Seconds(1));
+  for (int64_t id : dropped) k.Remove(id);
+  EXPECT_GE(k.deferred_adds() - deferred0, 1) << "the test must exercise a pending Add";
+  EXPECT_EQ(k.lease_count(), 1u);
+  // Every burst from now on carries the one kept lease only.
+  const int64_t sent0 = k.keepalives_sent(), bursts0 = k.bursts();
+  ASSERT_TRUE(WaitUntil([&] { return k.bursts() >= bursts0 + 2; }, absl::Seconds(4)));
+  EXPECT_EQ(k.keepalives_sent() - sent0, k.bursts() - bursts0);
+  EXPECT_TRUE(WaitUntil([&] { return Remaining(dropped.front()) == -1; }, absl::Seconds(6)));
+  EXPECT_TRUE(WaitUntil([&] { return Remaining(dropped.back()) == -1; }, absl::Seconds(2)));
+  EXPECT_GT(Remaining(kept.front()), 0);
+  // A second group (TTL 2 s, every 0.5 s) joins while the first group's burst is armed.
+  other = Grant(10, 2);
+  ASSERT_EQ(other.size(), 10u);
+  const absl::Time added = util::MonoNow();
+  AddAll(other, absl::Seconds(2), absl::Milliseconds(500));
+  ASSERT_TRUE(
+      WaitUntil([&] { return util::MonoNow() >= added + absl::Seconds(3); }, absl::Seconds(5)));
+  for (int64_t id : {other.front(), other.back()}) EXPECT_GT(Remaining(id), 0) << id;
+  EXPECT_EQ(lost_.load(), 0);
+  EXPECT_EQ(at_risk_.load(), 0);
 }
 
 // A member frozen with SIGSTOP keeps the TCP connection but never answers: the stream gives
