@@ -211,6 +211,7 @@ void Watcher::Impl::FlushPublish() {
 // Rebuilds the touched types and publishes a new snapshot; updates pickers.
 void Watcher::Impl::Publish(const std::set<std::string>& touched,
                             const std::vector<ChangeEvent>& changes, absl::Time now) {
+  const absl::Time started = util::MonoNow();
   for (const std::string& type : touched) {
     auto it = by_type.find(type);
     if (it == by_type.end()) {
@@ -233,6 +234,8 @@ void Watcher::Impl::Publish(const std::set<std::string>& touched,
     if (EvaluateProtection(type, p, now)) refresh.insert(type);
   }
   for (const std::string& type : refresh) UpdatePickers(type);
+  publishes.fetch_add(1);
+  publish_ns.fetch_add(absl::ToInt64Nanoseconds(util::MonoNow() - started));
 }
 
 void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {

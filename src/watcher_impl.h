@@ -89,6 +89,7 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   // Stats.
   std::atomic<uint64_t> events{0}, resyncs{0}, invalid_values{0}, protection_activations{0},
       history_resets{0};
+  std::atomic<uint64_t> publishes{0}, publish_ns{0};  // Publish() calls and their time
 
   // Sync state.
   mutable util::Mutex sync_mu;

@@ -140,6 +140,9 @@ struct WatcherStats {
   uint64_t rewind_false_alarms = 0;
   uint64_t invalid_values = 0;  // values skipped as not valid instances
   uint64_t protection_activations = 0;
+  // Snapshots published and the loop-thread time spent building them (cache + pickers).
+  uint64_t publishes = 0;
+  absl::Duration publish_time = absl::ZeroDuration();
   size_t instances = 0;
   bool synced = false;
 };
