@@ -140,11 +140,11 @@ class CacheModel {
 
  private:
   void Publish(const std::string& type) {
-    auto set = std::make_shared<discovery::Snapshot::TypeSet>();
     const auto& sorted = by_type_[type];
-    set->instances.reserve(sorted.size());
-    for (const auto& [sk, in] : sorted) set->instances.push_back(in);
-    published_[type] = std::move(set);
+    std::vector<InstancePtr> flat;
+    flat.reserve(sorted.size());
+    for (const auto& [sk, in] : sorted) flat.push_back(in);
+    published_[type] = discovery::Snapshot::TypeSet::FromSorted(flat);
     snap_ = std::make_shared<const discovery::Snapshot>(++revision_, published_);
     for (auto& picker : pickers_) {
       // Candidates(): ready instances of the type, with a std::set of ids for protection.

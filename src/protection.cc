@@ -9,11 +9,8 @@
 namespace discovery {
 
 size_t Watcher::Impl::ReadyCount(const std::string& type) {
-  size_t n = 0;
-  auto it = by_type.find(type);
-  if (it == by_type.end()) return 0;
-  for (const auto& [sk, in] : it->second) n += in->status == InstanceStatus::kReady;
-  return n;
+  auto it = ready_count.find(type);
+  return it == ready_count.end() ? 0 : it->second;
 }
 
 // Returns true when the protection state of `type` changed.
@@ -66,6 +63,8 @@ bool Watcher::Impl::EvaluateProtection(const std::string& type, Protection& p, a
   return true;
 }
 
+// A group picker reads only its group's range of the chunked set (O(log n + group)); a
+// whole-type picker reads the type.
 std::vector<InstancePtr> Watcher::Impl::Candidates(const PickerEntry& e) {
   std::vector<InstancePtr> out;
   auto keep = [&](const InstancePtr& in) {
@@ -73,20 +72,20 @@ std::vector<InstancePtr> Watcher::Impl::Candidates(const PickerEntry& e) {
     if (e.ready_only) return in->status == InstanceStatus::kReady;
     return in->status != InstanceStatus::kShuttingDown;
   };
-  auto it = by_type.find(e.type);
-  if (it != by_type.end()) {
-    out.reserve(it->second.size());
-    for (const auto& [sk, in] : it->second) {
-      if (keep(in)) out.push_back(in);
-    }
+  Snapshot::TypeView view;
+  if (auto it = published.find(e.type); it != published.end()) {
+    view = Snapshot::TypeView(it->second.get(), 0, it->second->size());
+    if (!e.group.empty()) view = view.Group(e.group);
+  }
+  out.reserve(view.size());
+  for (const InstancePtr& in : view) {
+    if (keep(in)) out.push_back(in);
   }
   auto pit = protection.find(e.type);
   if (pit != protection.end() && pit->second.active) {
     // Add the vanished instances we keep, unless they are back (same id) or listed twice.
     std::set<std::string> ids;
-    if (it != by_type.end()) {
-      for (const auto& [sk, in] : it->second) ids.insert(in->instance_id);
-    }
+    for (const InstancePtr& in : view) ids.insert(in->instance_id);
     for (const InstancePtr& in : pit->second.kept) {
       if (keep(in) && ids.insert(in->instance_id).second) out.push_back(in);
     }
@@ -94,14 +93,17 @@ std::vector<InstancePtr> Watcher::Impl::Candidates(const PickerEntry& e) {
   return out;
 }
 
-void Watcher::Impl::UpdatePickers(const std::string& type) {
+void Watcher::Impl::UpdatePickers(const std::string& type, const std::set<std::string>* groups) {
   for (auto it = pickers.begin(); it != pickers.end();) {
     auto p = it->picker.lock();
     if (p == nullptr) {
       it = pickers.erase(it);
       continue;
     }
-    if (it->type == type) p->Update(Candidates(*it));
+    if (it->type == type &&
+        (groups == nullptr || it->group.empty() || groups->count(it->group) != 0)) {
+      p->Update(Candidates(*it));
+    }
     ++it;
   }
 }

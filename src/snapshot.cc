@@ -1,7 +1,10 @@
 // Snapshot, Filter, ChangeType names and Subscription: the immutable views and handles the
 // watcher hands out (nothing here touches etcd).
+#include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "cache_typeset.h"
 #include "discovery/watcher.h"
 
 namespace discovery {
@@ -27,44 +30,104 @@ bool Filter::Matches(const Instance& in) const {
   return true;
 }
 
+// ---- Snapshot::TypeSet / TypeView ----
+
+std::shared_ptr<const Snapshot::TypeSet> Snapshot::TypeSet::FromSorted(
+    const std::vector<InstancePtr>& sorted) {
+  auto set = std::make_shared<TypeSet>();
+  for (size_t i = 0; i < sorted.size(); i += kChunkMax / 2) {
+    auto chunk = std::make_shared<Chunk>();
+    const size_t end = std::min(sorted.size(), i + kChunkMax / 2);
+    chunk->items.assign(sorted.begin() + static_cast<std::ptrdiff_t>(i),
+                        sorted.begin() + static_cast<std::ptrdiff_t>(end));
+    set->ends.push_back(end);
+    set->chunks.push_back(std::move(chunk));
+  }
+  return set;
+}
+
+Snapshot::TypeView::iterator Snapshot::TypeView::At(size_t index) const {
+  if (set_ == nullptr) return {};
+  const size_t c =
+      std::upper_bound(set_->ends.begin(), set_->ends.end(), index) - set_->ends.begin();
+  if (c == set_->chunks.size()) return iterator(set_, c, 0);
+  return iterator(set_, c, index - (c == 0 ? 0 : set_->ends[c - 1]));
+}
+
+Snapshot::TypeView Snapshot::TypeView::Group(std::string_view group) const {
+  // A group's instances are the keys with the prefix group + '\x1f': contiguous, and they end
+  // before group + '\x20'.
+  std::string lo(group), hi(group);
+  lo.push_back('\x1f');
+  hi.push_back('\x20');
+  auto bound = [&](const std::string& probe) {
+    size_t a = first_, b = last_;  // first index whose key is >= probe
+    while (a < b) {
+      const size_t mid = a + (b - a) / 2;
+      if (cache::CompareSortKey(**At(mid), probe) < 0) {
+        a = mid + 1;
+      } else {
+        b = mid;
+      }
+    }
+    return a;
+  };
+  const size_t from = bound(lo);
+  return TypeView(set_, from, std::max(from, bound(hi)));
+}
+
+std::vector<InstancePtr> Snapshot::TypeView::ToVector() const {
+  std::vector<InstancePtr> out;
+  out.reserve(size());
+  for (const InstancePtr& in : *this) out.push_back(in);
+  return out;
+}
+
 // ---- Snapshot ----
 
 Snapshot::Snapshot(int64_t revision,
                    std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types,
                    uint64_t history)
     : revision_(revision), history_(history), types_(std::move(types)) {
-  for (const auto& [name, set] : types_) size_ += set->instances.size();
+  for (const auto& [name, set] : types_) size_ += set->size();
+}
+
+const Snapshot::TypeSet* Snapshot::type_set(std::string_view type) const {
+  auto it = types_.find(type);
+  return it == types_.end() ? nullptr : it->second.get();
 }
 
 std::vector<InstancePtr> Snapshot::All() const {
   std::vector<InstancePtr> out;
   out.reserve(size_);
   for (const auto& [name, set] : types_) {
-    out.insert(out.end(), set->instances.begin(), set->instances.end());
+    for (const InstancePtr& in : TypeView(set.get(), 0, set->size())) out.push_back(in);
   }
   return out;
 }
 
 std::vector<InstancePtr> Snapshot::Select(const Filter& filter) const {
   std::vector<InstancePtr> out;
-  auto visit = [&](const TypeSet& set) {
-    for (const InstancePtr& in : set.instances) {
+  auto visit = [&](TypeView view) {
+    for (const InstancePtr& in : view) {
       if (filter.Matches(*in)) out.push_back(in);
     }
   };
   if (!filter.type.empty()) {
-    auto it = types_.find(filter.type);
-    if (it != types_.end()) visit(*it->second);
+    visit(filter.group.empty() ? OfType(filter.type) : OfGroup(filter.type, filter.group));
   } else {
-    for (const auto& [name, set] : types_) visit(*set);
+    for (const auto& [name, set] : types_) visit(TypeView(set.get(), 0, set->size()));
   }
   return out;
 }
 
-const std::vector<InstancePtr>& Snapshot::OfType(std::string_view type) const {
-  static const std::vector<InstancePtr> kEmpty;
-  auto it = types_.find(type);
-  return it == types_.end() ? kEmpty : it->second->instances;
+Snapshot::TypeView Snapshot::OfType(std::string_view type) const {
+  const TypeSet* set = type_set(type);
+  return set == nullptr ? TypeView() : TypeView(set, 0, set->size());
+}
+
+Snapshot::TypeView Snapshot::OfGroup(std::string_view type, std::string_view group) const {
+  return OfType(type).Group(group);
 }
 
 InstancePtr Snapshot::Find(std::string_view type, std::string_view instance_id) const {

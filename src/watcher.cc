@@ -82,6 +82,8 @@ WatcherStats Watcher::stats() const {
   s.invalid_values = impl_->invalid_values.load();
   s.protection_activations = impl_->protection_activations.load();
   s.history_resets = impl_->history_resets.load();
+  s.publishes = impl_->publishes.load();
+  s.publish_time = absl::Nanoseconds(impl_->publish_ns.load());
   const SourceStats source = impl_->source->stats();
   s.resync_backoffs = source.resync_backoffs;
   s.resync_delay = source.resync_delay;

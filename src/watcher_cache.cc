@@ -12,71 +12,12 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "cache_typeset.h"
 #include "spdlog/spdlog.h"
 #include "util/clock.h"
 #include "watcher_impl.h"
 
 namespace discovery {
-
-namespace {
-
-std::string SortKey(const Instance& in) { return absl::StrCat(in.group, "\x1f", in.instance_id); }
-
-// SortKey(a) < SortKey(b), without building the keys.
-bool SortsBefore(const Instance& a, const Instance& b) {
-  auto at = [](const Instance& x, size_t i) -> int {
-    if (i < x.group.size()) return static_cast<unsigned char>(x.group[i]);
-    if (i == x.group.size()) return 0x1f;
-    i -= x.group.size() + 1;
-    return i < x.instance_id.size() ? static_cast<unsigned char>(x.instance_id[i]) : -1;
-  };
-  const size_t n = std::max(a.group.size() + 1 + a.instance_id.size(),
-                            b.group.size() + 1 + b.instance_id.size());
-  for (size_t i = 0; i < n; ++i) {
-    int ca = at(a, i), cb = at(b, i);
-    if (ca != cb) return ca < cb;
-  }
-  return false;
-}
-
-bool SameSortKey(const Instance& a, const Instance& b) {
-  return a.group == b.group && a.instance_id == b.instance_id;
-}
-
-// The published vector of `type` after `changes` (in order), from the previous one: a copy
-// patched in place, instead of a rebuild from the sorted map (the main per-event cost of a
-// small batch on a large type).
-std::shared_ptr<Snapshot::TypeSet> Patch(const Snapshot::TypeSet& prev, const std::string& type,
-                                         const std::vector<ChangeEvent>& changes) {
-  auto set = std::make_shared<Snapshot::TypeSet>(prev);
-  std::vector<InstancePtr>& v = set->instances;
-  auto find = [&](const Instance& in) {
-    return std::lower_bound(v.begin(), v.end(), in, [](const InstancePtr& x, const Instance& y) {
-      return SortsBefore(*x, y);
-    });
-  };
-  for (const ChangeEvent& ev : changes) {
-    const Instance* prev_in =
-        ev.previous != nullptr && ev.previous->type == type ? ev.previous.get() : nullptr;
-    InstancePtr next =
-        ev.type != ChangeType::kRemoved && ev.instance->type == type ? ev.instance : nullptr;
-    if (prev_in != nullptr && next != nullptr && SameSortKey(*prev_in, *next)) {
-      auto it = find(*next);
-      if (it != v.end() && SameSortKey(**it, *next)) {
-        *it = std::move(next);
-        continue;
-      }
-    }
-    if (prev_in != nullptr) {
-      auto it = find(*prev_in);
-      if (it != v.end() && SameSortKey(**it, *prev_in)) v.erase(it);
-    }
-    if (next != nullptr) v.insert(find(*next), std::move(next));
-  }
-  return set;
-}
-
-}  // namespace
 
 HeldPosition Watcher::Impl::Held() const {
   HeldPosition h;
@@ -132,19 +73,25 @@ InstancePtr Watcher::Impl::Decode(const std::string& key, std::string_view value
 void Watcher::Impl::Set(const std::string& key, InstancePtr next, int64_t rev, absl::Time now,
                         std::vector<ChangeEvent>* out, std::set<std::string>* touched) {
   auto it = current.find(key);
-  InstancePtr prev = it == current.end() ? nullptr : it->second;
+  InstancePtr prev = it == current.end() ? nullptr : it->second.in;
   if (prev == nullptr && next == nullptr) return;
   if (prev != nullptr) {
-    by_type[prev->type].erase(SortKey(*prev));
-    if (by_type[prev->type].empty()) by_type.erase(prev->type);
     touched->insert(prev->type);
+    if (prev->status == InstanceStatus::kReady) {
+      auto rc = ready_count.find(prev->type);
+      if (rc != ready_count.end() && --rc->second == 0) ready_count.erase(rc);
+    }
   }
   if (next != nullptr) {
-    current[key] = next;
-    by_type[next->type][SortKey(*next)] = next;
     touched->insert(next->type);
+    if (next->status == InstanceStatus::kReady) ++ready_count[next->type];
+    if (it != current.end()) {
+      it->second = {next, rev};
+    } else {
+      current.emplace(key, Cached{next, rev});
+    }
   } else {
-    current.erase(key);
+    current.erase(it);
   }
   ChangeEvent ev;
   ev.revision = rev;
@@ -178,11 +125,6 @@ void Watcher::Impl::ApplyChanges(const std::vector<SourceChange>& changes, int64
     } else {
       invalid_keys.erase(key);
     }
-    if (next != nullptr) {
-      mod_revisions[key] = c.revision;
-    } else {
-      mod_revisions.erase(key);
-    }
     Set(key, std::move(next), c.revision, now, &pending_changes, &pending_touched);
     revision = std::max(revision, c.revision);
     events.fetch_add(1);
@@ -193,7 +135,8 @@ void Watcher::Impl::ApplyChanges(const std::vector<SourceChange>& changes, int64
 
 void Watcher::Impl::EndOfBatch() { FlushPublish(); }
 
-// Publishing rebuilds the touched types' sorted vectors (O(instances of the type)). Under a
+// Publishing patches the touched types' chunked sets (O(changed instances), see
+// cache_typeset.h). Under a
 // burst the watch hub hands the loop every response received so far in one turn; publishing
 // once per such batch (not once per response) keeps ingestion linear, and a lone response is
 // published and dispatched in the turn that applied it (no re-post, no timer). Subscribers get
@@ -208,31 +151,43 @@ void Watcher::Impl::FlushPublish() {
   Dispatch(changes);
 }
 
-// Rebuilds the touched types and publishes a new snapshot; updates pickers.
+// Patches the touched types' chunked sets with `changes` (in order) and publishes a new
+// snapshot; updates the pickers of the touched (type, group)s.
 void Watcher::Impl::Publish(const std::set<std::string>& touched,
                             const std::vector<ChangeEvent>& changes, absl::Time now) {
+  const absl::Time started = util::MonoNow();
+  std::map<std::string, std::set<std::string>> groups;  // touched type -> touched groups
   for (const std::string& type : touched) {
-    auto it = by_type.find(type);
-    if (it == by_type.end()) {
-      published.erase(type);
-      continue;
-    }
     auto old = published.find(type);
-    if (old != published.end() && changes.size() * 8 < it->second.size()) {
-      old->second = Patch(*old->second, type, changes);
-      continue;
+    cache::TypeSetBuilder set(old == published.end() ? nullptr : old->second);
+    std::set<std::string>& changed_groups = groups[type];
+    for (const ChangeEvent& ev : changes) {
+      const Instance* prev =
+          ev.previous != nullptr && ev.previous->type == type ? ev.previous.get() : nullptr;
+      InstancePtr next =
+          ev.type != ChangeType::kRemoved && ev.instance->type == type ? ev.instance : nullptr;
+      if (prev != nullptr) changed_groups.insert(prev->group);
+      if (next != nullptr) changed_groups.insert(next->group);
+      if (prev != nullptr && (next == nullptr || !cache::SameSortKey(*prev, *next))) {
+        set.Erase(*prev);
+      }
+      if (next != nullptr) set.Upsert(std::move(next));
     }
-    auto set = std::make_shared<Snapshot::TypeSet>();
-    set->instances.reserve(it->second.size());
-    for (const auto& [sk, in] : it->second) set->instances.push_back(in);
-    published[type] = std::move(set);
+    if (set.size() == 0) {
+      published.erase(type);
+    } else {
+      published[type] = set.Finish();
+    }
   }
   snap.store(std::make_shared<const Snapshot>(revision, published, history));
-  std::set<std::string> refresh = touched;
   for (auto& [type, p] : protection) {
-    if (EvaluateProtection(type, p, now)) refresh.insert(type);
+    if (EvaluateProtection(type, p, now)) groups[type].clear();  // every picker of the type
   }
-  for (const std::string& type : refresh) UpdatePickers(type);
+  for (const auto& [type, changed] : groups) {
+    UpdatePickers(type, changed.empty() ? nullptr : &changed);
+  }
+  publishes.fetch_add(1);
+  publish_ns.fetch_add(absl::ToInt64Nanoseconds(util::MonoNow() - started));
 }
 
 void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
@@ -246,15 +201,10 @@ void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
   const bool same_history = !first && !replace;
   std::unordered_map<std::string, InstancePtr> fresh;
   fresh.reserve(r.kvs.size());
-  std::unordered_map<std::string, int64_t> fresh_revs;
-  fresh_revs.reserve(r.kvs.size());
   for (auto& kv : r.kvs) {
-    fresh_revs[kv.key] = kv.revision;
     auto cur = current.find(kv.key);
-    auto rev = mod_revisions.find(kv.key);
-    if (same_history && cur != current.end() && rev != mod_revisions.end() &&
-        rev->second == kv.revision) {
-      fresh.emplace(kv.key, cur->second);
+    if (same_history && cur != current.end() && cur->second.mod_revision == kv.revision) {
+      fresh.emplace(kv.key, cur->second.in);
       continue;
     }
     InstancePtr in = Decode(kv.key, kv.value);
@@ -271,12 +221,14 @@ void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
     auto it = current.find(key);
     // Unchanged values keep their object (and emit nothing).
     if (it != current.end() &&
-        (it->second == in || EncodeInstance(*it->second) == EncodeInstance(*in))) {
+        (it->second.in == in || EncodeInstance(*it->second.in) == EncodeInstance(*in))) {
       continue;
     }
     Set(key, in, r.revision, now, &changes, &touched);
   }
-  mod_revisions = std::move(fresh_revs);
+  for (const auto& kv : r.kvs) {  // every cached key now holds etcd's mod_revision
+    if (auto it = current.find(kv.key); it != current.end()) it->second.mod_revision = kv.revision;
+  }
   if (!first) resyncs.fetch_add(1);
   if (replace) {
     history_resets.fetch_add(1);

@@ -70,13 +70,17 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   std::atomic<std::shared_ptr<const Snapshot>> snap;
 
   // Loop-thread state.
-  std::unordered_map<std::string, InstancePtr> current;    // etcd key -> instance
-  std::unordered_map<std::string, int64_t> mod_revisions;  // etcd key -> mod_revision of `current`
+  struct Cached {
+    InstancePtr in;
+    int64_t mod_revision = 0;
+  };
+  std::unordered_map<std::string, Cached> current;  // etcd key -> instance, mod_revision
   // Changes applied to `current` but not yet published (FlushPublish at the hub's batch end).
   std::set<std::string> pending_touched;
   std::vector<ChangeEvent> pending_changes;
-  std::map<std::string, std::map<std::string, InstancePtr>> by_type;  // type -> sortkey -> in
+  // type -> chunked set shared with the snapshots (cache_typeset.h); type -> ready instances
   std::map<std::string, std::shared_ptr<const Snapshot::TypeSet>, std::less<>> published;
+  std::map<std::string, size_t, std::less<>> ready_count;
   int64_t revision = 0;
   uint64_t cluster_id = 0;  // the source's store_id
   uint64_t raft_term = 0;   // highest epoch seen in states of the current history
@@ -89,6 +93,7 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   // Stats.
   std::atomic<uint64_t> events{0}, resyncs{0}, invalid_values{0}, protection_activations{0},
       history_resets{0};
+  std::atomic<uint64_t> publishes{0}, publish_ns{0};  // Publish() calls and their time
 
   // Sync state.
   mutable util::Mutex sync_mu;
@@ -115,8 +120,8 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   void Set(const std::string& key, InstancePtr next, int64_t rev, absl::Time now,
            std::vector<ChangeEvent>* out, std::set<std::string>* touched);
   void FlushPublish();
-  // `changes` (applied since the last publish, in order) let a small batch patch the
-  // previous vectors instead of rebuilding them.
+  // Patches the published chunked sets of `touched` with `changes` (applied since the last
+  // publish, in order): O(changed instances), not O(instances of the type).
   void Publish(const std::set<std::string>& touched, const std::vector<ChangeEvent>& changes,
                absl::Time now);
   // ---- delivery.cc ----
@@ -129,7 +134,8 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   // Returns true when the protection state of `type` changed.
   bool EvaluateProtection(const std::string& type, Protection& p, absl::Time now);
   std::vector<InstancePtr> Candidates(const PickerEntry& e);
-  void UpdatePickers(const std::string& type);
+  // The pickers of `type` (only those of `groups` and the whole-type ones when given).
+  void UpdatePickers(const std::string& type, const std::set<std::string>* groups = nullptr);
 };
 
 }  // namespace discovery

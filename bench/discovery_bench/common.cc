@@ -22,7 +22,7 @@ namespace discovery_bench {
 
 const std::vector<std::string> kAllScenarios = {"keepalive", "register",         "watch-latency",
                                                 "fanout",    "watch-throughput", "resync",
-                                                "pick",      "gateway"};
+                                                "pick",      "gateway",          "watcher-scale"};
 
 ThreadCounts CountThreads() {
   ThreadCounts c;

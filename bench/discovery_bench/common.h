@@ -64,6 +64,11 @@ struct Flags {
   int pick_rate = 100;
   double pick_seconds = 10;
 
+  int scale_n = 100000;  // watcher-scale: instances of one type
+  int scale_rate = 2000;
+  double scale_seconds = 20;
+  int scale_group_size = 100;
+
   std::string discoveryd;
   std::string discoveryd_args = "--listen=127.0.0.1:{port} --endpoints={endpoints}";
   std::string discoveryd_token = "bench-token";
@@ -85,6 +90,9 @@ struct Flags {
     resync_n = 2000;
     pick_n = 200;
     pick_seconds = 1;
+    scale_n = 2000;
+    scale_rate = 200;
+    scale_seconds = 1;
     gateway_seconds = 1;
     sse_subscribers = 50;
   }
@@ -159,5 +167,6 @@ Json RunThroughput(const Context& cx);
 Json RunResync(const Context& cx);
 Json RunPick(const Context& cx);
 Json RunGateway(const Context& cx);
+Json RunWatcherScale(const Context& cx);
 
 }  // namespace discovery_bench

@@ -35,6 +35,7 @@ Json RunScenario(const std::string& name, const Context& cx) {
   if (name == "resync") return RunResync(cx);
   if (name == "pick") return RunPick(cx);
   if (name == "gateway") return RunGateway(cx);
+  if (name == "watcher-scale") return RunWatcherScale(cx);
   Json out;
   out["scenario"] = name;
   out["error"] = "unknown scenario";
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
   CLI::App app{"discovery-bench: end-to-end benchmarks of the discovery library against etcd"};
   app.add_option("--scenario", f.scenarios,
                  "Scenario(s) to run (default: all): keepalive, register, watch-latency, "
-                 "fanout, watch-throughput, resync, pick, gateway");
+                 "fanout, watch-throughput, resync, pick, gateway, watcher-scale");
   app.add_flag("--smoke", f.smoke, "All scenarios (unless --scenario) with tiny sizes; < 60 s");
   app.add_option("--endpoints", f.endpoints,
                  "Existing etcd (comma list); default: start one per scenario on 127.0.0.1");
@@ -79,6 +80,10 @@ int main(int argc, char** argv) {
   app.add_option("--pick-n", f.pick_n, "pick: instances");
   app.add_option("--pick-rate", f.pick_rate, "pick: changes per second");
   app.add_option("--pick-seconds", f.pick_seconds, "pick: seconds");
+  app.add_option("--scale-n", f.scale_n, "watcher-scale: instances of one type");
+  app.add_option("--scale-rate", f.scale_rate, "watcher-scale: updates per second");
+  app.add_option("--scale-seconds", f.scale_seconds, "watcher-scale: seconds of churn");
+  app.add_option("--scale-group-size", f.scale_group_size, "watcher-scale: instances per group");
   app.add_option("--discoveryd", f.discoveryd, "gateway: path of discoveryd (else skipped)");
   app.add_option("--discoveryd-args", f.discoveryd_args,
                  "gateway: discoveryd arguments; {port} and {endpoints} are substituted");
@@ -96,6 +101,9 @@ int main(int argc, char** argv) {
     if (app.count("--keepalive-seconds")) f.keepalive_seconds = given.keepalive_seconds;
     if (app.count("--throughput-n")) f.throughput_n = given.throughput_n;
     if (app.count("--resync-n")) f.resync_n = given.resync_n;
+    if (app.count("--scale-n")) f.scale_n = given.scale_n;
+    if (app.count("--scale-rate")) f.scale_rate = given.scale_rate;
+    if (app.count("--scale-seconds")) f.scale_seconds = given.scale_seconds;
   }
   if (f.scenarios.empty()) f.scenarios = kAllScenarios;
 

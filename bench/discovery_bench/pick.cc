@@ -47,7 +47,7 @@ Json RunPick(const Context& cx) {
   };
   std::vector<std::shared_ptr<discovery::Picker>> pickers;
   for (const Kind& k : kinds) pickers.push_back(watcher->NewPicker("world", "", {.kind = k.kind}));
-  const std::vector<InstancePtr> plain = watcher->snapshot()->OfType("world");
+  const std::vector<InstancePtr> plain = watcher->snapshot()->OfType("world").ToVector();
 
   // Changes: `pick_rate` per second; mostly load updates, every 10th flips status
   // ready <-> error (so the candidate set changes).

@@ -7,7 +7,8 @@
 //
 //   discovery::HealthChecker checker({.kind = discovery::HealthCheckKind::kTcp,
 //                                     .port_name = "game"});
-//   std::vector<discovery::InstancePtr> healthy = checker.Filter(snapshot->OfType("world"));
+//   std::vector<discovery::InstancePtr> healthy =
+//   checker.Filter(snapshot->OfType("world").ToVector());
 //
 // Thread-safety: thread-safe. Checks block the caller up to `timeout` per uncached instance
 // (Filter probes uncached instances in parallel, so a call blocks about one timeout).

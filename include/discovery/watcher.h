@@ -33,8 +33,10 @@
 // library thread (kLibraryThread, must not block) or inside Poll() on the caller's thread.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -73,8 +75,77 @@ struct Filter {
 // An immutable view of the cache at one etcd revision.
 class Snapshot {
  public:
+  // The instances of one type sorted by (group, instanceId), in immutable chunks of at most
+  // kChunkMax that consecutive snapshots share: publishing a change copies only the chunks
+  // it touches plus the chunk index (O(changed instances + chunks)), never the whole type.
+  static constexpr size_t kChunkMax = 256;
+  struct Chunk {
+    std::vector<InstancePtr> items;  // sorted, never empty once published
+  };
   struct TypeSet {
-    std::vector<InstancePtr> instances;  // sorted by (group, instanceId)
+    std::vector<std::shared_ptr<const Chunk>> chunks;  // in order
+    std::vector<size_t> ends;  // ends[i]: instances in chunks[0..i] (for indexing)
+    size_t size() const { return ends.empty() ? 0 : ends.back(); }
+    // A set holding `sorted` (already in (group, instanceId) order) in fresh chunks.
+    static std::shared_ptr<const TypeSet> FromSorted(const std::vector<InstancePtr>& sorted);
+  };
+
+  // A read-only range over (part of) one type's instances, in (group, instanceId) order:
+  // range-for, size(), empty(), operator[] (O(log chunks)), begin()/end() (forward
+  // iterators). Valid while its Snapshot lives; copying it is cheap (no instances copied).
+  class TypeView {
+   public:
+    class iterator {
+     public:
+      using iterator_category = std::forward_iterator_tag;
+      using value_type = InstancePtr;
+      using difference_type = std::ptrdiff_t;
+      using pointer = const InstancePtr*;
+      using reference = const InstancePtr&;
+      iterator() = default;
+      reference operator*() const { return set_->chunks[chunk_]->items[pos_]; }
+      pointer operator->() const { return &**this; }
+      iterator& operator++() {
+        if (++pos_ == set_->chunks[chunk_]->items.size()) {
+          ++chunk_;
+          pos_ = 0;
+        }
+        return *this;
+      }
+      iterator operator++(int) {
+        iterator old = *this;
+        ++*this;
+        return old;
+      }
+      bool operator==(const iterator& o) const { return chunk_ == o.chunk_ && pos_ == o.pos_; }
+
+     private:
+      friend class TypeView;
+      iterator(const TypeSet* set, size_t chunk, size_t pos)
+          : set_(set), chunk_(chunk), pos_(pos) {}
+      const TypeSet* set_ = nullptr;
+      size_t chunk_ = 0, pos_ = 0;
+    };
+
+    TypeView() = default;
+    TypeView(const TypeSet* set, size_t first, size_t last)
+        : set_(set), first_(first), last_(last) {}
+    iterator begin() const { return At(first_); }
+    iterator end() const { return At(last_); }
+    size_t size() const { return last_ - first_; }
+    bool empty() const { return first_ == last_; }
+    const InstancePtr& operator[](size_t i) const { return *At(first_ + i); }
+    const InstancePtr& front() const { return (*this)[0]; }
+    const InstancePtr& back() const { return (*this)[size() - 1]; }
+    // The instances of `group` within this view: O(log size) (the order is by group first).
+    TypeView Group(std::string_view group) const;
+    // A copy of the pointers (O(size)): for APIs that need a vector.
+    std::vector<InstancePtr> ToVector() const;
+
+   private:
+    iterator At(size_t index) const;
+    const TypeSet* set_ = nullptr;
+    size_t first_ = 0, last_ = 0;
   };
 
   int64_t revision() const { return revision_; }
@@ -85,10 +156,12 @@ class Snapshot {
   size_t size() const { return size_; }
   // Every instance, sorted by (type, group, instanceId).
   std::vector<InstancePtr> All() const;
-  // Instances matching `filter`, same order.
+  // Instances matching `filter`, same order. With a type and group set: O(log n + matches).
   std::vector<InstancePtr> Select(const Filter& filter) const;
-  // Instances of one type (empty when none), sorted by (group, instanceId).
-  const std::vector<InstancePtr>& OfType(std::string_view type) const;
+  // Instances of one type (empty when none), sorted by (group, instanceId): a view, no copy.
+  TypeView OfType(std::string_view type) const;
+  // Instances of one group of one type: O(log n).
+  TypeView OfGroup(std::string_view type, std::string_view group) const;
   InstancePtr Find(std::string_view type, std::string_view instance_id) const;
   std::vector<std::string> Types() const;
 
@@ -96,6 +169,8 @@ class Snapshot {
   Snapshot(int64_t revision,
            std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types,
            uint64_t history = 0);
+  // Internal: the chunked set of `type` (null when none), for structure-sharing checks.
+  const TypeSet* type_set(std::string_view type) const;
 
  private:
   int64_t revision_;
@@ -140,6 +215,9 @@ struct WatcherStats {
   uint64_t rewind_false_alarms = 0;
   uint64_t invalid_values = 0;  // values skipped as not valid instances
   uint64_t protection_activations = 0;
+  // Snapshots published and the loop-thread time spent building them (cache + pickers).
+  uint64_t publishes = 0;
+  absl::Duration publish_time = absl::ZeroDuration();
   size_t instances = 0;
   bool synced = false;
 };

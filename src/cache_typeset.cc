@@ -1,0 +1,145 @@
+// The watcher cache's per-type persistent sorted structure: see cache_typeset.h.
+#include "cache_typeset.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace discovery::cache {
+
+namespace {
+constexpr size_t kMergeBelow = Snapshot::kChunkMax / 8;  // a chunk this small joins a neighbour
+
+// Byte i of the sort key group + '\x1f' + instanceId, or -1 past its end.
+int KeyAt(const Instance& x, size_t i) {
+  if (i < x.group.size()) return static_cast<unsigned char>(x.group[i]);
+  if (i == x.group.size()) return 0x1f;
+  i -= x.group.size() + 1;
+  return i < x.instance_id.size() ? static_cast<unsigned char>(x.instance_id[i]) : -1;
+}
+size_t KeySize(const Instance& x) { return x.group.size() + 1 + x.instance_id.size(); }
+}  // namespace
+
+bool SortsBefore(const Instance& a, const Instance& b) {
+  const size_t n = std::max(KeySize(a), KeySize(b));
+  for (size_t i = 0; i < n; ++i) {
+    const int ca = KeyAt(a, i), cb = KeyAt(b, i);
+    if (ca != cb) return ca < cb;
+  }
+  return false;
+}
+
+bool SameSortKey(const Instance& a, const Instance& b) {
+  return a.group == b.group && a.instance_id == b.instance_id;
+}
+
+int CompareSortKey(const Instance& x, std::string_view probe) {
+  const size_t n = std::max(KeySize(x), probe.size());
+  for (size_t i = 0; i < n; ++i) {
+    const int cx = KeyAt(x, i);
+    const int cp = i < probe.size() ? static_cast<unsigned char>(probe[i]) : -1;
+    if (cx != cp) return cx < cp ? -1 : 1;
+  }
+  return 0;
+}
+
+TypeSetBuilder::TypeSetBuilder(std::shared_ptr<const Snapshot::TypeSet> base) {
+  if (base == nullptr) return;
+  chunks_ = base->chunks;
+  owned_.assign(chunks_.size(), false);
+  size_ = base->size();
+}
+
+size_t TypeSetBuilder::ChunkFor(const Instance& in) const {
+  return std::partition_point(chunks_.begin(), chunks_.end(),
+                              [&](const std::shared_ptr<const Snapshot::Chunk>& c) {
+                                return SortsBefore(*c->items.back(), in);
+                              }) -
+         chunks_.begin();
+}
+
+std::vector<InstancePtr>& TypeSetBuilder::Mutable(size_t c) {
+  if (!owned_[c]) {
+    chunks_[c] = std::make_shared<Snapshot::Chunk>(*chunks_[c]);
+    owned_[c] = true;
+    ++copied_;
+  }
+  // Created by this builder as non-const and not published yet: writing it is ours to do.
+  return const_cast<Snapshot::Chunk&>(*chunks_[c]).items;
+}
+
+void TypeSetBuilder::Erase(const Instance& in) {
+  const size_t c = ChunkFor(in);
+  if (c == chunks_.size()) return;
+  const auto& items = chunks_[c]->items;
+  auto it =
+      std::lower_bound(items.begin(), items.end(), in,
+                       [](const InstancePtr& x, const Instance& y) { return SortsBefore(*x, y); });
+  if (it == items.end() || !SameSortKey(**it, in)) return;
+  const size_t pos = it - items.begin();
+  std::vector<InstancePtr>& v = Mutable(c);
+  v.erase(v.begin() + static_cast<std::ptrdiff_t>(pos));
+  --size_;
+  if (v.empty()) {
+    chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c));
+    owned_.erase(owned_.begin() + static_cast<std::ptrdiff_t>(c));
+    return;
+  }
+  // Deletes must not leave a trail of tiny chunks: join a small chunk with its successor.
+  if (v.size() < kMergeBelow && c + 1 < chunks_.size() &&
+      v.size() + chunks_[c + 1]->items.size() <= Snapshot::kChunkMax) {
+    const auto& next = chunks_[c + 1]->items;
+    v.insert(v.end(), next.begin(), next.end());
+    chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c + 1));
+    owned_.erase(owned_.begin() + static_cast<std::ptrdiff_t>(c + 1));
+  }
+}
+
+void TypeSetBuilder::Upsert(InstancePtr in) {
+  if (chunks_.empty()) {
+    auto chunk = std::make_shared<Snapshot::Chunk>();
+    chunk->items.push_back(std::move(in));
+    chunks_.push_back(std::move(chunk));
+    owned_.push_back(true);
+    ++size_;
+    return;
+  }
+  size_t c = std::min(ChunkFor(*in), chunks_.size() - 1);  // past the end: append to the last
+  const auto& items = chunks_[c]->items;
+  auto it =
+      std::lower_bound(items.begin(), items.end(), *in,
+                       [](const InstancePtr& x, const Instance& y) { return SortsBefore(*x, y); });
+  const size_t pos = it - items.begin();
+  const bool replace = it != items.end() && SameSortKey(**it, *in);
+  std::vector<InstancePtr>& v = Mutable(c);
+  if (replace) {
+    v[pos] = std::move(in);
+    return;
+  }
+  v.insert(v.begin() + static_cast<std::ptrdiff_t>(pos), std::move(in));
+  ++size_;
+  if (v.size() <= Snapshot::kChunkMax) return;
+  auto upper = std::make_shared<Snapshot::Chunk>();
+  const auto half = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
+  upper->items.assign(std::make_move_iterator(half), std::make_move_iterator(v.end()));
+  v.erase(half, v.end());
+  chunks_.insert(chunks_.begin() + static_cast<std::ptrdiff_t>(c + 1), std::move(upper));
+  owned_.insert(owned_.begin() + static_cast<std::ptrdiff_t>(c + 1), true);
+}
+
+std::shared_ptr<const Snapshot::TypeSet> TypeSetBuilder::Finish() {
+  if (size_ == 0) return nullptr;
+  auto set = std::make_shared<Snapshot::TypeSet>();
+  set->ends.reserve(chunks_.size());
+  size_t total = 0;
+  for (const auto& c : chunks_) {
+    total += c->items.size();
+    set->ends.push_back(total);
+  }
+  set->chunks = std::move(chunks_);
+  chunks_.clear();
+  owned_.clear();
+  size_ = 0;
+  return set;
+}
+
+}  // namespace discovery::cache

@@ -1,0 +1,169 @@
+// The watcher cache's chunked per-type sets (src/cache_typeset.h) and the Snapshot views over
+// them: O(changed) publishing (a new set shares every untouched chunk with the previous one),
+// views equal to a sorted model after random changes, group ranges.
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cache_typeset.h"
+#include "discovery/watcher.h"
+#include "gtest/gtest.h"
+
+namespace discovery {
+namespace {
+
+using Types = std::map<std::string, std::shared_ptr<const Snapshot::TypeSet>, std::less<>>;
+
+InstancePtr Make(int i, int group_size = 100, int version = 0) {
+  auto in = std::make_shared<Instance>();
+  in->instance_id = absl::StrFormat("01JCYFZQ7D4NB4MZ5S6Z%06d", i);
+  in->type = "world";
+  in->group = absl::StrFormat("g-%05d", i / group_size);
+  in->weight = version;
+  return in;
+}
+
+std::string Key(const Instance& in) { return absl::StrCat(in.group, "\x1f", in.instance_id); }
+
+// How many chunks of `b` are not shared (by pointer) with `a`.
+size_t FreshChunks(const Snapshot::TypeSet& a, const Snapshot::TypeSet& b) {
+  std::set<const Snapshot::Chunk*> old;
+  for (const auto& c : a.chunks) old.insert(c.get());
+  size_t fresh = 0;
+  for (const auto& c : b.chunks) fresh += old.count(c.get()) == 0;
+  return fresh;
+}
+
+std::shared_ptr<const Snapshot::TypeSet> Build(int n) {
+  cache::TypeSetBuilder b(nullptr);
+  for (int i = 0; i < n; ++i) b.Upsert(Make(i));
+  return b.Finish();
+}
+
+TEST(SnapshotTypeSet, OneChangeInALargeTypeCopiesOneChunk) {
+  constexpr int kN = 100000;
+  std::shared_ptr<const Snapshot::TypeSet> base = Build(kN);
+  ASSERT_EQ(base->size(), static_cast<size_t>(kN));
+  for (const auto& c : base->chunks) EXPECT_LE(c->items.size(), Snapshot::kChunkMax);
+
+  // An update in place: one chunk copied, every other chunk pointer shared.
+  cache::TypeSetBuilder update(base);
+  update.Upsert(Make(54321, 100, 1));
+  auto updated = update.Finish();
+  EXPECT_EQ(updated->size(), base->size());
+  EXPECT_EQ(update.chunks_copied(), 1u);
+  EXPECT_EQ(FreshChunks(*base, *updated), 1u);
+
+  // An insert (may split its chunk) and a removal: at most two fresh chunks each.
+  cache::TypeSetBuilder insert(updated);
+  insert.Upsert(Make(kN + 7, 1000000));
+  auto inserted = insert.Finish();
+  EXPECT_EQ(inserted->size(), base->size() + 1);
+  EXPECT_LE(FreshChunks(*updated, *inserted), 2u);
+  cache::TypeSetBuilder remove(inserted);
+  remove.Erase(*Make(777));
+  auto removed = remove.Finish();
+  EXPECT_EQ(removed->size(), base->size());
+  EXPECT_LE(FreshChunks(*inserted, *removed), 2u);
+
+  // Through the public API: the unchanged instances of the new snapshot are the very same
+  // pointer objects as in the previous one (shared storage), not copies.
+  Snapshot before(1, Types{{"world", base}}), after(2, Types{{"world", updated}});
+  EXPECT_EQ(&before.OfType("world")[0], &after.OfType("world")[0]);
+  EXPECT_EQ(&before.OfType("world")[kN - 1], &after.OfType("world")[kN - 1]);
+  EXPECT_NE(after.OfType("world")[54321], before.OfType("world")[54321]);
+  EXPECT_EQ(after.OfType("world")[54321]->weight, 1);
+}
+
+TEST(SnapshotTypeSet, ViewsEqualASortedModelAfterRandomChanges) {
+  std::mt19937 rng(12345);
+  std::map<std::string, InstancePtr> model;
+  std::shared_ptr<const Snapshot::TypeSet> set;
+  for (int round = 0; round < 200; ++round) {
+    cache::TypeSetBuilder b(set);
+    const int ops = round % 10 == 0 ? 500 : static_cast<int>(rng() % 20) + 1;
+    for (int k = 0; k < ops; ++k) {
+      const int i = static_cast<int>(rng() % 3000);
+      const int group_size = 1 + static_cast<int>(rng() % 3) * 40;  // moves between groups
+      InstancePtr in = Make(i, group_size, round);
+      if (rng() % 3 == 0) {
+        // Remove whatever instance i is now (its group may differ from `in`'s).
+        for (auto it = model.begin(); it != model.end(); ++it) {
+          if (it->second->instance_id == in->instance_id) {
+            b.Erase(*it->second);
+            model.erase(it);
+            break;
+          }
+        }
+      } else {
+        if (auto it = model.find(Key(*in)); it == model.end()) {
+          // Same id in another group: the watcher removes the old entry first.
+          for (auto jt = model.begin(); jt != model.end(); ++jt) {
+            if (jt->second->instance_id == in->instance_id) {
+              b.Erase(*jt->second);
+              model.erase(jt);
+              break;
+            }
+          }
+        }
+        b.Upsert(in);
+        model[Key(*in)] = in;
+      }
+    }
+    set = b.Finish();
+    Snapshot snap(round, set == nullptr ? Types{} : Types{{"world", set}});
+    Snapshot::TypeView view = snap.OfType("world");
+    ASSERT_EQ(view.size(), model.size());
+    ASSERT_EQ(snap.size(), model.size());
+    size_t i = 0;
+    for (const InstancePtr& in : view) {
+      ASSERT_EQ(in, std::next(model.begin(), static_cast<long>(i))->second) << "round " << round;
+      ASSERT_EQ(view[i], in);
+      ++i;
+    }
+    if (set != nullptr) {
+      for (size_t c = 0; c < set->chunks.size(); ++c) {
+        ASSERT_FALSE(set->chunks[c]->items.empty());
+        ASSERT_LE(set->chunks[c]->items.size(), Snapshot::kChunkMax);
+      }
+    }
+    // Group views and Select(type, group) hold exactly the model's members of the group.
+    for (const std::string group : {"g-00000", "g-00010", "g-00042", "g-99999"}) {
+      std::vector<InstancePtr> want;
+      for (const auto& [k, in] : model) {
+        if (in->group == group) want.push_back(in);
+      }
+      ASSERT_EQ(snap.OfGroup("world", group).ToVector(), want) << group;
+      ASSERT_EQ(snap.Select({.type = "world", .group = group}), want) << group;
+    }
+  }
+}
+
+TEST(SnapshotTypeSet, EmptyAndMissingTypes) {
+  Snapshot snap(1, Types{});
+  EXPECT_TRUE(snap.OfType("world").empty());
+  EXPECT_EQ(snap.OfType("world").size(), 0u);
+  EXPECT_TRUE(snap.OfGroup("world", "kr-1").empty());
+  for (const InstancePtr& in : snap.OfType("world")) ADD_FAILURE() << in->instance_id;
+  EXPECT_EQ(snap.Find("world", "x"), nullptr);
+
+  cache::TypeSetBuilder b(Build(10));
+  for (int i = 0; i < 10; ++i) b.Erase(*Make(i));
+  EXPECT_EQ(b.Finish(), nullptr);
+
+  auto set = Snapshot::TypeSet::FromSorted({Make(1), Make(2), Make(3)});
+  Snapshot three(2, Types{{"world", set}});
+  EXPECT_EQ(three.OfType("world").size(), 3u);
+  EXPECT_EQ(three.Find("world", Make(2)->instance_id)->instance_id, Make(2)->instance_id);
+  EXPECT_EQ(three.All().size(), 3u);
+}
+
+}  // namespace
+}  // namespace discovery
