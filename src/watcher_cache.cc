@@ -7,6 +7,8 @@
 // are compared, never revisions of the old history; Snapshot::history is bumped, the
 // OnHistoryReset listeners run with the new snapshot, then the differences are delivered at
 // the new revision.
+#include <time.h>
+
 #include <algorithm>
 #include <string_view>
 
@@ -18,6 +20,16 @@
 #include "watcher_impl.h"
 
 namespace discovery {
+
+namespace {
+// CPU time of the calling thread (publish cost accounting, not a deadline: stays off MonoNow
+// so that a loaded machine's preemption does not count as publish work).
+int64_t ThreadCpuNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+}  // namespace
 
 HeldPosition Watcher::Impl::Held() const {
   HeldPosition h;
@@ -155,7 +167,7 @@ void Watcher::Impl::FlushPublish() {
 // snapshot; updates the pickers of the touched (type, group)s.
 void Watcher::Impl::Publish(const std::set<std::string>& touched,
                             const std::vector<ChangeEvent>& changes, absl::Time now) {
-  const absl::Time started = util::MonoNow();
+  const int64_t started = ThreadCpuNs();
   std::map<std::string, std::set<std::string>> groups;  // touched type -> touched groups
   for (const std::string& type : touched) {
     auto old = published.find(type);
@@ -187,7 +199,7 @@ void Watcher::Impl::Publish(const std::set<std::string>& touched,
     UpdatePickers(type, changed.empty() ? nullptr : &changed);
   }
   publishes.fetch_add(1);
-  publish_ns.fetch_add(absl::ToInt64Nanoseconds(util::MonoNow() - started));
+  publish_ns.fetch_add(static_cast<uint64_t>(ThreadCpuNs() - started));
 }
 
 void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
