@@ -117,7 +117,12 @@ HttpResponse Gateway::Impl::Execute(Call call) {
       r.body = metrics.Render(*watcher, SseFigures{.subscribers = hub->subscribers(),
                                                    .held = h.held,
                                                    .epoch_changes = h.epoch_changes,
-                                                   .epoch_failures = h.keeper.failures});
+                                                   .epoch_failures = h.keeper.failures,
+                                                   .match_checks = h.match_checks,
+                                                   .frames_encoded = h.frames_encoded,
+                                                   .frames_sent = h.frames_sent,
+                                                   .inits_encoded = h.inits_encoded,
+                                                   .attach_retries = h.attach_retries});
       return r;
     }
     if (std::holds_alternative<HealthzCall>(call)) return Healthz();
