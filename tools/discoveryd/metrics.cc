@@ -161,6 +161,16 @@ std::string Metrics::Render(const discovery::Watcher& watcher, const SseFigures&
                             "SSE attaches whose snapshot did not fit the ring and was retaken",
                             prometheus::MetricType::Counter,
                             static_cast<double>(sse.attach_retries)));
+  families.push_back(
+      Scalar("discovery_sse_max_subscribers", "--max-subscribers (0: no cap but --max-connections)",
+             prometheus::MetricType::Gauge, static_cast<double>(sse.max_subscribers)));
+  families.push_back(Scalar("discovery_sse_refused_total",
+                            "Subscribes answered 503 over --max-subscribers",
+                            prometheus::MetricType::Counter, static_cast<double>(sse.refused)));
+  families.push_back(Scalar("discovery_sse_ring_events", "Events held for Last-Event-ID resume",
+                            prometheus::MetricType::Gauge, static_cast<double>(sse.ring_events)));
+  families.push_back(Scalar("discovery_sse_ring_capacity", "Bound of the resume ring (events)",
+                            prometheus::MetricType::Gauge, static_cast<double>(sse.ring_capacity)));
   families.push_back(Scalar("discovery_cache_synced", "1 once the watch cache has synced",
                             prometheus::MetricType::Gauge, stats.synced ? 1 : 0));
   families.push_back(Scalar("discovery_cache_revision", "etcd revision of the watch cache",

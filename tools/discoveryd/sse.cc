@@ -316,6 +316,7 @@ EventHub::Stats EventHub::stats() const {
     s.frames_encoded = frames_encoded_;
     s.frames_sent = frames_sent_;
     s.attach_retries = attach_retries_;
+    s.ring_events = ring_.size();
   }
   s.inits_encoded = inits_encoded_.load();
   if (keeper_ != nullptr) s.keeper = keeper_->stats();

@@ -86,6 +86,7 @@ class EventHub {
     uint64_t frames_sent = 0;     // frame deliveries to clients (sharing one buffer each)
     uint64_t inits_encoded = 0;   // init bursts encoded (once per snapshot and filter)
     uint64_t attach_retries = 0;  // attaches whose snapshot did not fit the ring: retaken
+    size_t ring_events = 0;       // events held for resume (<= Options::ring_capacity)
   };
   EventHub(discovery::Watcher* watcher, Options options);
   ~EventHub();
