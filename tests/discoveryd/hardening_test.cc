@@ -217,6 +217,40 @@ TEST_F(HardeningTest, ConnectionFloodPastTheCapIsRefusedWithoutSpinning) {
   EXPECT_LE(Sample(m, "discovery_http_open_connections"), 20) << m;
 }
 
+// --max-subscribers: past the cap a subscribe gets a clean 503 + Retry-After (not a stream,
+// not a dropped connection), counted in /metrics; a slot frees when a stream ends.
+TEST_F(HardeningTest, SubscriberCapRefusesCleanlyAndFreesOnClose) {
+  GatewayProc gw = StartGateway({"--max-subscribers", "2"});
+  ASSERT_GT(gw.port, 0);
+  auto a = testing::SseClient::Connect(gw.port, "/sd/v1/subscribe");
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = testing::SseClient::Connect(gw.port, "/sd/v1/subscribe?type=world");
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(
+      WaitUntil([&] { return Sample(MetricsBody(gw.port), "discovery_sse_subscribers") == 2; },
+                absl::Seconds(5)));
+  auto r = Http(gw.port, "GET", "/sd/v1/subscribe?type=world", "", {}, absl::Seconds(5));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 503) << r->body;
+  EXPECT_EQ(r->headers["retry-after"], "5");
+  EXPECT_TRUE(absl::StrContains(r->body, "subscriber limit")) << r->body;
+  std::string m = MetricsBody(gw.port);
+  EXPECT_EQ(Sample(m, "discovery_sse_refused_total"), 1) << m;
+  EXPECT_EQ(Sample(m, "discovery_sse_max_subscribers"), 2) << m;
+  EXPECT_EQ(Sample(m, "discovery_sse_ring_capacity"), 8192) << m;
+  // One leaves: the next one is served.
+  a->reset();
+  ASSERT_TRUE(
+      WaitUntil([&] { return Sample(MetricsBody(gw.port), "discovery_sse_subscribers") == 1; },
+                absl::Seconds(5)));
+  auto c = testing::SseClient::Connect(gw.port, "/sd/v1/subscribe");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(
+      WaitUntil([&] { return Sample(MetricsBody(gw.port), "discovery_sse_subscribers") == 2; },
+                absl::Seconds(5)));
+  EXPECT_EQ(Sample(MetricsBody(gw.port), "discovery_sse_refused_total"), 1);
+}
+
 TEST_F(HardeningTest, OutOfFileDescriptorsPausesAcceptingAndRecovers) {
   // 64 fds in all, and a cap far above that: accept() itself runs into EMFILE.
   GatewayProc gw = SpawnLimited(cluster_->EndpointsCsv(), "64:64", {"--max-connections", "1000"});

@@ -2,10 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <exception>
 #include <optional>
+#include <thread>
 #include <utility>
 #include <variant>
 
@@ -61,6 +63,8 @@ struct Gateway::Impl {
   std::unique_ptr<HttpServer> server;
   std::string url;
   bool stopped = false;
+  std::atomic<size_t> sse_open{0};  // streams counted against max_subscribers
+  std::atomic<uint64_t> sse_refused{0};
 
   util::Mutex ping_mu;
   absl::Time ping_at ABSL_GUARDED_BY(ping_mu) = absl::InfinitePast();
@@ -117,7 +121,16 @@ HttpResponse Gateway::Impl::Execute(Call call) {
       r.body = metrics.Render(*watcher, SseFigures{.subscribers = hub->subscribers(),
                                                    .held = h.held,
                                                    .epoch_changes = h.epoch_changes,
-                                                   .epoch_failures = h.keeper.failures});
+                                                   .epoch_failures = h.keeper.failures,
+                                                   .match_checks = h.match_checks,
+                                                   .frames_encoded = h.frames_encoded,
+                                                   .frames_sent = h.frames_sent,
+                                                   .inits_encoded = h.inits_encoded,
+                                                   .attach_retries = h.attach_retries,
+                                                   .refused = sse_refused.load(),
+                                                   .max_subscribers = options.max_subscribers,
+                                                   .ring_events = h.ring_events,
+                                                   .ring_capacity = options.sse_ring_events});
       return r;
     }
     if (std::holds_alternative<HealthzCall>(call)) return Healthz();
@@ -168,11 +181,30 @@ void Gateway::Impl::Handle(HttpRequest req, std::shared_ptr<Exchange> ex) {
 void Gateway::Impl::Subscribe(const HttpRequest& req, const std::string& route,
                               const SubscribeCall& call, absl::Time start,
                               const std::shared_ptr<Exchange>& ex) {
+  // The cap is a reservation (exact under concurrent attaches), released when the stream ends.
+  const size_t cap = options.max_subscribers;
+  if (cap > 0 && sse_open.fetch_add(1) >= cap) {
+    sse_open.fetch_sub(1);
+    uint64_t n = sse_refused.fetch_add(1) + 1;
+    if (n == 1 || n % 1000 == 0) {
+      SPDLOG_LOGGER_WARN(logger,
+                         "{} SSE subscribers open (--max-subscribers): refusing more ({} "
+                         "so far)",
+                         cap, n);
+    }
+    HttpResponse r =
+        ErrorResponse(503, "unavailable", absl::StrCat("subscriber limit reached (", cap, ")"));
+    r.headers.emplace_back("Retry-After", "5");
+    return Finish(ex, req, route, start, std::move(r));
+  }
   metrics.ObserveRequest(req.method, route, 200, discovery::util::MonoNow() - start);
   uint64_t id = hub->NextId();
   EventHub* hub_ptr = hub.get();
-  std::shared_ptr<EventStream> stream =
-      ex->StartEventStream({}, [hub_ptr, id] { hub_ptr->Detach(id); });
+  std::atomic<size_t>* open = cap > 0 ? &sse_open : nullptr;
+  std::shared_ptr<EventStream> stream = ex->StartEventStream({}, [hub_ptr, id, open] {
+    hub_ptr->Detach(id);
+    if (open != nullptr) open->fetch_sub(1);
+  });
   SPDLOG_LOGGER_DEBUG(logger, "{} subscribed (type={} group={} last-event-id={}.{})", req.remote,
                       call.type, call.group, call.last_event_epoch, call.last_event_id);
   hub->Attach(id, std::move(stream), StreamFilter{call.type, call.group}, call.last_event_epoch,
@@ -253,14 +285,19 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
       std::make_unique<InstanceApi>(impl->connection, impl->watcher.get(), impl->checker.get(),
                                     InstanceApi::Options{.prefix = options.prefix});
   impl->hub = std::make_unique<EventHub>(
-      impl->watcher.get(), EventHub::Options{.prefix = options.prefix, .logger = options.logger});
+      impl->watcher.get(),
+      EventHub::Options{.ring_capacity = std::max<size_t>(1, options.sse_ring_events),
+                        .prefix = options.prefix,
+                        .logger = options.logger});
   impl->hub->Start();
   impl->workers.emplace(static_cast<size_t>(std::max(1, options.worker_threads)));
 
   HttpServer::Options so;
   so.host = host;
   so.port = port;
-  so.io_threads = options.io_threads;
+  so.io_threads = options.io_threads > 0
+                      ? options.io_threads
+                      : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   so.read_timeout = options.read_timeout;
   so.stream_keepalive = options.sse_keepalive;
   so.max_stream_backlog_bytes = options.sse_max_backlog_bytes;

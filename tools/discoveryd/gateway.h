@@ -43,8 +43,8 @@ struct GatewayOptions {
   std::string api_token_file{};    // TOKEN [rw|ro] per line
   std::string api_token{};         // one more rw token (DISCOVERY_API_TOKEN)
   bool protect_dashboard = false;  // tokens also guard /, /metrics
-  int io_threads = 2;
-  int worker_threads = 4;  // blocking etcd calls of the REST API
+  int io_threads = 0;              // 0 = the core count (std::thread::hardware_concurrency)
+  int worker_threads = 4;          // blocking etcd calls of the REST API
   absl::Duration read_timeout = absl::Seconds(10);
   absl::Duration sse_keepalive = absl::Seconds(15);
   // An SSE client with more than this many bytes queued (not yet taken by its socket) is too
@@ -54,6 +54,10 @@ struct GatewayOptions {
   // HTTP connections open at once (SSE streams included); past it a connection gets a 503
   // and is closed. 0 = from the fd limit (HttpServer's DefaultMaxConnections()).
   size_t max_connections = 0;
+  // SSE streams open at once; past it /sd/v1/subscribe answers 503 + Retry-After (counted in
+  // discovery_sse_refused_total). 0 = no cap of its own (only max_connections).
+  size_t max_subscribers = 0;
+  size_t sse_ring_events = 8192;  // events kept for Last-Event-ID resume (and attach handover)
   absl::Duration initial_sync_wait = absl::Seconds(3);
   std::shared_ptr<spdlog::logger> logger{};  // "discoveryd"
 };

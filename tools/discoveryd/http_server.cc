@@ -31,9 +31,9 @@ std::chrono::steady_clock::duration ToChrono(absl::Duration d) {
   return absl::ToChronoNanoseconds(d);
 }
 
-// A stream's write buffer larger than this is released once written (a drained init of
-// thousands of instances must not stay allocated for the life of the stream).
-constexpr size_t kKeepBufferBytes = 64 * 1024;
+// At most this many buffers per gather write (IOV_MAX is 1024 on Linux; Asio splits larger
+// sequences itself, but a bounded vector keeps a burst's write predictable).
+constexpr size_t kMaxGather = 512;
 
 }  // namespace
 
@@ -69,6 +69,7 @@ struct HttpServer::Impl {
   std::atomic<uint64_t> rejected{0};
   std::atomic<uint64_t> accept_pauses{0};
   std::atomic<uint64_t> slow_streams{0};
+  std::atomic<uint64_t> stream_writes{0};
   std::optional<net::executor_work_guard<net::io_context::executor_type>> guard;
   std::atomic<bool> stopping{false};
 
@@ -125,28 +126,36 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
 
   // ---- EventStream ----
   bool Send(std::string data) override {
+    std::vector<SharedBytes> one;
+    one.push_back(MakeShared(std::move(data)));
+    return SendFrames(std::move(one));
+  }
+
+  bool SendFrames(std::vector<SharedBytes> frames) override {
     if (closed_.load()) return false;
+    size_t size = 0;
+    for (const SharedBytes& f : frames) size += f->size();
     // The rule is documented in http_server.h: the first Send, or one into an empty queue, is
     // taken whole; any other only within the backlog bound. Check and add in one step, so
     // concurrent Sends cannot both pass.
     const bool first = first_send_.exchange(false);
-    if (first) first_unsent_.store(data.size());
+    if (first) first_unsent_.store(size);
     // The rest of the init not yet taken by the socket is allowed on top of the backlog.
     const size_t limit = server_->options.max_stream_backlog_bytes + first_unsent_.load();
     size_t queued = backlog_.load();
     do {
-      if (!first && queued != 0 && queued + data.size() > limit) {
+      if (!first && queued != 0 && queued + size > limit) {
         server_->slow_streams.fetch_add(1);
         SPDLOG_LOGGER_WARN(server_->logger,
                            "stream client {} too slow ({} bytes behind, {} more would pass the "
                            "{} byte backlog): closing",
-                           remote_, queued, data.size(), limit);
+                           remote_, queued, size, limit);
         Close();
         return false;
       }
-    } while (!backlog_.compare_exchange_weak(queued, queued + data.size()));
-    net::post(stream_.get_executor(), [self = shared_from_this(), d = std::move(data)]() mutable {
-      self->Enqueue(std::move(d));
+    } while (!backlog_.compare_exchange_weak(queued, queued + size));
+    net::post(stream_.get_executor(), [self = shared_from_this(), f = std::move(frames)]() mutable {
+      self->Enqueue(std::move(f));
     });
     return true;
   }
@@ -247,7 +256,7 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
     if (closed_.load()) return;
     stream_.expires_never();
     backlog_.fetch_add(head.size());
-    Enqueue(std::move(head));
+    Enqueue({MakeShared(std::move(head))});
     // Anything the client sends now (or its EOF) ends the stream: EventSource never sends.
     stream_.socket().async_read_some(
         net::buffer(scratch_),
@@ -262,53 +271,56 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
       // Only an idle stream needs a ping: bytes already on their way keep it alive, and a
       // client that reads nothing must not grow its queue by pings.
       if (!self->writing_ && self->queue_.empty()) {
-        std::string ping = ": keep-alive\n\n";
-        self->backlog_.fetch_add(ping.size());
-        self->Enqueue(std::move(ping));
+        static const SharedBytes kPing = MakeShared(": keep-alive\n\n");
+        self->backlog_.fetch_add(kPing->size());
+        self->Enqueue({kPing});
       }
       self->ArmKeepalive();
     });
   }
 
-  void Enqueue(std::string data) {
+  void Enqueue(std::vector<SharedBytes> frames) {
     if (closed_.load()) return;
-    queue_.push_back(std::move(data));
+    for (SharedBytes& f : frames) {
+      if (!f->empty()) queue_.push_back(std::move(f));
+    }
     if (!writing_) WriteNext();
   }
 
   void WriteNext() {
+    // Everything queued goes out in one gather write: the buffers are shared (the same frame
+    // object for every client), never copied here.
     inflight_.clear();
-    if (!queue_.empty()) {
-      // Take the first chunk's buffer instead of copying it (an init may be megabytes).
-      inflight_ = std::move(queue_.front());
+    buffers_.clear();
+    while (!queue_.empty() && inflight_.size() < kMaxGather) {
+      inflight_.push_back(std::move(queue_.front()));
       queue_.pop_front();
-    }
-    while (!queue_.empty()) {
-      inflight_ += queue_.front();
-      queue_.pop_front();
+      buffers_.emplace_back(inflight_.back()->data(), inflight_.back()->size());
     }
     if (inflight_.empty()) {
       writing_ = false;
+      if (queue_.empty()) std::deque<SharedBytes>().swap(queue_);
       return;
     }
     writing_ = true;
+    server_->stream_writes.fetch_add(1);
     stream_.expires_after(ToChrono(opts().write_timeout));
-    net::async_write(stream_, net::buffer(inflight_),
-                     [self = shared_from_this()](beast::error_code ec, size_t n) {
-                       self->backlog_.fetch_sub(std::min(n, self->backlog_.load()));
-                       // Bytes go out in Send order: the init's first (roughly: the response
-                       // head precedes it, which only shortens the allowance by its size).
-                       size_t unsent = self->first_unsent_.load();
-                       while (unsent > 0 && !self->first_unsent_.compare_exchange_weak(
-                                                unsent, unsent - std::min(n, unsent))) {
-                       }
-                       if (self->inflight_.capacity() > kKeepBufferBytes) {
-                         std::string().swap(self->inflight_);
-                       }
-                       if (ec) return self->DoClose();
-                       self->stream_.expires_never();
-                       self->WriteNext();
-                     });
+    net::async_write(
+        stream_, buffers_, [self = shared_from_this()](beast::error_code ec, size_t n) {
+          self->backlog_.fetch_sub(std::min(n, self->backlog_.load()));
+          // Bytes go out in Send order: the init's first (roughly: the response
+          // head precedes it, which only shortens the allowance by its size).
+          size_t unsent = self->first_unsent_.load();
+          while (unsent > 0 &&
+                 !self->first_unsent_.compare_exchange_weak(unsent, unsent - std::min(n, unsent))) {
+          }
+          // Release our references now (a drained init must not stay allocated).
+          self->inflight_.clear();
+          self->buffers_.clear();
+          if (ec) return self->DoClose();
+          self->stream_.expires_never();
+          self->WriteNext();
+        });
   }
 
   void DoClose() {
@@ -337,8 +349,9 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
   std::string remote_;
   bool keep_alive_ = true;
   bool writing_ = false;
-  std::deque<std::string> queue_;
-  std::string inflight_;
+  std::deque<SharedBytes> queue_;
+  std::vector<SharedBytes> inflight_;       // the buffers of the write in flight
+  std::vector<net::const_buffer> buffers_;  // their views, for the gather write
   std::array<char, 4096> scratch_{};
   std::atomic<bool> closed_{false};
   std::atomic<bool> replied_{false};
@@ -509,6 +522,7 @@ HttpServer::Stats HttpServer::stats() const {
   s.rejected_connections = impl_->rejected.load();
   s.accept_pauses = impl_->accept_pauses.load();
   s.slow_streams_closed = impl_->slow_streams.load();
+  s.stream_writes = impl_->stream_writes.load();
   return s;
 }
 

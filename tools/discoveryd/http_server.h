@@ -40,7 +40,9 @@
 //     single message) — a 50 MB init to a client that does not read is held once and the
 //     client is cut once B more has queued, and at the latest when one write has not
 //     completed for `write_timeout`. Keep-alive
-//     comments are only queued on an idle stream, and a drained large buffer is released.
+//     comments are only queued on an idle stream, and a drained buffer is released (the last
+//     client to write a shared frame frees it). Writes coalesce: whatever is queued when the
+//     previous write completes goes out as ONE gather write (a burst of frames, one syscall).
 //
 // Thread-safety: HttpServer is thread-safe. The handler runs on an io thread and must not
 // block: hand blocking work to another executor and call Exchange::Reply from there.
@@ -59,6 +61,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "fanout.h"
 #include "http_message.h"
 
 namespace spdlog {
@@ -76,6 +79,9 @@ class EventStream {
   // of the call, the client is too slow: the stream is closed and false returned.
   // The exact rule (first Send, empty queue) is in the server comment above.
   virtual bool Send(std::string data) = 0;
+  // Queues shared, immutable buffers (one frame serialised once for every client that gets
+  // it: no per-client copy); one message for the backlog rule, of the buffers' total size.
+  virtual bool SendFrames(std::vector<SharedBytes> frames) = 0;
   virtual void Close() = 0;
   virtual bool closed() const = 0;
 };
@@ -143,6 +149,7 @@ class HttpServer {
     uint64_t rejected_connections = 0;
     uint64_t accept_pauses = 0;
     uint64_t slow_streams_closed = 0;
+    uint64_t stream_writes = 0;  // gather writes to SSE sockets (a burst of frames is one)
   };
   Stats stats() const;
 

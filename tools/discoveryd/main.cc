@@ -65,7 +65,16 @@ int main(int argc, char** argv) {
                  "HTTP connections open at once (SSE streams included); past it a connection "
                  "gets a 503 and is closed. 0 = the fd soft limit minus min(128, half of it)")
       ->capture_default_str();
-  app.add_option("--io-threads", options.io_threads, "HTTP io threads")->capture_default_str();
+  app.add_option("--max-subscribers", options.max_subscribers,
+                 "SSE streams open at once; past it /sd/v1/subscribe answers 503 + Retry-After. "
+                 "0 = no cap but --max-connections")
+      ->capture_default_str();
+  app.add_option("--sse-ring", options.sse_ring_events,
+                 "events kept for Last-Event-ID resume and the attach handover")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{16}, size_t{1} << 24));
+  app.add_option("--io-threads", options.io_threads, "HTTP io threads (0 = the core count)")
+      ->capture_default_str();
   app.add_option("--workers", options.worker_threads, "threads for blocking etcd calls")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -142,6 +142,35 @@ std::string Metrics::Render(const discovery::Watcher& watcher, const SseFigures&
                             "Failed etcd steps of the SSE epoch key (each retried with backoff)",
                             prometheus::MetricType::Counter,
                             static_cast<double>(sse.epoch_failures)));
+  families.push_back(Scalar("discovery_sse_match_checks_total",
+                            "Subscribers visited to route events (indexed: only matching ones)",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(sse.match_checks)));
+  families.push_back(Scalar("discovery_sse_frames_encoded_total",
+                            "SSE event frames serialised (once per event, shared by clients)",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(sse.frames_encoded)));
+  families.push_back(Scalar("discovery_sse_frames_sent_total",
+                            "SSE event frames queued to subscribers (shared buffers, no copy)",
+                            prometheus::MetricType::Counter, static_cast<double>(sse.frames_sent)));
+  families.push_back(Scalar("discovery_sse_inits_encoded_total",
+                            "SSE init bursts encoded (once per snapshot and filter, shared)",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(sse.inits_encoded)));
+  families.push_back(Scalar("discovery_sse_attach_retries_total",
+                            "SSE attaches whose snapshot did not fit the ring and was retaken",
+                            prometheus::MetricType::Counter,
+                            static_cast<double>(sse.attach_retries)));
+  families.push_back(
+      Scalar("discovery_sse_max_subscribers", "--max-subscribers (0: no cap but --max-connections)",
+             prometheus::MetricType::Gauge, static_cast<double>(sse.max_subscribers)));
+  families.push_back(Scalar("discovery_sse_refused_total",
+                            "Subscribes answered 503 over --max-subscribers",
+                            prometheus::MetricType::Counter, static_cast<double>(sse.refused)));
+  families.push_back(Scalar("discovery_sse_ring_events", "Events held for Last-Event-ID resume",
+                            prometheus::MetricType::Gauge, static_cast<double>(sse.ring_events)));
+  families.push_back(Scalar("discovery_sse_ring_capacity", "Bound of the resume ring (events)",
+                            prometheus::MetricType::Gauge, static_cast<double>(sse.ring_capacity)));
   families.push_back(Scalar("discovery_cache_synced", "1 once the watch cache has synced",
                             prometheus::MetricType::Gauge, stats.synced ? 1 : 0));
   families.push_back(Scalar("discovery_cache_revision", "etcd revision of the watch cache",
@@ -163,6 +192,10 @@ std::string Metrics::Render(const discovery::Watcher& watcher, const SseFigures&
                               "SSE streams closed for falling more than --sse-max-backlog behind",
                               prometheus::MetricType::Counter,
                               static_cast<double>(c.slow_streams_closed)));
+    families.push_back(Scalar("discovery_sse_writes_total",
+                              "Socket writes to SSE streams (a burst of queued frames is one)",
+                              prometheus::MetricType::Counter,
+                              static_cast<double>(c.stream_writes)));
   }
   return prometheus::TextSerializer().Serialize(families);
 }

@@ -12,6 +12,10 @@
 //   discovery_instances{type,status}                   gauge, from the watcher cache
 //   discovery_watch_events_total, discovery_resyncs_total, discovery_watch_invalid_values_total
 //   discovery_sse_subscribers                          gauge
+//   discovery_sse_max_subscribers, discovery_sse_refused_total (over --max-subscribers)
+//   discovery_sse_ring_events, discovery_sse_ring_capacity  gauges (resume ring, bounded)
+//   discovery_sse_match_checks_total, discovery_sse_frames_encoded_total,
+//   discovery_sse_frames_sent_total, discovery_sse_writes_total  counters (fan-out work)
 //   discovery_cache_synced, discovery_cache_revision   gauges
 //
 // Label values come from fixed sets, whatever a client sends (anyone who can reach the port
@@ -44,6 +48,15 @@ struct SseFigures {
   size_t held = 0;              // clients waiting for the first sync / an agreed epoch
   uint64_t epoch_changes = 0;   // resets sent to subscribers
   uint64_t epoch_failures = 0;  // failed etcd steps of the epoch key (retried with backoff)
+  uint64_t match_checks = 0;    // subscribers visited to route events
+  uint64_t frames_encoded = 0;  // event frames serialised (once each)
+  uint64_t frames_sent = 0;     // frame deliveries (sharing the encoded buffers)
+  uint64_t inits_encoded = 0;   // init bursts encoded (once per snapshot and filter)
+  uint64_t attach_retries = 0;  // attaches whose snapshot was retaken
+  uint64_t refused = 0;         // subscribes refused over --max-subscribers
+  size_t max_subscribers = 0;   // 0 = no cap of its own
+  size_t ring_events = 0;       // events held for resume
+  size_t ring_capacity = 0;
 };
 
 class Metrics {

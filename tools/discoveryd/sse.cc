@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -98,6 +101,7 @@ void EventHub::Stop() {
     if (stopped_) return;
     stopped_ = true;
     clients.swap(clients_);
+    index_ = SubscriberIndex();
   }
   subscription_.Reset();
   reset_subscription_.Reset();
@@ -123,75 +127,175 @@ std::string EventHub::EventId(int64_t revision) const {
   return absl::StrCat(epoch_, ".", revision);
 }
 
-std::string EventHub::InitBurst(const StreamFilter& filter,
-                                const discovery::SnapshotPtr& snap) const {
-  discovery::Filter f;
-  f.type = filter.type;
-  f.group = filter.group;
-  std::vector<discovery::InstancePtr> all = snap->Select(f);
-  std::string burst;
-  for (const discovery::InstancePtr& in : all) {
-    // No id: a client that drops in the middle must not resume from a partial init.
-    burst += SseFrame(
-        "", "init",
-        Dump({{"revision", snap->revision()}, {"instance", discovery::InstanceToJson(*in)}}));
+EventHub::InitFrames EventHub::InitFor(const StreamFilter& filter,
+                                       const discovery::SnapshotPtr& snap) {
+  std::shared_ptr<InitSlot> slot;
+  {
+    discovery::util::MutexLock lock(&init_mu_);
+    if (snap->history() != init_history_ || snap->revision() > init_revision_) {
+      // A newer snapshot: the inits of the older one are not handed out any more (clients
+      // still writing them hold their own references).
+      inits_.clear();
+      init_history_ = snap->history();
+      init_revision_ = snap->revision();
+    }
+    if (snap->revision() == init_revision_) {
+      std::shared_ptr<InitSlot>& s = inits_[{filter.type, filter.group}];
+      if (s == nullptr) s = std::make_shared<InitSlot>();
+      slot = s;
+    }
   }
-  burst += SseFrame(
-      EventId(snap->revision()), "synced",
-      Dump({{"revision", snap->revision()}, {"instances", all.size()}, {"resumed", false}}));
-  return burst;
+  if (slot == nullptr) slot = std::make_shared<InitSlot>();  // an older snapshot: not cached
+  // Clients attaching to the same snapshot at once wait for ONE encoding.
+  std::call_once(slot->once, [&] {
+    discovery::Filter f;
+    f.type = filter.type;
+    f.group = filter.group;
+    std::vector<discovery::InstancePtr> all = snap->Select(f);
+    std::string frames;
+    for (const discovery::InstancePtr& in : all) {
+      // No id: a client that drops in the middle must not resume from a partial init.
+      frames += SseFrame(
+          "", "init",
+          Dump({{"revision", snap->revision()}, {"instance", discovery::InstanceToJson(*in)}}));
+    }
+    slot->value.frames = MakeShared(std::move(frames));
+    slot->value.count = all.size();
+    inits_encoded_.fetch_add(1);
+  });
+  return slot->value;
+}
+
+std::string EventHub::SyncedFrame(int64_t revision, size_t count) const {
+  return SseFrame(EventId(revision), "synced",
+                  Dump({{"revision", revision}, {"instances", count}, {"resumed", false}}));
+}
+
+std::string EventHub::Replay(const StreamFilter& filter, int64_t after) const {
+  std::string out;
+  std::vector<const Entry*> replay;
+  // The ring is sorted by revision: start at the first one after `after`.
+  auto it = std::upper_bound(ring_.begin(), ring_.end(), after,
+                             [](int64_t rev, const Entry& e) { return rev < e.revision; });
+  for (; it != ring_.end(); ++it) {
+    if (Matches(filter, *it)) replay.push_back(&*it);
+  }
+  for (size_t i = 0; i < replay.size(); ++i) {
+    const Entry& e = *replay[i];
+    bool last_of_revision = i + 1 == replay.size() || replay[i + 1]->revision != e.revision;
+    if (last_of_revision) absl::StrAppend(&out, "id: ", EventId(e.revision), "\n");
+    out += *e.frame;
+  }
+  return out;
 }
 
 void EventHub::Attach(uint64_t id, std::shared_ptr<EventStream> stream, StreamFilter filter,
                       const std::string& last_epoch, int64_t last_revision) {
   if (stream == nullptr) return;
-  discovery::util::MutexLock lock(&mu_);
+  // A fresh init is encoded OUTSIDE the hub lock, from an immutable snapshot, once per
+  // (snapshot, filter) for every client attaching to it (InitFor); under the lock the client
+  // is only registered and handed over: ring events after the snapshot's revision are
+  // replayed, later ones reach it live (skip_through). A snapshot the ring does not reach
+  // back to (or of another history) is retaken; the last try encodes under the lock.
+  constexpr int kTries = 3;
+  for (int attempt = 1; attempt <= kTries; ++attempt) {
+    const bool last_try = attempt == kTries;
+    bool need_init = false;
+    {
+      discovery::util::MutexLock lock(&mu_);
+      need_init = !stopped_ && ready() && !CanResume(last_epoch, last_revision);
+    }
+    discovery::SnapshotPtr snap;
+    std::optional<InitFrames> init;
+    if (need_init && !last_try) {
+      snap = watcher_->snapshot();
+      init = InitFor(filter, snap);
+    }
+    discovery::util::MutexLock lock(&mu_);
+    if (AttachLocked(id, stream, filter, last_epoch, last_revision, snap, init ? &*init : nullptr,
+                     last_try)) {
+      return;
+    }
+    ++attach_retries_;
+  }
+}
+
+bool EventHub::CanResume(const std::string& last_epoch, int64_t last_revision) const {
+  return last_revision >= 0 && last_epoch == epoch_ && last_revision >= floor_ &&
+         last_revision <= last_revision_;
+}
+
+bool EventHub::AttachLocked(uint64_t id, const std::shared_ptr<EventStream>& stream,
+                            const StreamFilter& filter, const std::string& last_epoch,
+                            int64_t last_revision, discovery::SnapshotPtr snap,
+                            const InitFrames* init, bool last_try) {
   if (stopped_) {
     stream->Close();
-    return;
+    return true;
   }
   Client client{stream, filter, 0, false, false, false};
-  std::string burst = kRetry;
-  discovery::SnapshotPtr snap = watcher_->snapshot();
-  if (synced_ && snap->history() != history_) {
-    history_ = snap->history();  // the reset listener has not run yet
+  discovery::SnapshotPtr now = watcher_->snapshot();
+  if (synced_ && now->history() != history_) {
+    history_ = now->history();  // the reset listener has not run yet
     BeginReset("the snapshot's history changed");
   }
+  std::vector<SharedBytes> burst;
+  burst.push_back(MakeShared(kRetry));
   if (!ready()) {
     // Held: its init goes out when the cache is synced and the epoch settled, in ONE first
     // Send with the retry line (a separate small Send first would make a large init a later
     // message, cut by the backlog bound when the small one is still queued).
     client.held = true;
     client.fresh = true;
+    index_.Add(id, client.filter);
     clients_[id] = std::move(client);
-    return;
-  } else if (last_revision >= 0 && last_epoch == epoch_ && last_revision >= floor_ &&
-             last_revision <= last_revision_) {
+    return true;
+  } else if (CanResume(last_epoch, last_revision)) {
     // Resume: the ring holds every complete revision after last_revision.
-    std::vector<const Entry*> replay;
-    for (const Entry& e : ring_) {
-      if (e.revision > last_revision && Matches(filter, e)) replay.push_back(&e);
-    }
-    for (size_t i = 0; i < replay.size(); ++i) {
-      const Entry& e = *replay[i];
-      bool last_of_revision = i + 1 == replay.size() || replay[i + 1]->revision != e.revision;
-      burst += SseFrame(last_of_revision ? EventId(e.revision) : "", e.event, e.data);
-    }
-    burst += SseFrame(EventId(last_revision_), "synced",
-                      Dump({{"revision", last_revision_}, {"resumed", true}}));
+    burst.push_back(MakeShared(
+        absl::StrCat(Replay(filter, last_revision),
+                     SseFrame(EventId(last_revision_), "synced",
+                              Dump({{"revision", last_revision_}, {"resumed", true}})))));
     // The open revision (if any) is sent to every client when it closes.
     client.skip_through = last_revision_;
   } else {
-    burst += InitBurst(filter, snap);
-    client.skip_through = snap->revision();
+    InitFrames local;
+    if (init == nullptr || snap == nullptr) {
+      if (!last_try) return false;  // the hub became ready meanwhile: encode outside the lock
+      snap = now;
+      local = InitFor(filter, snap);
+      init = &local;
+    }
+    const int64_t at = snap->revision();
+    // The handover: ring events after `at` are replayed; the ring must reach back to it.
+    if (snap->history() != history_ || at < floor_) {
+      if (!last_try) return false;
+      snap = now;
+      local = InitFor(filter, snap);
+      init = &local;
+    }
+    burst.push_back(init->frames);
+    burst.push_back(MakeShared(absl::StrCat(SyncedFrame(snap->revision(), init->count),
+                                            Replay(filter, snap->revision()))));
+    // Events of the open revision (and later) reach it live, unless the snapshot has them.
+    client.skip_through = std::max(snap->revision(), last_revision_);
   }
-  if (!stream->Send(std::move(burst))) return;
+  if (!stream->SendFrames(std::move(burst))) return true;
+  index_.Add(id, client.filter);
   clients_[id] = std::move(client);
+  return true;
 }
 
 void EventHub::Detach(uint64_t id) {
   discovery::util::MutexLock lock(&mu_);
-  clients_.erase(id);
+  Forget(id);
+}
+
+void EventHub::Forget(uint64_t id) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  index_.Remove(id, it->second.filter);
+  clients_.erase(it);
 }
 
 size_t EventHub::subscribers() const {
@@ -208,7 +312,13 @@ EventHub::Stats EventHub::stats() const {
     for (const auto& [id, c] : clients_) s.held += c.held;
     s.history_resets = history_resets_;
     s.epoch_changes = epoch_changes_;
+    s.match_checks = index_.match_checks();
+    s.frames_encoded = frames_encoded_;
+    s.frames_sent = frames_sent_;
+    s.attach_retries = attach_retries_;
+    s.ring_events = ring_.size();
   }
+  s.inits_encoded = inits_encoded_.load();
   if (keeper_ != nullptr) s.keeper = keeper_->stats();
   return s;
 }
@@ -262,45 +372,44 @@ void EventHub::ReleaseHeld() {
   history_ = snap->history();
   const std::string reset =
       SseFrame("", "reset", Dump({{"epoch", epoch_}, {"revision", snap->revision()}}));
+  const SharedBytes retry = MakeShared(kRetry);
+  const SharedBytes reset_frame = MakeShared(reset);
   std::vector<uint64_t> dead;
-  std::map<std::pair<std::string, std::string>, std::string> inits;  // by (type, group) filter
   for (auto& [id, c] : clients_) {
     if (!c.held) continue;
-    std::string burst = c.fresh ? std::string(kRetry) : std::string();
-    if (c.owes_reset) burst += reset;
-    auto [it, fresh] = inits.try_emplace({c.filter.type, c.filter.group});
-    if (fresh) it->second = InitBurst(c.filter, snap);
-    burst += it->second;
+    std::vector<SharedBytes> burst;
+    if (c.fresh) burst.push_back(retry);
+    if (c.owes_reset) burst.push_back(reset_frame);
+    // Encoded once per filter for this snapshot (InitFor), shared by every held client.
+    InitFrames init = InitFor(c.filter, snap);
+    burst.push_back(init.frames);
+    burst.push_back(MakeShared(SyncedFrame(snap->revision(), init.count)));
     c.held = false;
     c.owes_reset = false;
     c.fresh = false;
     c.skip_through = snap->revision();
-    if (!c.stream->Send(std::move(burst))) dead.push_back(id);
+    if (!c.stream->SendFrames(std::move(burst))) dead.push_back(id);
   }
-  for (uint64_t id : dead) clients_.erase(id);
+  for (uint64_t id : dead) Forget(id);
 }
 
 void EventHub::CloseRevision() {
   if (open_.empty()) return;
   const int64_t rev = open_.back().revision;
-  const std::string id = EventId(rev);
+  // Each frame was serialised once (OnChange); the id line once per revision. Only the
+  // subscribers whose filter matches are visited (SubscriberIndex), each gets the shared
+  // buffers, and its last frame of the revision carries the id.
+  const SharedBytes id_line = MakeShared(absl::StrCat("id: ", EventId(rev), "\n"));
   std::vector<uint64_t> dead;
-  for (auto& [cid, c] : clients_) {
-    if (c.held || rev <= c.skip_through) continue;
-    size_t last = open_.size();
-    for (size_t i = 0; i < open_.size(); ++i) {
-      if (Matches(c.filter, open_[i])) last = i;
-    }
-    if (last == open_.size()) continue;
-    std::string frames;
-    for (size_t i = 0; i <= last; ++i) {
-      if (!Matches(c.filter, open_[i])) continue;
-      frames += SseFrame(i == last ? absl::string_view(id) : absl::string_view(), open_[i].event,
-                         open_[i].data);
-    }
-    if (!c.stream->Send(std::move(frames))) dead.push_back(cid);
-  }
-  for (uint64_t cid : dead) clients_.erase(cid);
+  RouteRevision(index_, open_, id_line, [&](uint64_t cid, std::vector<SharedBytes> frames) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    Client& c = it->second;
+    if (c.held || rev <= c.skip_through) return;
+    frames_sent_ += frames.size() - 1;
+    if (!c.stream->SendFrames(std::move(frames))) dead.push_back(cid);
+  });
+  for (uint64_t cid : dead) Forget(cid);
   last_revision_ = std::max(last_revision_, rev);
   for (Entry& e : open_) ring_.push_back(std::move(e));
   open_.clear();
@@ -323,10 +432,10 @@ void EventHub::OnChange(const discovery::ChangeEvent& ev) {
   e.group = ev.instance->group;
   e.previous_group = ev.previous != nullptr ? ev.previous->group : ev.instance->group;
   bool removed = ev.type == discovery::ChangeType::kRemoved;
-  e.event = removed ? "remove" : "update";
-  e.data = Dump({{"type", discovery::ToString(ev.type)},
-                 {"revision", ev.revision},
-                 {"instance", discovery::InstanceToJson(*ev.instance)}});
+  e.frame = MakeShared(SseFrame("", removed ? "remove" : "update",
+                                Dump({{"type", discovery::ToString(ev.type)},
+                                      {"revision", ev.revision},
+                                      {"instance", discovery::InstanceToJson(*ev.instance)}})));
   discovery::util::MutexLock lock(&mu_);
   // Not ready: nobody is live, and the state starts over from a snapshot when it is.
   if (stopped_ || !ready()) return;
@@ -340,6 +449,7 @@ void EventHub::OnChange(const discovery::ChangeEvent& ev) {
   }
   if (!open_.empty() && open_.back().revision != ev.revision) CloseRevision();
   open_.push_back(std::move(e));
+  ++frames_encoded_;
   if (!flush_posted_) {
     flush_posted_ = true;
     // Runs right after the dispatch batch that carries this event: the revision is complete.

@@ -33,23 +33,31 @@
 // (id on the last) when an event of a later revision arrives or when a task it posted on the
 // watcher's loop runs, i.e. right after the batch that carried them.
 //
-// Consistency: a client's init is the watcher snapshot at revision R, taken under the hub's
-// lock; events with revision <= R that arrive afterwards are already reflected and skipped.
+// Consistency: a client's init is the watcher snapshot at revision R, taken and encoded
+// OUTSIDE the hub's lock (once per snapshot and filter, shared by every client attaching to
+// it: a reconnect storm encodes each group's init once). Under the lock the client is
+// registered and handed over: the ring's events with revision > R follow its `synced` (the
+// ring must reach back to R, else the snapshot is retaken), events of later revisions reach
+// it live, and events with revision <= R that arrive afterwards are already reflected and
+// skipped. Live subscribers wait for the lock only as long as that registration takes.
 //
 // Thread-safety: thread-safe. The watcher callback only formats and queues (never blocks);
 // slow clients are disconnected by the HTTP layer (bounded backlog).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/strings/string_view.h"
 #include "discovery/watcher.h"
 #include "epoch.h"
+#include "fanout.h"
 #include "http_server.h"
 #include "util/sync.h"
 
@@ -58,11 +66,6 @@ class logger;
 }
 
 namespace discoveryd {
-
-struct StreamFilter {
-  std::string type{};   // empty = every type
-  std::string group{};  // empty = every group
-};
 
 class EventHub {
  public:
@@ -78,6 +81,12 @@ class EventHub {
     uint64_t history_resets = 0;  // local history resets seen
     uint64_t epoch_changes = 0;   // resets sent to subscribers (local or another replica's)
     EpochKeeper::Stats keeper{};  // etcd failures of the epoch key (retried with backoff)
+    uint64_t match_checks = 0;    // subscribers visited to route events (only matching ones)
+    uint64_t frames_encoded = 0;  // event frames serialised (once each, shared by clients)
+    uint64_t frames_sent = 0;     // frame deliveries to clients (sharing one buffer each)
+    uint64_t inits_encoded = 0;   // init bursts encoded (once per snapshot and filter)
+    uint64_t attach_retries = 0;  // attaches whose snapshot did not fit the ring: retaken
+    size_t ring_events = 0;       // events held for resume (<= Options::ring_capacity)
   };
   EventHub(discovery::Watcher* watcher, Options options);
   ~EventHub();
@@ -99,14 +108,7 @@ class EventHub {
   Stats stats() const;
 
  private:
-  struct Entry {
-    int64_t revision = 0;
-    std::string type;
-    std::string group;
-    std::string previous_group;
-    std::string event;
-    std::string data;
-  };
+  using Entry = FanoutEntry;
   struct Client {
     std::shared_ptr<EventStream> stream;
     StreamFilter filter;
@@ -132,10 +134,35 @@ class EventHub {
   void ReleaseHeld() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sends the open revision's frames, id on each client's last one, and rings them.
   void CloseRevision() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::string InitBurst(const StreamFilter& filter, const discovery::SnapshotPtr& snap) const
+  // The init frames (no ids) of `filter` in `snap`: encoded once per (snapshot, filter) and
+  // shared by every client attaching to it. Takes only init_mu_ (callable with or without mu_).
+  struct InitFrames {
+    SharedBytes frames;
+    size_t count = 0;
+  };
+  struct InitSlot {
+    std::once_flag once;
+    InitFrames value;
+  };
+  InitFrames InitFor(const StreamFilter& filter, const discovery::SnapshotPtr& snap)
+      ABSL_LOCKS_EXCLUDED(init_mu_);
+  std::string SyncedFrame(int64_t revision, size_t count) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The ring's frames after `after` that match `filter`, with ids on revisions' last frames.
+  std::string Replay(const StreamFilter& filter, int64_t after) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool CanResume(const std::string& last_epoch, int64_t last_revision) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Registers the client (held, resumed, or with `init` of `snap` + the ring's events after
+  // it). False: `snap`/`init` do not fit (another history, older than the ring, or missing):
+  // retry with a fresh snapshot; with `last_try` it encodes under the lock instead.
+  bool AttachLocked(uint64_t id, const std::shared_ptr<EventStream>& stream,
+                    const StreamFilter& filter, const std::string& last_epoch,
+                    int64_t last_revision, discovery::SnapshotPtr snap, const InitFrames* init,
+                    bool last_try) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string EventId(int64_t revision) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static bool Matches(const StreamFilter& f, const Entry& e);
+  // Removes a client from clients_ and the index.
+  void Forget(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   discovery::Watcher* watcher_;
   Options options_;
@@ -154,6 +181,18 @@ class EventHub {
   std::vector<Entry> open_ ABSL_GUARDED_BY(mu_);    // the revision being dispatched
   bool flush_posted_ ABSL_GUARDED_BY(mu_) = false;
   std::map<uint64_t, Client> clients_ ABSL_GUARDED_BY(mu_);
+  SubscriberIndex index_ ABSL_GUARDED_BY(mu_);  // clients_ by filter: what an event visits
+  uint64_t frames_encoded_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t frames_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t attach_retries_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Inits of the newest snapshot seen, by filter (InitFor).
+  mutable discovery::util::Mutex init_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  uint64_t init_history_ ABSL_GUARDED_BY(init_mu_) = 0;
+  int64_t init_revision_ ABSL_GUARDED_BY(init_mu_) = -1;
+  std::map<std::pair<std::string, std::string>, std::shared_ptr<InitSlot>> inits_
+      ABSL_GUARDED_BY(init_mu_);
+  std::atomic<uint64_t> inits_encoded_{0};
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   bool synced_ ABSL_GUARDED_BY(mu_) = false;
