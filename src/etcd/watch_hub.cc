@@ -123,6 +123,9 @@ void WatchHub::Shutdown() {
     if (stream_ != nullptr) stream_->Cancel();
     stream_.reset();
   });
+  // Shut down from a listener that runs inline on a reader thread (its client was destroyed
+  // there): that reader must not be waited for by itself.
+  WatchStream::DetachCurrentReader(session_.tracker());
   session_.tracker()->AwaitNone();
 }
 
@@ -211,8 +214,10 @@ void WatchHub::Break(WatchId id, const absl::Status& why) {
   if (listener.on_broken) listener.on_broken(why);
 }
 
-// Reader thread: queue the response; wake the loop only if it has nothing queued yet (a loop
-// turn already scheduled takes this response too).
+// Reader thread: queue the response; if nothing was queued yet (a loop turn already scheduled
+// takes this response too), have the loop drain the inbox: right here on the reader thread
+// when the loop is idle (EventLoop::Dispatch: no thread hop), else as its next task. This
+// object may be gone when Dispatch returns (a listener destroyed the client): touch nothing.
 void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse& resp) {
   bool wake = false;
   {
@@ -221,7 +226,7 @@ void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse& resp) {
     inbox_.emplace_back(generation, pb::WatchResponse());
     inbox_.back().second.Swap(&resp);
   }
-  if (wake) loop_.Post([this] { DrainResponses(); });
+  if (wake) loop_.Dispatch([this] { DrainResponses(); });
 }
 
 void WatchHub::DrainResponses() {
