@@ -256,7 +256,17 @@ TEST_F(WatcherDeliveryPathTest, CallbackOnTheReaderThreadMayDestroyWatcherAndCli
         destroyed = true;
       });
     }
-    ASSERT_EQ(ThreadsNamed("discovery-watch"), readers_before + 1);
+    // The new client's watch is live (its reader runs, a put reaches the watcher), and the loop
+    // is idle again, so the next event is handled on the reader thread.
+    ASSERT_TRUE(WaitUntil([&] { return ThreadsNamed("discovery-watch") == readers_before + 1; },
+                          TimeScale(absl::Seconds(5))));
+    const int64_t warm = Put(Make("g", absl::StrCat("warm-", round)));
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          std::lock_guard<std::mutex> lock(mu);
+          return owner->watcher->snapshot()->revision() >= warm;
+        },
+        TimeScale(absl::Seconds(5))));
     Put(Make("g", absl::StrCat("kill-", round)));
     ASSERT_TRUE(WaitUntil([&] { return destroyed.load(); }, TimeScale(absl::Seconds(10))))
         << "round " << round;
