@@ -23,6 +23,13 @@
 // Writes block the calling thread until gRPC took the message (HTTP/2 flow control): fine for
 // the Watch stream's few small requests (creates, cancels, a progress request every 2 s).
 //
+// The owner may be destroyed from inside on_response (its handler runs the owner's loop inline,
+// EventLoop::Dispatch, and a listener drops the last reference to the client): its shutdown
+// must not wait for the very thread it runs on. It calls DetachCurrentReader(tracker) first:
+// when the calling thread is a reader of that tracker, the stream counts as finished at once,
+// and that thread, once on_response returns, ends its call without calling any handler again
+// and without touching the tracker (both belong to the owner that is going away).
+//
 // Thread-safety: Send and Cancel are thread-safe.
 #pragma once
 
@@ -66,11 +73,13 @@ class SyncBidiStream {
     std::thread([s, open = std::move(open), name = std::move(thread_name)]() mutable {
       pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
       SyncBidiStream* self = s.get();
+      current_ = self;
       self->Run(open);
+      current_ = nullptr;
       open = nullptr;  // releases what the call needed (stubs) before the tracker says done
-      StreamTracker* t = self->tracker_;
-      s.reset();  // may delete the stream
-      t->Finished();
+      StreamTracker* t = self->detached_ ? nullptr : self->tracker_;
+      s.reset();                        // may delete the stream
+      if (t != nullptr) t->Finished();  // (a detached stream's tracker may be gone)
     }).detach();
     return s;
   }
@@ -87,6 +96,18 @@ class SyncBidiStream {
   }
 
   void Cancel() { ctx_.TryCancel(); }
+
+  // Called by the owner's shutdown before it waits for its readers (tracker->AwaitNone()): when
+  // the calling thread is the reader thread of a stream of `tracker`, that stream is finished
+  // for the tracker now and calls no handler any more (see above). True when it was.
+  static bool DetachCurrentReader(StreamTracker* tracker) {
+    SyncBidiStream* self = current_;
+    if (self == nullptr || self->tracker_ != tracker || self->detached_) return false;
+    self->detached_ = true;
+    self->ctx_.TryCancel();
+    tracker->Finished();
+    return true;
+  }
 
   // Reader threads started by all SyncBidiStreams of the process (for thread accounting).
   static int64_t threads_started() { return threads_started_.load(std::memory_order_relaxed); }
@@ -110,6 +131,7 @@ class SyncBidiStream {
     while (call->Read(&resp)) {
       had_response = true;
       handlers_.on_response(resp);
+      if (detached_) break;  // the owner went away inside the handler: touch nothing of it
       resp.Clear();
     }
     {
@@ -118,11 +140,19 @@ class SyncBidiStream {
       call_ = nullptr;
       queue_.clear();
     }
+    if (detached_) {
+      while (call->Read(&resp)) {
+      }  // (cancelled: ends at once)
+      call->Finish();
+      return;
+    }
     grpc::Status status = call->Finish();
     handlers_.on_done(had_response, status);
   }
 
   static inline std::atomic<int64_t> threads_started_{0};
+  // The stream whose reader is the calling thread (nullptr elsewhere).
+  static inline thread_local SyncBidiStream* current_ = nullptr;
 
   StreamTracker* const tracker_;
   const Handlers handlers_;
@@ -131,6 +161,7 @@ class SyncBidiStream {
   grpc::ClientReaderWriter<Req, Resp>* call_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::deque<Req> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool detached_ = false;  // reader thread only (DetachCurrentReader runs there)
 };
 
 }  // namespace discovery::etcd

@@ -15,6 +15,11 @@ namespace {
 // How often a progress request probes the stream, and how long an answer may take.
 constexpr absl::Duration kProbeEvery = absl::Seconds(2);
 constexpr absl::Duration kProbeTimeout = absl::Seconds(3);
+// A Read that returns sooner than this after the previous response was handled found its
+// response already received: the reader is behind (see OnResponse).
+constexpr absl::Duration kBehind = absl::Microseconds(20);
+// When the reader thread last returned from OnResponse (one reader per thread).
+thread_local absl::Time reader_returned_at = absl::InfinitePast();
 }  // namespace
 
 WatchHub::WatchHub(Client* client)
@@ -123,6 +128,9 @@ void WatchHub::Shutdown() {
     if (stream_ != nullptr) stream_->Cancel();
     stream_.reset();
   });
+  // Shut down from a listener that runs inline on a reader thread (its client was destroyed
+  // there): that reader must not be waited for by itself.
+  WatchStream::DetachCurrentReader(session_.tracker());
   session_.tracker()->AwaitNone();
 }
 
@@ -211,9 +219,12 @@ void WatchHub::Break(WatchId id, const absl::Status& why) {
   if (listener.on_broken) listener.on_broken(why);
 }
 
-// Reader thread: queue the response; wake the loop only if it has nothing queued yet (a loop
-// turn already scheduled takes this response too).
+// Reader thread: queue the response; if nothing was queued yet (a loop turn already scheduled
+// takes this response too), have the loop drain the inbox: right here on the reader thread
+// when the loop is idle (EventLoop::Dispatch: no thread hop), else as its next task. This
+// object may be gone when Dispatch returns (a listener destroyed the client): touch nothing.
 void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse& resp) {
+  const absl::Time arrived = util::MonoNow();
   bool wake = false;
   {
     util::MutexLock lock(&inbox_mu_);
@@ -221,7 +232,20 @@ void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse& resp) {
     inbox_.emplace_back(generation, pb::WatchResponse());
     inbox_.back().second.Swap(&resp);
   }
-  if (wake) loop_.Post([this] { DrainResponses(); });
+  if (!wake) {
+    reader_returned_at = util::MonoNow();
+    return;
+  }
+  // A Read that returned at once found this response already waiting: the reader is behind
+  // the stream. Then the loop thread drains (in batches, while this thread keeps reading);
+  // otherwise this thread drains at once (no hop).
+  if (arrived - reader_returned_at < kBehind) {
+    loop_.Post([this] { DrainResponses(); });
+  } else {
+    loop_.Dispatch([this] { DrainResponses(); });
+  }
+  // (Only this thread's own clock from here: `this` may be gone.)
+  reader_returned_at = util::MonoNow();
 }
 
 void WatchHub::DrainResponses() {

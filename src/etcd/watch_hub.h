@@ -2,11 +2,15 @@
 // after a broken stream.
 //
 // Latency path: the stream is read by its own thread with gRPC's sync API (SyncBidiStream, no
-// hop through gRPC's callback thread). The reader appends each response to an inbox and wakes
-// the client loop only when the inbox was empty; the loop takes every response received so far
-// in one turn, hands their events to the listeners (on_events, in order) and then calls
-// on_batch_end once per listener that got events. So a quiet stream costs one thread hop per
-// response, and a burst is handled in batches whose size follows the backlog.
+// hop through gRPC's callback thread). The reader appends each response to an inbox and, when
+// the inbox was empty, has the client loop drain it with EventLoop::Dispatch: when the loop is
+// idle the reader thread itself takes the loop's strand and drains at once (no thread hop);
+// when the loop is busy the drain is its next task. When the reader is behind (its Read
+// returned at once: the response was already waiting), the drain is posted to the loop thread
+// instead, so that this thread keeps reading while the loop handles the backlog in batches. A drain takes every response received so
+// far in one turn, hands their events to the listeners (on_events, in order) and then calls
+// on_batch_end once per listener that got events. So a quiet stream costs no thread hop, and a
+// burst is handled in batches whose size follows the backlog.
 //
 // Each watch remembers the next revision it needs (last event's mod_revision + 1). When the
 // stream breaks or stalls it is reopened on the next endpoint with jittered backoff and every
@@ -41,7 +45,9 @@
 //    passed our revision and its term is not lower, nothing on the wire tells;
 //  - kPermissionDenied: etcd refused the watch with a fresh token (or without credentials);
 //  - anything else: etcd cancelled it.
-// Listeners run on the client loop thread and must not block.
+// Listeners run as the client loop (holding its strand: on the loop thread, or inline on the
+// stream's reader thread) and must not block. A listener may destroy the client (Shutdown then
+// detaches the reader thread it runs on instead of waiting for it).
 //
 // The connect / token / reconnect / stall / stream-done state machine is StreamSession's (the
 // same one LeaseKeeper runs on); the hub supplies the stream and the rules above.

@@ -1,15 +1,25 @@
-// A single-threaded executor with timers. The etcd client owns one for stream bookkeeping
-// (keepalive schedule, watch dispatch) and one for blocking calls issued in the background,
-// so that a slow etcd never delays a keepalive tick.
+// A single-threaded executor with timers, usable as a strand. The etcd client owns one for
+// stream bookkeeping (keepalive schedule, watch dispatch) and one for blocking calls issued in
+// the background, so that a slow etcd never delays a keepalive tick.
 //
-// Thread-safety: Post/PostAfter/Cancel are thread-safe. Tasks run one at a time on the loop's
-// thread, in time order (FIFO for equal times). Stop() runs no further task and joins.
+// Thread-safety: Post/PostAfter/Dispatch/Cancel are thread-safe. Tasks run one at a time, in
+// time order (FIFO for equal times): "running as the loop" means holding the strand, which is
+// the loop's own thread while it runs a task, or a thread inside Dispatch() that found the loop
+// idle. InLoopThread() is true exactly there (so RunSync from a task runs inline, wherever the
+// task runs). Stop() runs no further task, waits for a task running elsewhere and joins.
+//
+// Dispatch(task): when the loop is idle (no task running, none due) the task runs at once on
+// the calling thread, holding the strand (no thread hop: the watch stream's reader uses it);
+// otherwise it is queued like Post. Post never runs inline (callers may hold locks the task
+// takes). Everything posted while a task runs inline waits for it, timers included.
 //
 // A task may destroy the loop that runs it (e.g. it drops the last reference to the object that
-// owns the loop): Stop() then detaches the thread instead of joining it, and the thread leaves
-// Run() as soon as that task (and its captures) are gone, without touching the freed loop.
+// owns the loop): Stop() then detaches the loop thread (when the task runs there) or joins it
+// (when it runs inline elsewhere), and the strand holder leaves Run() / Dispatch() as soon as
+// that task (and its captures) are gone, without touching the freed loop.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -39,15 +49,29 @@ class EventLoop {
     return PostAt(util::MonoNow() + delay, std::move(task));
   }
   TimerId PostAt(absl::Time when, Task task);
+  // Runs `task` here and now when the loop is idle (see above), else queues it. Inline from a
+  // task (already holding the strand). After Stop() the task is dropped.
+  void Dispatch(Task task);
   // True when the timer was still pending (it will not run).
   bool Cancel(TimerId id);
-  // Runs `task` on the loop and waits for it (must not be called from the loop thread).
+  // Runs `task` on the loop and waits for it (inline when called while holding the strand).
   void RunSync(Task task);
-  bool InLoopThread() const { return std::this_thread::get_id() == thread_.get_id(); }
+  // True while the calling thread holds the strand (runs a task of this loop).
+  bool InLoopThread() const {
+    return owner_.load(std::memory_order_acquire) == std::this_thread::get_id();
+  }
   void Stop();
+  // No task runs and none is due: a Dispatch now would run inline (a moment's answer; tests).
+  bool Idle();
+  // Tasks run inline by Dispatch (for stats and tests).
+  int64_t inline_runs() const { return inline_runs_.load(std::memory_order_relaxed); }
 
  private:
   void Run();
+  // Whether a queued task is due now (the strand must serve it before any inline task).
+  bool DueLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives the strand back (after the task and its captures are gone).
+  void Release();
 
   Mutex mu_;
   // Keyed by (time, sequence) so equal times run in post order.
@@ -55,13 +79,18 @@ class EventLoop {
   std::map<TimerId, absl::Time> when_ ABSL_GUARDED_BY(mu_);
   TimerId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool running_ ABSL_GUARDED_BY(mu_) = false;  // the strand is held
   absl::Time wait_until_ ABSL_GUARDED_BY(mu_);
   std::string name_;
   std::thread thread_;
-  // Points at a flag on Run()'s stack; set by the destructor when it runs on the loop thread,
-  // so that Run() returns without touching `this` again. Loop-thread only.
+  // The strand holder's thread (default id when nobody holds it). Written under mu_.
+  std::atomic<std::thread::id> owner_{};
+  // Points at a flag on the strand holder's stack (Run() or Dispatch()); set by the destructor
+  // when it runs in the strand holder, so that the holder returns without touching `this`.
+  // Strand holder only.
   bool* destroyed_ = nullptr;
   std::thread::id loop_thread_id_;  // stays valid after Stop() detached or joined thread_
+  std::atomic<int64_t> inline_runs_{0};
 };
 
 }  // namespace discovery::util

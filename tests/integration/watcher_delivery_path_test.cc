@@ -5,6 +5,7 @@
 // group moves, deletes and re-adds.
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <fstream>
 #include <mutex>
@@ -173,6 +174,110 @@ TEST_F(WatcherDeliveryPathTest, LargeTypeStaysSortedThroughSmallBatches) {
     check(step);
     if (HasFatalFailure()) return;
   }
+}
+
+// No thread hop between the socket and the callback: when the client loop is idle, the Watch
+// stream's reader thread runs the hub's drain, the cache update and the dispatch itself,
+// holding the loop's strand (EventLoop::Dispatch). Before: every callback ran on
+// "discovery-loop" after a hand-off from the reader.
+TEST_F(WatcherDeliveryPathTest, CallbacksRunOnTheReaderThreadWhenTheLoopIsIdle) {
+  std::mutex mu;
+  std::map<std::string, int> threads;  // thread name -> callbacks
+  Subscription sub = watcher_->Subscribe({.type = "world"}, [&](const ChangeEvent&) {
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    std::lock_guard<std::mutex> lock(mu);
+    ++threads[name];
+  });
+  const int64_t inline_before = conn_->client()->loop().inline_runs();
+  int64_t last = 0;
+  for (int i = 0; i < 20; ++i) {
+    last = Put(Make("g", absl::StrCat("inline-", i)));
+    // One at a time, each after the previous was delivered: the loop is idle for each.
+    ASSERT_TRUE(Reached(last));
+  }
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        std::lock_guard<std::mutex> lock(mu);
+        int n = 0;
+        for (auto& [name, count] : threads) n += count;
+        return n == 20;
+      },
+      TimeScale(absl::Seconds(5))));
+  std::lock_guard<std::mutex> lock(mu);
+  // Most (a liveness probe or a sync task may occupy the loop at that instant).
+  EXPECT_GE(threads["discovery-watch"], 15) << threads["discovery-loop"] << " on the loop";
+  EXPECT_GE(conn_->client()->loop().inline_runs() - inline_before, 15);
+}
+
+// A callback that runs inline on the reader thread may cancel its subscription and destroy
+// the watcher and the last reference to the connection, i.e. the client whose hub owns the
+// very stream that thread reads: the hub's shutdown detaches that reader instead of waiting
+// for itself (a hang before the detach existed), the reader touches nothing of the freed hub,
+// and its thread ends.
+TEST_F(WatcherDeliveryPathTest, CallbackOnTheReaderThreadMayDestroyWatcherAndClient) {
+  const int readers_before = ThreadsNamed("discovery-watch");
+  EtcdOptions o;
+  o.endpoints = cluster_->ClientEndpoints();
+  o.call_timeout = TimeScale(absl::Seconds(3));
+  for (int round = 0; round < 5; ++round) {
+    auto conn = Connection::Create(o);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    auto w = Watcher::Create({.connection = *conn});
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_TRUE((*w)->WaitForSync(TimeScale(absl::Seconds(5))).ok());
+    struct Owner {
+      std::shared_ptr<Connection> conn;
+      std::unique_ptr<Watcher> watcher;
+      Subscription sub;
+    };
+    auto owner = std::make_shared<Owner>();
+    std::mutex mu;  // guards `owner` (the callback takes it on the library's thread)
+    std::atomic<bool> destroyed{false};
+    std::string destroyed_on;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      owner->conn = *std::move(conn);
+      owner->watcher = *std::move(w);
+      owner->sub = owner->watcher->Subscribe({.type = "world"}, [&](const ChangeEvent& ev) {
+        if (ev.instance->instance_id != absl::StrCat("kill-", round)) return;
+        char name[16] = {};
+        pthread_getname_np(pthread_self(), name, sizeof(name));
+        std::shared_ptr<Owner> doomed;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          doomed = std::move(owner);
+        }
+        doomed->sub.Reset();
+        doomed->watcher.reset();
+        doomed->conn.reset();
+        doomed.reset();  // the last reference to the client: destroyed here
+        destroyed_on = name;
+        destroyed = true;
+      });
+    }
+    // The new client's watch is live (its reader runs, a put reaches the watcher), and the loop
+    // is idle again, so the next event is handled on the reader thread.
+    ASSERT_TRUE(WaitUntil([&] { return ThreadsNamed("discovery-watch") == readers_before + 1; },
+                          TimeScale(absl::Seconds(5))));
+    const int64_t warm = Put(Make("g", absl::StrCat("warm-", round)));
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          std::lock_guard<std::mutex> lock(mu);
+          return owner->watcher->snapshot()->revision() >= warm;
+        },
+        TimeScale(absl::Seconds(5))));
+    Put(Make("g", absl::StrCat("kill-", round)));
+    ASSERT_TRUE(WaitUntil([&] { return destroyed.load(); }, TimeScale(absl::Seconds(10))))
+        << "round " << round;
+    EXPECT_EQ(destroyed_on, "discovery-watch");
+    // The detached reader ends; the fixture's watcher keeps its own.
+    ASSERT_TRUE(WaitUntil([&] { return ThreadsNamed("discovery-watch") == readers_before; },
+                          TimeScale(absl::Seconds(5))))
+        << ThreadsNamed("discovery-watch");
+  }
+  // The fixture's watcher (another client) is unaffected.
+  ASSERT_TRUE(Reached(Put(Make("g", "after"))));
 }
 
 }  // namespace
