@@ -15,6 +15,7 @@
 #include "discovery/instance.h"
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
 #include "ladder.h"
+#include "sample_instance.h"
 
 namespace ladder {
 
@@ -44,22 +45,10 @@ std::string InstanceKey(const std::string& prefix, int i) {
 }
 
 std::string InstanceValue(int i, int group_size, int64_t seq) {
-  discovery::Instance in;
-  in.instance_id = absl::StrFormat("01JCYFZQ7D4NB4MZ5S6Z%06d", i);
-  in.type = "world";
+  // The benchmarks' sample instance, in the ladder's groups, stamped with the churn sequence.
+  discovery::Instance in = discovery_bench::SampleInstance(i);
   in.group = GroupOf(i, group_size);
-  in.hostname = absl::StrCat("game-", i, ".kr.example.com");
-  in.public_ip = absl::StrFormat("123.45.%d.%d", (i / 250) % 250, i % 250);
-  in.private_ip = absl::StrFormat("10.0.%d.%d", (i / 250) % 250, i % 250);
-  in.ports = {{"game", 8001}, {"grpc", 50051}};
-  in.status = discovery::InstanceStatus::kReady;
-  in.version = "1.4.2";
-  in.region = "ap-northeast-2";
-  in.zone = "a";
-  in.weight = 100;
   in.meta = {{"seq", absl::StrCat(seq)}, {"build", "2026.12.01-r4821"}};
-  in.performance = {{"tps", 1200}, {"load", (i % 100) / 100.0}};
-  in.started_at = absl::FromUnixSeconds(1700000000);
   in.updated_at = absl::FromUnixSeconds(1700000000 + seq);
   return discovery::EncodeInstance(in);
 }
