@@ -224,7 +224,11 @@ TEST_F(WatcherDeliveryPathTest, CallbackOnTheReaderThreadMayDestroyWatcherAndCli
   // suppressions did not take). Runs in the plain and ASan+UBSan builds.
   GTEST_SKIP() << "gRPC restart internals under TSan";
 #endif
-  const int readers_before = ThreadsNamed("discovery-watch");
+  // The fixture's watcher has one reader; it may not have started (and named itself) yet when
+  // WaitForSync returns, so count it only once it is there.
+  ASSERT_TRUE(
+      WaitUntil([&] { return ThreadsNamed("discovery-watch") == 1; }, TimeScale(absl::Seconds(5))));
+  const int readers_before = 1;
   EtcdOptions o;
   o.endpoints = cluster_->ClientEndpoints();
   o.call_timeout = TimeScale(absl::Seconds(3));
