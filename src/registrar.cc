@@ -125,7 +125,7 @@ absl::Status Registration::UpdatePerformance(nlohmann::json performance) {
   }
   std::weak_ptr<RegistrationState> weak = state_;
   std::weak_ptr<Registrar::Impl> weak_impl = impl;
-  impl->client->background().PostAfter(delay, [weak_impl, weak] {
+  impl->backend->background().PostAfter(delay, [weak_impl, weak] {
     auto st = weak.lock();
     auto impl = weak_impl.lock();
     if (st != nullptr && impl != nullptr) impl->FlushPerformance(st);
@@ -154,9 +154,9 @@ absl::StatusOr<std::unique_ptr<Registrar>> Registrar::Create(RegistrarOptions op
     if (!conn.ok()) return conn.status();
     impl->connection = *std::move(conn);
   }
-  impl->client = impl->connection->client();
-  impl->leases = NewEtcdLeaseHolder(impl->client);
-  impl->writer = NewEtcdInstanceWriter(impl->client);
+  impl->backend = impl->connection->backend();
+  impl->leases = impl->backend->NewLeaseHolder();
+  impl->writer = impl->backend->NewInstanceWriter(absl::ZeroDuration());
   impl->on_event = std::move(options.on_event);
   impl->logger = util::ComponentLogger(options.logger, "discovery.registrar");
   return std::unique_ptr<Registrar>(new Registrar(std::move(impl)));
@@ -178,7 +178,7 @@ Registrar::~Registrar() {
   }
   for (auto& st : open) (void)impl_->CloseOne(*st, absl::ZeroDuration(), /*set_status=*/false);
   // Drain pending background work that references impl_ before it goes away.
-  impl_->client->background().RunSync([] {});
+  impl_->backend->background().RunSync([] {});
 }
 
 size_t Registrar::size() const {

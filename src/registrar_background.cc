@@ -36,7 +36,7 @@ void Registrar::Impl::OnLeaseLost(const std::shared_ptr<RegistrationState>& st, 
   SPDLOG_LOGGER_WARN(logger, "instance {} lost lease {:x}; re-registering", st->instance_id, lease);
   Emit(RegistrationEventType::kLeaseLost, *st, lease);
   std::weak_ptr<RegistrationState> weak = st;
-  client->background().Post([self = weak_from_this(), weak] {
+  backend->background().Post([self = weak_from_this(), weak] {
     if (auto impl = self.lock()) {
       impl->ReRegister(weak, util::Backoff(absl::Milliseconds(200), absl::Seconds(5)));
     }
@@ -107,7 +107,7 @@ void Registrar::Impl::ReRegister(std::weak_ptr<RegistrationState> weak, util::Ba
   if (backoff.attempt() == 1 || backoff.attempt() % 10 == 0) {
     Emit(RegistrationEventType::kError, *st, 0, result);
   }
-  client->background().PostAfter(delay, [self = weak_from_this(), weak, backoff] {
+  backend->background().PostAfter(delay, [self = weak_from_this(), weak, backoff] {
     if (auto impl = self.lock()) impl->ReRegister(weak, backoff);
   });
 }

@@ -14,11 +14,12 @@
 #include <vector>
 
 #include "discovery/registrar.h"
-#include "etcd/client.h"
 #include "instance_writer.h"
 #include "lease_holder.h"
 #include "spdlog/spdlog.h"
+#include "store_backend.h"
 #include "util/clock.h"
+#include "util/event_loop.h"
 #include "util/logging.h"
 #include "util/sync.h"
 
@@ -26,7 +27,7 @@ namespace discovery {
 
 struct RegistrationState {
   std::weak_ptr<Registrar::Impl> registrar;
-  std::shared_ptr<etcd::Client> client;
+  std::shared_ptr<StoreBackend> backend;
   std::string key;
   std::string instance_id;
   absl::Duration ttl;
@@ -51,7 +52,7 @@ struct RegistrationState {
 
 struct Registrar::Impl : std::enable_shared_from_this<Registrar::Impl> {
   std::shared_ptr<Connection> connection;
-  std::shared_ptr<etcd::Client> client;
+  std::shared_ptr<StoreBackend> backend;
   // The seams: leases (grant / keep alive / revoke) and instance writes.
   std::unique_ptr<LeaseHolder> leases;
   std::unique_ptr<InstanceWriter> writer;
@@ -94,9 +95,9 @@ struct Registrar::Impl : std::enable_shared_from_this<Registrar::Impl> {
       for (const RegistrationEvent& ev : batch) cb(ev);
     };
     if (now) {
-      client->background().Post(std::move(deliver));
+      backend->background().Post(std::move(deliver));
     } else {
-      client->background().PostAfter(kEventBatching, std::move(deliver));
+      backend->background().PostAfter(kEventBatching, std::move(deliver));
     }
   }
 

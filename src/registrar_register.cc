@@ -25,7 +25,7 @@ absl::StatusOr<std::shared_ptr<RegistrationState>> Registrar::Impl::Prepare(
 
   auto st = std::make_shared<RegistrationState>();
   st->registrar = weak_from_this();
-  st->client = client;
+  st->backend = backend;
   st->instance_id = instance.instance_id;
   st->key = absl::StrCat(options.prefix, instance.type, "/", instance.instance_id);
   st->ttl = absl::Seconds(std::max<int64_t>(1, absl::ToInt64Seconds(options.ttl)));
@@ -117,7 +117,7 @@ void Registrar::RegisterAsync(Instance instance, RegistrationOptions options,
   };
   auto st = impl->Prepare(instance, options);
   if (!st.ok()) {
-    impl->client->background().Post(
+    impl->backend->background().Post(
         [finish = std::move(finish), s = st.status()]() mutable { finish(s); });
     return;
   }

@@ -4,7 +4,7 @@
 // watcher's cache, watcher_cache.cc) turns what it hands over into immutable snapshots and
 // typed ChangeEvents; delivery (delivery.cc, protection.cc) sits above the cache. Nothing above
 // this header knows which store it is: etcd today (watch_source_etcd.cc); a gateway SSE source
-// and a Redis source are planned.
+// and a Redis source are planned. Sources are made by a StoreBackend (store_backend.h).
 //
 // Threading: a source calls its sink on the sink's executor (`loop` given at creation), one
 // call at a time, and never after Stop() returned.
@@ -65,6 +65,12 @@ class WatchSink {
   virtual void EndOfBatch() = 0;
   // A state read failed (shown by WaitForSync); the source retries by itself.
   virtual void SyncFailed(const absl::Status& why) = 0;
+};
+
+// What a source reads.
+struct SourceOptions {
+  std::string prefix;              // the watched range: every key starting with it
+  int64_t range_page_size = 1000;  // entries per read of a full state
 };
 
 struct SourceStats {

@@ -85,7 +85,7 @@ std::string_view CauseName(SyncCause cause) {
 class EtcdWatchSource final : public WatchSource,
                               public std::enable_shared_from_this<EtcdWatchSource> {
  public:
-  EtcdWatchSource(std::shared_ptr<etcd::Client> client, EtcdSourceOptions options,
+  EtcdWatchSource(std::shared_ptr<etcd::Client> client, SourceOptions options,
                   std::shared_ptr<spdlog::logger> logger, std::weak_ptr<WatchSink> sink)
       : client_(std::move(client)),
         logger_(std::move(logger)),
@@ -371,7 +371,7 @@ void EtcdWatchSource::OnBroken(const absl::Status& why) {
 }  // namespace
 
 std::shared_ptr<WatchSource> NewEtcdWatchSource(std::shared_ptr<etcd::Client> client,
-                                                EtcdSourceOptions options,
+                                                SourceOptions options,
                                                 std::shared_ptr<spdlog::logger> logger,
                                                 std::weak_ptr<WatchSink> sink) {
   return std::make_shared<EtcdWatchSource>(std::move(client), std::move(options), std::move(logger),

@@ -15,14 +15,9 @@
 
 namespace discovery {
 
-struct EtcdSourceOptions {
-  std::string prefix;  // the watched range: [prefix, PrefixEnd(prefix))
-  int64_t range_page_size = 1000;
-};
-
 // Creates the etcd source of `sink`, which runs on client->loop().
 std::shared_ptr<WatchSource> NewEtcdWatchSource(std::shared_ptr<etcd::Client> client,
-                                                EtcdSourceOptions options,
+                                                SourceOptions options,
                                                 std::shared_ptr<spdlog::logger> logger,
                                                 std::weak_ptr<WatchSink> sink);
 

@@ -4,10 +4,10 @@
 #include "discovery/watcher.h"
 
 #include "absl/strings/str_cat.h"
+#include "store_backend.h"
 #include "util/clock.h"
 #include "util/logging.h"
 #include "util/sync.h"
-#include "watch_source_etcd.h"
 #include "watcher_impl.h"
 
 namespace discovery {
@@ -29,16 +29,15 @@ absl::StatusOr<std::unique_ptr<Watcher>> Watcher::Create(WatcherOptions options)
     if (!conn.ok()) return conn.status();
     impl->connection = *std::move(conn);
   }
-  std::shared_ptr<etcd::Client> client = impl->connection->client();
-  impl->executor = &client->loop();
+  StoreBackend& backend = *impl->connection->backend();
+  impl->executor = &backend.loop();
   impl->logger = util::ComponentLogger(options.logger, "discovery.watcher");
   impl->watch_prefix =
       options.type.empty() ? options.prefix : absl::StrCat(options.prefix, options.type, "/");
   impl->opts = std::move(options);
   impl->snap.store(std::make_shared<const Snapshot>(
       0, std::map<std::string, std::shared_ptr<const Snapshot::TypeSet>, std::less<>>()));
-  impl->source = NewEtcdWatchSource(
-      std::move(client),
+  impl->source = backend.NewWatchSource(
       {.prefix = impl->watch_prefix, .range_page_size = impl->opts.range_page_size}, impl->logger,
       impl);
   impl->source->Start();

@@ -32,6 +32,7 @@ namespace discovery {
 namespace etcd {
 class Client;
 }
+class StoreBackend;
 
 struct EtcdOptions {
   // `http://host:port` or `https://host:port` (TLS). Plain `host:port` means http.
@@ -81,11 +82,16 @@ class Connection {
   int64_t keepalive_deferred_bursts() const;
   int64_t watch_reconnects() const;
 
-  // Internal: the implementation, for the library's own components.
+  // Internal: the store behind this connection (src/store_backend.h), for the library's own
+  // components; and the etcd client when the store is etcd (null otherwise).
+  const std::shared_ptr<StoreBackend>& backend() const { return backend_; }
   const std::shared_ptr<etcd::Client>& client() const { return client_; }
+  // Internal: wraps another store's backend (Redis, gateway) in the same handle.
+  static std::shared_ptr<Connection> FromBackend(std::shared_ptr<StoreBackend> backend);
 
  private:
-  explicit Connection(std::shared_ptr<etcd::Client> client);
+  Connection(std::shared_ptr<StoreBackend> backend, std::shared_ptr<etcd::Client> client);
+  std::shared_ptr<StoreBackend> backend_;
   std::shared_ptr<etcd::Client> client_;
 };
 

@@ -44,30 +44,6 @@ EtcdOptions EtcdOptions::FromEnv() {
   return o;
 }
 
-absl::StatusOr<std::shared_ptr<Connection>> Connection::Create(const EtcdOptions& options) {
-  auto client = etcd::Client::Create(options);
-  if (!client.ok()) return client.status();
-  return std::shared_ptr<Connection>(new Connection(*std::move(client)));
-}
-
-Connection::Connection(std::shared_ptr<etcd::Client> client) : client_(std::move(client)) {}
-Connection::~Connection() = default;
-
-absl::Status Connection::Ping(absl::Duration timeout) {
-  etcdserverpb::RangeRequest req;
-  req.set_key("health");  // any key: what matters is the linearizable (quorum) round-trip
-  req.set_count_only(true);
-  absl::Status s = client_->Range(req, timeout).status();
-  return s.code() == absl::StatusCode::kPermissionDenied ? absl::OkStatus() : s;
-}
-int Connection::keepalive_streams() const { return client_->keeper().open_streams(); }
-int Connection::watch_streams() const { return client_->watch_hub().open_streams(); }
-int64_t Connection::keepalive_stalls() const { return client_->keeper().stalls(); }
-int64_t Connection::keepalive_deferred_bursts() const {
-  return client_->keeper().deferred_bursts();
-}
-int64_t Connection::watch_reconnects() const { return client_->watch_hub().reconnects(); }
-
 namespace etcd {
 namespace {
 
