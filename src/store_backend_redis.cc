@@ -22,7 +22,13 @@ std::shared_ptr<WatchSource> NewRedisWatchSource(std::shared_ptr<const redis::St
 
 namespace redis {
 std::vector<std::string> Store::Args(std::vector<std::string> args) const {
-  std::vector<std::string> out = {epoch_candidate, absl::StrCat(options.log_max_len), lease_base};
+  // Fresh candidates every call: a store created again (FLUSHALL, restart without persistence)
+  // gets another epoch and another lease id range than the one before.
+  thread_local absl::BitGen gen;
+  std::vector<std::string> out = {
+      absl::StrCat(absl::Uniform<uint64_t>(gen, 1, uint64_t{1} << 62)),
+      absl::StrCat(options.log_max_len),
+      absl::StrCat(absl::Uniform<int64_t>(gen, 1, int64_t{1} << 31) * (int64_t{1} << 20))};
   out.insert(out.end(), std::make_move_iterator(args.begin()), std::make_move_iterator(args.end()));
   return out;
 }
@@ -165,10 +171,6 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectRedis(const RedisOptions& opt
   store->options = options;
   store->url = *url;
   store->keys = redis::Keys(options.ns);
-  absl::BitGen gen;
-  store->epoch_candidate = absl::StrCat(absl::Uniform<uint64_t>(gen, 1, uint64_t{1} << 62));
-  store->lease_base =
-      absl::StrCat(absl::Uniform<int64_t>(gen, 1, int64_t{1} << 31) * (int64_t{1} << 20));
   return Connection::FromBackend(std::make_shared<RedisBackend>(std::move(store)));
 }
 

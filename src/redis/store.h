@@ -20,13 +20,12 @@ class EventLoop;
 }
 namespace redis {
 
-// What every part needs: options, the keys, the script arguments 1..3, a client factory.
+// What every part needs: options, the keys, the script arguments 1..3 (fresh random epoch and
+// lease-id candidates each call), a client factory.
 struct Store {
   RedisOptions options;
   Url url;
   std::vector<std::string> keys;
-  std::string epoch_candidate;
-  std::string lease_base;
 
   std::unique_ptr<Client> NewClient() const {
     return std::make_unique<Client>(
