@@ -4,6 +4,7 @@
 // outage grace (SIGSTOP for 2 x TTL), restart without persistence (epoch change), watcher truth.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <mutex>
 #include <random>
 
@@ -132,6 +133,8 @@ TEST_F(RedisBackendTest, UnrefreshedLeaseIsReapedAfterTtlAndGracefulCloseRemoves
   ASSERT_TRUE(WaitUntil([&] { return Visible(*watcher, "dead"); }, absl::Seconds(5)));
   ASSERT_TRUE(WaitUntil([&] { return !Visible(*watcher, "dead"); }, absl::Seconds(10)));
   const absl::Duration took = util::MonoNow() - put_at;
+  std::printf("2 s lease without keepalives: gone at the watcher after %s\n",
+              absl::FormatDuration(took).c_str());
   EXPECT_GE(took, absl::Milliseconds(1900));                        // not before the TTL
   EXPECT_LE(took, TimeScale(absl::Seconds(2) + absl::Seconds(2)));  // TTL + reaper period + slack
   // A write on the reaped lease is refused.
@@ -313,6 +316,49 @@ TEST_F(RedisBackendTest, WatcherTruthUnderRandomOpsFromThreeRegistrars) {
   for (const auto& [id, n] : replay) {
     EXPECT_EQ(n, want.count(id) ? 1 : 0) << id << ": an event lost or delivered twice";
   }
+}
+
+// Hostile values in the instance hash (written with redis-cli, seen by a full read) and in the
+// change log (written through the scripts, seen live): skipped and counted; the healthy
+// instance stays visible, the watcher keeps following.
+TEST_F(RedisBackendTest, HostileValuesNeverAffectHealthyInstances) {
+  auto conn = Connect();
+  EventLog log;
+  auto registrar = NewRegistrar(conn, &log);
+  auto reg = registrar->Register(World("healthy"), {.ttl = absl::Seconds(5)});
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  const std::vector<std::pair<std::string, std::string>> hostile = {
+      {"/services/world/notjson", "not json"},
+      {"/services/world/truncated", "{\"instanceId\":\"trunc"},
+      {"/services/world/wrongtypes", "{\"instanceId\":7,\"type\":[],\"ports\":\"x\"}"},
+      {"/services/world/mismatch", InstanceToJson(World("other")).dump()},
+      {"/services/world/a/b", InstanceToJson(World("b")).dump()},
+      {"/services/world/bad name!", "{}"},
+      {"/services/world/nul", std::string("{\"a\":\"\0\"}", 10)},
+      {"/services/world/big", std::string(100000, '[')},  // (an argv string stays < 128 KiB)
+  };
+  for (const auto& [key, value] : hostile) {
+    ASSERT_TRUE(redis_->Cli({"HSET", "{sd}:inst", key, value}).ok()) << key;
+  }
+  auto watcher = NewWatcher(conn);  // full read over the garbage
+  ASSERT_TRUE(WaitUntil([&] { return Visible(*watcher, "healthy"); }, absl::Seconds(5)));
+  EXPECT_GE(watcher->stats().invalid_values, 1u);
+  // The same garbage through the log, while the watcher follows it.
+  auto holder = conn->backend()->NewLeaseHolder();
+  auto writer = conn->backend()->NewInstanceWriter(absl::ZeroDuration());
+  auto lease = holder->Grant(absl::Seconds(5));
+  ASSERT_TRUE(lease.ok());
+  for (const auto& [key, value] : hostile) {
+    ASSERT_TRUE(writer->PutIfAbsent(key + "-live", value, *lease).ok()) << key;
+  }
+  ASSERT_TRUE(writer->PutIfAbsent("/services/world/huge", std::string(1 << 20, '['), *lease).ok());
+  auto reg2 = registrar->Register(World("after"), {.ttl = absl::Seconds(5)});
+  ASSERT_TRUE(reg2.ok()) << reg2.status();
+  EXPECT_TRUE(WaitUntil([&] { return Visible(*watcher, "after"); }, absl::Seconds(5)));
+  EXPECT_TRUE(Visible(*watcher, "healthy"));
+  EXPECT_EQ(watcher->snapshot()->OfType("world").size(), 2u);
+  EXPECT_EQ(log.Count(RegistrationEventType::kLeaseLost), 0);
+  EXPECT_TRUE(reg->SetStatus(InstanceStatus::kReady).ok());
 }
 
 }  // namespace
