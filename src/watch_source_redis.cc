@@ -4,7 +4,7 @@
 //           in every log record after seq0 (XRANGE): a state consistent at the last record's seq.
 //   follow: XREAD BLOCK the log from that seq, applying the records under the prefix in order;
 //           every reaper_period run the reaper (idempotent: every watcher may run it).
-//   resync: a gap in the record seqs (log trimmed under a slow watcher) -> a full state, the
+//   resync: records after our seq trimmed from the log (a slow watcher) -> a full state, the
 //           cache emits only the differences; an epoch that changed (store flushed, restarted
 //           without persistence) or a seq that went backwards -> a full state with history_reset.
 // Failed reads are retried through util::Backoff (counted in stats().resync_backoffs).
@@ -131,6 +131,16 @@ class RedisWatchSource final : public WatchSource,
     return Reaped{r->elements[0].str, r->elements[1].AsInt()};
   }
 
+  // Whether records after `seq` were trimmed from the log (its first entry is beyond seq + 1).
+  // A gap in the seqs without that is a jump (a foreign entry made the scripts skip seqs), not
+  // a loss: nothing between ever existed.
+  absl::StatusOr<bool> Trimmed(redis::Client& c, int64_t seq) {
+    auto first = c.Command({"XRANGE", store_->keys[6], "-", "+", "COUNT", "1"});
+    if (!first.ok()) return first.status();
+    std::vector<Record> recs = Records(*first);
+    return !recs.empty() && recs.front().seq > seq + 1;
+  }
+
   // A state consistent at its revision (see the file comment); nullopt-free errors.
   absl::StatusOr<SourceState> ReadState(redis::Client& c, std::string* epoch) {
     auto reaped = Reap(c);
@@ -167,7 +177,9 @@ class RedisWatchSource final : public WatchSource,
       std::vector<Record> recs = Records(*more);
       if (recs.empty()) break;
       if (recs.front().seq != revision + 1) {
-        return absl::UnavailableError("redis change log trimmed during a full read");
+        auto trimmed = Trimmed(c, revision);
+        if (!trimmed.ok()) return trimmed.status();
+        if (*trimmed) return absl::UnavailableError("redis change log trimmed during a full read");
       }
       for (Record& r : recs) {
         revision = r.seq;
@@ -247,7 +259,7 @@ class RedisWatchSource final : public WatchSource,
       if (r->nil() || r->elements.empty() || r->elements[0].elements.size() < 2) continue;
       std::vector<Record> recs = Records(r->elements[0].elements[1]);
       if (recs.empty()) continue;
-      if (recs.front().seq != seq + 1) {
+      if (recs.front().seq != seq + 1 && Trimmed(*client, seq).value_or(true)) {
         SPDLOG_LOGGER_WARN(logger_, "redis change log of {} trimmed past seq {}: resync",
                            options_.prefix, seq);
         need_sync = true;

@@ -24,7 +24,17 @@ local function store_seq()
 end
 local function logrec(op, key, value)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key, 'value', value)
+  local ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key,
+                         'value', value)
+  if type(ok) == 'table' and ok.err then
+    -- A foreign entry (XADD by hand) sits above our seq: jump past it. Watchers see the gap
+    -- and resync; writes go on.
+    local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+    local topseq = tonumber(string.match(top[1][1], '^(%d+)'))
+    seq = topseq + 1
+    redis.call('HSET', meta, 'seq', seq)
+    redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key, 'value', value)
+  end
   return seq
 end
 local function remove(key)

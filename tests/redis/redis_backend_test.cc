@@ -352,6 +352,12 @@ TEST_F(RedisBackendTest, HostileValuesNeverAffectHealthyInstances) {
     ASSERT_TRUE(writer->PutIfAbsent(key + "-live", value, *lease).ok()) << key;
   }
   ASSERT_TRUE(writer->PutIfAbsent("/services/world/huge", std::string(1 << 20, '['), *lease).ok());
+  // A foreign log entry whose id (a ms timestamp) is far above every seq: writes go on, the
+  // watchers resync past it.
+  ASSERT_TRUE(
+      redis_
+          ->Cli({"XADD", "{sd}:log", "*", "op", "put", "key", "/services/world/x", "value", "junk"})
+          .ok());
   auto reg2 = registrar->Register(World("after"), {.ttl = absl::Seconds(5)});
   ASSERT_TRUE(reg2.ok()) << reg2.status();
   EXPECT_TRUE(WaitUntil([&] { return Visible(*watcher, "after"); }, absl::Seconds(5)));
