@@ -184,8 +184,16 @@ absl::StatusOr<Reply> Client::CommandLocked(const std::vector<std::string>& argv
 absl::StatusOr<Reply> Client::Command(const std::vector<std::string>& argv,
                                       absl::Duration timeout) {
   std::lock_guard<std::mutex> lock(mu_);
+  const bool reused = ctx_ != nullptr;
   if (absl::Status s = EnsureConnected(); !s.ok()) return s;
-  return CommandLocked(argv, timeout);
+  auto r = CommandLocked(argv, timeout);
+  if (reused && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
+    // A connection from before a server restart fails on first use: connect again and retry
+    // once at once (the scripts are safe to repeat: a repeated put finds its own key).
+    if (absl::Status s = EnsureConnected(); !s.ok()) return s;
+    r = CommandLocked(argv, timeout);
+  }
+  return r;
 }
 
 absl::StatusOr<Reply> Client::Eval(const std::string& script, const std::vector<std::string>& keys,
@@ -195,7 +203,19 @@ absl::StatusOr<Reply> Client::Eval(const std::string& script, const std::vector<
   static std::mutex shas_mu;
   static std::map<std::string, std::string>* shas = new std::map<std::string, std::string>();
   std::lock_guard<std::mutex> lock(mu_);
+  bool reused = ctx_ != nullptr;
   if (absl::Status s = EnsureConnected(); !s.ok()) return s;
+  // A stale connection (see Command): the first command on it fails; once more on a new one.
+  auto run = [&](const std::vector<std::string>& argv) -> absl::StatusOr<Reply> {
+    auto r = CommandLocked(argv, absl::ZeroDuration());
+    if (reused && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
+      reused = false;
+      if (absl::Status s = EnsureConnected(); !s.ok()) return s;
+      r = CommandLocked(argv, absl::ZeroDuration());
+    }
+    reused = false;
+    return r;
+  };
   std::string sha;
   {
     std::lock_guard<std::mutex> l(shas_mu);
@@ -203,7 +223,7 @@ absl::StatusOr<Reply> Client::Eval(const std::string& script, const std::vector<
   }
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (sha.empty()) {
-      auto loaded = CommandLocked({"SCRIPT", "LOAD", script}, absl::ZeroDuration());
+      auto loaded = run({"SCRIPT", "LOAD", script});
       if (!loaded.ok()) return loaded.status();
       sha = loaded->str;
       std::lock_guard<std::mutex> l(shas_mu);
@@ -212,7 +232,7 @@ absl::StatusOr<Reply> Client::Eval(const std::string& script, const std::vector<
     std::vector<std::string> argv = {"EVALSHA", sha, absl::StrCat(keys.size())};
     argv.insert(argv.end(), keys.begin(), keys.end());
     argv.insert(argv.end(), args.begin(), args.end());
-    auto r = CommandLocked(argv, absl::ZeroDuration());
+    auto r = run(argv);
     if (!r.ok() && absl::StrContains(r.status().message(), "NOSCRIPT")) {
       sha.clear();  // a restarted or flushed server: load it again
       continue;

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <random>
 
@@ -199,6 +201,50 @@ TEST_F(RedisBackendTest, RestartWithoutPersistenceChangesTheEpochAndEveryoneReco
   auto epoch2 = redis_->Cli({"HGET", "{sd}:meta", "epoch"});
   ASSERT_TRUE(epoch2.ok());
   EXPECT_NE(*epoch, *epoch2);
+}
+
+// With AOF (appendfsync everysec) a restart keeps the epoch, the leases and the keys: the
+// registration goes on with the same lease and the watcher resumes without a history reset.
+TEST_F(RedisBackendTest, RestartWithAofKeepsLeasesAndHistory) {
+  redis_.reset();
+  auto r = RedisServer::Start({.aof = true});
+  ASSERT_TRUE(r.ok()) << r.status();
+  redis_ = *std::move(r);
+  auto conn = Connect();
+  EventLog log;
+  auto registrar = NewRegistrar(conn, &log);
+  auto watcher = NewWatcher(conn);
+  auto reg = registrar->Register(World("w-1"), {.ttl = absl::Seconds(5)});
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  ASSERT_TRUE(WaitUntil([&] { return Visible(*watcher, "w-1"); }, absl::Seconds(5)));
+  const int64_t lease = reg->lease_id();
+  // The AOF holds the registration (fsync'd within ~1 s) before the kill.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto dir = redis_->Cli({"CONFIG", "GET", "dir"});
+        if (!dir.ok()) return false;
+        std::vector<std::string> parts = absl::StrSplit(*dir, '\n');
+        std::string all;
+        for (const auto& e : std::filesystem::recursive_directory_iterator(parts.back())) {
+          if (e.path().string().find(".aof") == std::string::npos) continue;
+          std::ifstream in(e.path());
+          all.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        }
+        return all.find("/services/world/w-1") != std::string::npos;
+      },
+      absl::Seconds(5)));
+  const uint64_t resets = watcher->stats().history_resets;
+  ASSERT_TRUE(redis_->Restart().ok());
+  ASSERT_TRUE(reg->SetStatus(InstanceStatus::kReady).ok());
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        auto in = watcher->snapshot()->Find("world", "w-1");
+        return in != nullptr && in->status == InstanceStatus::kReady;
+      },
+      absl::Seconds(10)));
+  EXPECT_EQ(reg->lease_id(), lease);
+  EXPECT_EQ(log.Count(RegistrationEventType::kLeaseLost), 0);
+  EXPECT_EQ(watcher->stats().history_resets, resets);
 }
 
 // Redis frozen for 2 x TTL: nobody could heartbeat. The reaper must shift the deadlines by the
