@@ -247,6 +247,74 @@ TEST_F(RedisBackendTest, RestartWithAofKeepsLeasesAndHistory) {
   EXPECT_EQ(watcher->stats().history_resets, resets);
 }
 
+// The change log trimmed past a watcher that could not read it (its ACL user lost XREAD while
+// 400 changes were made with log_max_len 100): a full resync that emits only the differences.
+TEST_F(RedisBackendTest, LogTrimmedUnderAStalledWatcherResyncsWithOnlyTheDifferences) {
+  ASSERT_TRUE(redis_->Cli({"ACL", "SETUSER", "w", "on", ">pw", "~*", "&*", "+@all"}).ok());
+  RedisOptions wo;
+  wo.url = absl::StrCat("redis://w:pw@127.0.0.1:", redis_->port());
+  wo.log_max_len = 100;
+  auto wconn = ConnectRedis(wo);
+  ASSERT_TRUE(wconn.ok()) << wconn.status();
+  auto watcher = NewWatcher(*wconn);
+  std::mutex mu;
+  std::vector<std::pair<ChangeType, std::string>> events;
+  auto sub = watcher->Subscribe({.type = "world"}, [&](const ChangeEvent& ev) {
+    std::lock_guard<std::mutex> l(mu);
+    events.emplace_back(ev.type, ev.instance->instance_id);
+  });
+  RedisOptions ro;
+  ro.url = redis_->Url();
+  ro.log_max_len = 100;
+  auto rconn = ConnectRedis(ro);
+  ASSERT_TRUE(rconn.ok());
+  EventLog log;
+  auto registrar = NewRegistrar(*rconn, &log);
+  auto stays = registrar->Register(World("stays"), {.ttl = absl::Seconds(10)});
+  auto goes = registrar->Register(World("goes"), {.ttl = absl::Seconds(10)});
+  ASSERT_TRUE(stays.ok() && goes.ok());
+  ASSERT_TRUE(WaitUntil([&] { return watcher->snapshot()->OfType("world").size() == 2; },
+                        absl::Seconds(5)));
+  const uint64_t resyncs = watcher->stats().resyncs;
+  {
+    std::lock_guard<std::mutex> l(mu);
+    events.clear();
+  }
+  ASSERT_TRUE(redis_->Cli({"ACL", "SETUSER", "w", "-xread"}).ok());
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(stays->SetStatus(InstanceStatus::kReady).ok());
+    ASSERT_TRUE(stays->SetStatus(InstanceStatus::kError).ok());
+  }
+  ASSERT_TRUE(goes->Close().ok());
+  ASSERT_TRUE(stays->SetStatus(InstanceStatus::kReady).ok());
+  auto len = redis_->Cli({"XLEN", "{sd}:log"});
+  ASSERT_TRUE(len.ok());
+  EXPECT_LT(std::stoi(*len), 300) << "the log was not trimmed";
+  ASSERT_TRUE(redis_->Cli({"ACL", "SETUSER", "w", "+xread"}).ok());
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto in = watcher->snapshot()->Find("world", "stays");
+        return watcher->snapshot()->OfType("world").size() == 1 && in != nullptr &&
+               in->status == InstanceStatus::kReady;
+      },
+      absl::Seconds(15)));
+  EXPECT_GT(watcher->stats().resyncs, resyncs);
+  std::lock_guard<std::mutex> l(mu);
+  // Only the differences: "goes" removed once; "stays" at most twice (the first change can be
+  // delivered by an XREAD BLOCK admitted before the ACL change, then the resync's difference),
+  // never the 401 changes the log had.
+  int removed = 0, other = 0;
+  for (const auto& [type, id] : events) {
+    if (type == ChangeType::kRemoved && id == "goes") {
+      ++removed;
+    } else {
+      ++other;
+    }
+  }
+  EXPECT_EQ(removed, 1);
+  EXPECT_LE(other, 2);
+}
+
 // Redis frozen for 2 x TTL: nobody could heartbeat. The reaper must shift the deadlines by the
 // gap instead of removing every live server (outage grace).
 TEST_F(RedisBackendTest, SigstopForTwiceTheTtlRemovesNobody) {
