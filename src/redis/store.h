@@ -1,0 +1,48 @@
+// Internals shared by the Redis backend's parts (store_backend_redis.cc, lease_holder_redis.cc,
+// watch_source_redis.cc).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "discovery/redis.h"
+#include "redis/client.h"
+#include "redis/scripts.h"
+
+namespace spdlog {
+class logger;
+}
+
+namespace discovery {
+namespace util {
+class EventLoop;
+}
+namespace redis {
+
+// What every part needs: options, the keys, the script arguments 1..3 (fresh random epoch and
+// lease-id candidates each call), a client factory.
+struct Store {
+  RedisOptions options;
+  Url url;
+  std::vector<std::string> keys;
+
+  std::unique_ptr<Client> NewClient() const {
+    return std::make_unique<Client>(
+        ClientOptions{url, options.connect_timeout, options.call_timeout});
+  }
+  // ARGV 1..3 then `args`.
+  std::vector<std::string> Args(std::vector<std::string> args) const;
+  absl::StatusOr<Reply> Eval(Client& c, const std::string& script,
+                             std::vector<std::string> args) const {
+    return c.Eval(script, keys, Args(std::move(args)));
+  }
+};
+
+}  // namespace redis
+
+class LeaseHolder;
+std::unique_ptr<LeaseHolder> NewRedisLeaseHolder(std::shared_ptr<const redis::Store> store,
+                                                 util::EventLoop* events,
+                                                 util::EventLoop* background);
+}  // namespace discovery
