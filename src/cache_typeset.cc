@@ -19,6 +19,12 @@ int KeyAt(const Instance& x, size_t i) {
 size_t KeySize(const Instance& x) { return x.group.size() + 1 + x.instance_id.size(); }
 }  // namespace
 
+KeyRef SplitKey(std::string_view rest) {
+  const size_t slash = rest.find('/');
+  if (slash == std::string_view::npos) return {rest, {}};
+  return {rest.substr(0, slash), rest.substr(slash + 1)};
+}
+
 bool SortsBefore(const Instance& a, const Instance& b) {
   const size_t n = std::max(KeySize(a), KeySize(b));
   for (size_t i = 0; i < n; ++i) {
