@@ -8,6 +8,7 @@ namespace discovery::cache {
 
 namespace {
 constexpr size_t kMergeBelow = Snapshot::kChunkMax / 8;  // a chunk this small joins a neighbour
+constexpr size_t kCopySlack = 4;  // spare slots in a chunk copied for a change
 
 // Byte i of the sort key group + '\x1f' + instanceId, or -1 past its end.
 int KeyAt(const Instance& x, size_t i) {
@@ -18,6 +19,12 @@ int KeyAt(const Instance& x, size_t i) {
 }
 size_t KeySize(const Instance& x) { return x.group.size() + 1 + x.instance_id.size(); }
 }  // namespace
+
+KeyRef SplitKey(std::string_view rest) {
+  const size_t slash = rest.find('/');
+  if (slash == std::string_view::npos) return {rest, {}};
+  return {rest.substr(0, slash), rest.substr(slash + 1)};
+}
 
 bool SortsBefore(const Instance& a, const Instance& b) {
   const size_t n = std::max(KeySize(a), KeySize(b));
@@ -59,7 +66,12 @@ size_t TypeSetBuilder::ChunkFor(const Instance& in) const {
 
 std::vector<InstancePtr>& TypeSetBuilder::Mutable(size_t c) {
   if (!owned_[c]) {
-    chunks_[c] = std::make_shared<Snapshot::Chunk>(*chunks_[c]);
+    // Room for a few inserts: a copy of exactly size() would double its capacity (and keep
+    // that waste in the published snapshot) at the first insert.
+    auto copy = std::make_shared<Snapshot::Chunk>();
+    copy->items.reserve(chunks_[c]->items.size() + kCopySlack);
+    copy->items = chunks_[c]->items;
+    chunks_[c] = std::move(copy);
     owned_[c] = true;
     ++copied_;
   }
@@ -122,6 +134,7 @@ void TypeSetBuilder::Upsert(InstancePtr in) {
   const auto half = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
   upper->items.assign(std::make_move_iterator(half), std::make_move_iterator(v.end()));
   v.erase(half, v.end());
+  v.shrink_to_fit();  // (a split chunk would keep twice the slots it holds)
   chunks_.insert(chunks_.begin() + static_cast<std::ptrdiff_t>(c + 1), std::move(upper));
   owned_.insert(owned_.begin() + static_cast<std::ptrdiff_t>(c + 1), true);
 }
@@ -131,7 +144,13 @@ std::shared_ptr<const Snapshot::TypeSet> TypeSetBuilder::Finish() {
   auto set = std::make_shared<Snapshot::TypeSet>();
   set->ends.reserve(chunks_.size());
   size_t total = 0;
-  for (const auto& c : chunks_) {
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    const auto& c = chunks_[i];
+    // Published chunks hold 16 B per instance: no more than a little spare capacity (a
+    // type's 100,000 instances grown by inserts would otherwise keep up to 3x that).
+    if (owned_[i] && c->items.capacity() > c->items.size() + c->items.size() / 8 + kCopySlack) {
+      const_cast<Snapshot::Chunk&>(*c).items.shrink_to_fit();  // ours until published
+    }
     total += c->items.size();
     set->ends.push_back(total);
   }

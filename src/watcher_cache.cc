@@ -7,6 +7,7 @@
 // are compared, never revisions of the old history; Snapshot::history is bumped, the
 // OnHistoryReset listeners run with the new snapshot, then the differences are delivered at
 // the new revision.
+#include <malloc.h>
 #include <time.h>
 
 #include <algorithm>
@@ -22,6 +23,9 @@
 namespace discovery {
 
 namespace {
+// A state at least this large (raw keys + values) is followed by malloc_trim.
+constexpr size_t kTrimAfterStateBytes = 8 << 20;
+
 // CPU time of the calling thread (publish cost accounting, not a deadline: stays off MonoNow
 // so that a loaded machine's preemption does not count as publish work).
 int64_t ThreadCpuNs() {
@@ -81,11 +85,17 @@ InstancePtr Watcher::Impl::Decode(const std::string& key, std::string_view value
   return std::make_shared<const Instance>(*std::move(in));
 }
 
-// Sets `key` to `next` (nullptr = absent) and appends the resulting change, if any.
-void Watcher::Impl::Set(const std::string& key, InstancePtr next, int64_t rev, absl::Time now,
+cache::KeyRef Watcher::Impl::KeyOf(std::string_view key) const {
+  if (key.substr(0, opts.prefix.size()) != opts.prefix) return {};  // finds nothing
+  return cache::SplitKey(key.substr(opts.prefix.size()));
+}
+
+// Sets `key` to `next` (nullptr = absent) and appends the resulting change, if any. `next`
+// is `key`'s own instance (Decode checked its type and instanceId against the key).
+void Watcher::Impl::Set(cache::KeyRef key, InstancePtr next, int64_t rev, absl::Time now,
                         std::vector<ChangeEvent>* out, std::set<std::string>* touched) {
   auto it = current.find(key);
-  InstancePtr prev = it == current.end() ? nullptr : it->second.in;
+  InstancePtr prev = it == current.end() ? nullptr : it->in;
   if (prev == nullptr && next == nullptr) return;
   if (prev != nullptr) {
     touched->insert(prev->type);
@@ -98,9 +108,10 @@ void Watcher::Impl::Set(const std::string& key, InstancePtr next, int64_t rev, a
     touched->insert(next->type);
     if (next->status == InstanceStatus::kReady) ++ready_count[next->type];
     if (it != current.end()) {
-      it->second = {next, rev};
+      it->in = next;  // same type and instanceId: the entry's hash key does not change
+      it->mod_revision = rev;
     } else {
-      current.emplace(key, Cached{next, rev});
+      current.insert(cache::Entry{next, rev});
     }
   } else {
     current.erase(it);
@@ -137,7 +148,7 @@ void Watcher::Impl::ApplyChanges(const std::vector<SourceChange>& changes, int64
     } else {
       invalid_keys.erase(key);
     }
-    Set(key, std::move(next), c.revision, now, &pending_changes, &pending_touched);
+    Set(KeyOf(key), std::move(next), c.revision, now, &pending_changes, &pending_touched);
     revision = std::max(revision, c.revision);
     events.fetch_add(1);
   }
@@ -211,35 +222,53 @@ void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
   // Within one history an unchanged mod_revision means an unchanged value: skip decoding.
   // Across histories revisions mean nothing: every value is decoded and compared.
   const bool same_history = !first && !replace;
-  std::unordered_map<std::string, InstancePtr> fresh;
+  // Keyed by views of r.kvs' keys (valid until r.kvs is released below): no key copies.
+  std::unordered_map<cache::KeyRef, InstancePtr, cache::EntryHash, cache::EntryEq> fresh;
   fresh.reserve(r.kvs.size());
+  size_t state_bytes = 0;
   for (auto& kv : r.kvs) {
-    auto cur = current.find(kv.key);
-    if (same_history && cur != current.end() && cur->second.mod_revision == kv.revision) {
-      fresh.emplace(kv.key, cur->second.in);
+    state_bytes += kv.key.capacity() + kv.value.capacity() + sizeof(kv);
+    auto cur = current.find(KeyOf(kv.key));
+    if (same_history && cur != current.end() && cur->mod_revision == kv.revision) {
+      fresh.emplace(KeyOf(kv.key), cur->in);
       continue;
     }
     InstancePtr in = Decode(kv.key, kv.value);
-    if (in != nullptr) fresh.emplace(kv.key, std::move(in));
+    if (in != nullptr) fresh.emplace(KeyOf(kv.key), std::move(in));
   }
   std::vector<ChangeEvent> changes;
   std::set<std::string> touched;
-  std::vector<std::string> gone;
-  for (const auto& [key, in] : current) {
-    if (fresh.count(key) == 0) gone.push_back(key);
+  std::vector<InstancePtr> gone;  // (holds the instance: its type/id are the entry's key)
+  for (const cache::Entry& e : current) {
+    if (fresh.count(cache::EntryHash::KeyOf(e)) == 0) gone.push_back(e.in);
   }
-  for (const std::string& key : gone) Set(key, nullptr, r.revision, now, &changes, &touched);
+  for (const InstancePtr& in : gone) {
+    Set({in->type, in->instance_id}, nullptr, r.revision, now, &changes, &touched);
+  }
+  gone.clear();
   for (auto& [key, in] : fresh) {
     auto it = current.find(key);
     // Unchanged values keep their object (and emit nothing).
-    if (it != current.end() &&
-        (it->second.in == in || EncodeInstance(*it->second.in) == EncodeInstance(*in))) {
+    if (it != current.end() && (it->in == in || EncodeInstance(*it->in) == EncodeInstance(*in))) {
       continue;
     }
     Set(key, in, r.revision, now, &changes, &touched);
   }
   for (const auto& kv : r.kvs) {  // every cached key now holds etcd's mod_revision
-    if (auto it = current.find(kv.key); it != current.end()) it->second.mod_revision = kv.revision;
+    if (auto it = current.find(KeyOf(kv.key)); it != current.end()) {
+      it->mod_revision = kv.revision;
+    }
+  }
+  // The state's raw keys and values are garbage from here on: release them now, not when the
+  // source drops the state, and hand a large state's pages back to the system (a 100k-instance
+  // range is ~60 MB of small strings that would otherwise stay in the process's RSS).
+  fresh = {};
+  std::vector<SourceState::Kv>().swap(r.kvs);
+  if (state_bytes >= kTrimAfterStateBytes) {
+    const absl::Time t0 = util::MonoNow();
+    malloc_trim(0);
+    SPDLOG_LOGGER_INFO(logger, "released the {} byte state of {} (malloc_trim: {})", state_bytes,
+                       watch_prefix, absl::FormatDuration(util::MonoNow() - t0));
   }
   if (!first) resyncs.fetch_add(1);
   if (replace) {

@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache_typeset.h"
 #include "discovery/watcher.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
@@ -70,11 +71,10 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   std::atomic<std::shared_ptr<const Snapshot>> snap;
 
   // Loop-thread state.
-  struct Cached {
-    InstancePtr in;
-    int64_t mod_revision = 0;
-  };
-  std::unordered_map<std::string, Cached> current;  // etcd key -> instance, mod_revision
+  // etcd key -> instance, mod_revision; keyed by the instance's own type/instanceId
+  // (cache_typeset.h: no copy of the key per cached instance).
+  cache::EntryIndex current;
+  cache::KeyRef KeyOf(std::string_view key) const;
   // Changes applied to `current` but not yet published (FlushPublish at the hub's batch end).
   std::set<std::string> pending_touched;
   std::vector<ChangeEvent> pending_changes;
@@ -117,7 +117,7 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
 
   // ---- watcher_cache.cc ----
   InstancePtr Decode(const std::string& key, std::string_view value);
-  void Set(const std::string& key, InstancePtr next, int64_t rev, absl::Time now,
+  void Set(cache::KeyRef key, InstancePtr next, int64_t rev, absl::Time now,
            std::vector<ChangeEvent>* out, std::set<std::string>* touched);
   void FlushPublish();
   // Patches the published chunked sets of `touched` with `changes` (applied since the last

@@ -55,13 +55,17 @@ struct Instance {
   std::string zone{};
   int weight = 100;  // 0..10000; used by the weighted pickers.
   std::map<std::string, std::string> meta{};
-  nlohmann::json system_info = nlohmann::json::object();
-  nlohmann::json performance = nlohmann::json::object();
+  // system_info, performance and extra are null until set (an empty JSON object costs a heap
+  // allocation per instance, and a watcher caches 100,000s of them). Null reads as empty:
+  // `empty()` is true, `operator[]` on a non-const value turns it into an object, it encodes
+  // as `{}` (extra: as nothing), and PerformanceNumber() answers `fallback`.
+  nlohmann::json system_info{};
+  nlohmann::json performance{};
   absl::Time started_at = absl::InfinitePast();  // InfinitePast = unset (omitted in JSON)
   absl::Time updated_at = absl::InfinitePast();
   int64_t lease_id = 0;  // JSON: lower-case hex string, as etcdctl prints it; 0 = omitted.
   // Fields this version does not know, kept verbatim for the round trip.
-  nlohmann::json extra = nlohmann::json::object();
+  nlohmann::json extra{};
 
   // The address a client should dial: public_ip, else private_ip, else hostname.
   const std::string& Address() const;
