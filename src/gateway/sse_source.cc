@@ -189,7 +189,8 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
       parser.get().body().size = sizeof(buf);
       // No byte (event or keep-alive comment) for the silence timeout: the stream is dead.
       stream->expires_after(Chrono(options_.silence_timeout));
-      http::async_read(*stream, buffer, parser, [&ec](beast::error_code e, size_t) { ec = e; });
+      http::async_read_some(*stream, buffer, parser,
+                            [&ec](beast::error_code e, size_t) { ec = e; });
       run();
       if (ec == http::error::need_buffer) ec = {};
       const size_t n = sizeof(buf) - parser.get().body().size;

@@ -186,7 +186,9 @@ TEST_F(GatewayModeTest, WatcherCacheEqualsEtcdAfterMixedRandomOps) {
     }
     auto it = std::next(live.begin(), static_cast<long>(rng() % live.size()));
     if (which == 1) {
-      EXPECT_TRUE(it->second.SetStatus(InstanceStatus::kReady, absl::StrCat("cs", op)).ok());
+      absl::Status s = it->second.SetStatus(InstanceStatus::kReady, absl::StrCat("cs", op));
+      // Right after a revoke below, the registrar may be re-registering (same in direct mode).
+      EXPECT_TRUE(s.ok() || s.code() == absl::StatusCode::kFailedPrecondition) << s;
     } else if (which == 2) {
       EXPECT_TRUE(it->second.Close().ok());
       live.erase(it);
