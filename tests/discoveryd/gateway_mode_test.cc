@@ -252,5 +252,35 @@ TEST_F(GatewayModeTest, DiscoverydKilledAndRestartedWatcherConvergesRegistration
   EXPECT_EQ(reg->lease_id(), lease);
 }
 
+// etcd wiped behind discoveryd: the gateway sends `reset` (another history), the watcher's cache
+// is replaced without ghosts, and the gateway-mode registration comes back (lease gone ->
+// re-registered with the same id).
+TEST_F(GatewayModeTest, EtcdWipedBehindDiscoverydEveryoneConverges) {
+  GatewayProc gw = StartGateway();
+  ASSERT_GT(gw.port, 0);
+  auto conn = Gateway({Url(gw)});
+  auto watcher = WatchVia(conn);
+  ASSERT_NE(watcher, nullptr);
+  ASSERT_TRUE(watcher->WaitForSync(absl::Seconds(5)).ok());
+  auto registrar = Registrar::Create({.connection = conn});
+  ASSERT_TRUE(registrar.ok());
+  auto reg = (*registrar)->Register(World("gw-w"), {.ttl = absl::Seconds(2)});
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  ASSERT_TRUE(
+      cluster_->Etcdctl({"put", "/services/world/ghost", EncodeInstance(World("ghost"))}).ok());
+  ASSERT_TRUE(WaitUntil([&] { return CacheIds(*watcher).size() == 2; }, absl::Seconds(5)));
+  const uint64_t resets_before = watcher->stats().history_resets;
+  ASSERT_TRUE(cluster_->WipeAndRestartAll().ok());
+  auto direct = Direct();
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        std::set<std::string> want = EtcdIds(*direct);
+        return want == std::set<std::string>{"world/gw-w"} && CacheIds(*watcher) == want;
+      },
+      absl::Seconds(20)))
+      << "cache " << CacheIds(*watcher).size() << " etcd " << EtcdIds(*direct).size();
+  EXPECT_GT(watcher->stats().history_resets, resets_before);
+}
+
 }  // namespace
 }  // namespace discovery::testing
