@@ -252,6 +252,38 @@ TEST_F(GatewayModeTest, DiscoverydKilledAndRestartedWatcherConvergesRegistration
   EXPECT_EQ(reg->lease_id(), lease);
 }
 
+// A gateway-mode client that stops heartbeating (killed) loses its registration within 2x TTL:
+// discoveryd stops refreshing a lease nobody heartbeats, even when no other heartbeat arrives.
+TEST_F(GatewayModeTest, SilentClientsLeaseRunsOutWithinTwoTtls) {
+  GatewayProc gw = StartGateway();
+  ASSERT_GT(gw.port, 0);
+  Response granted = Must(Http(gw.port, "POST", "/sd/v1/leases", R"({"ttlSeconds":2})"));
+  ASSERT_EQ(granted.status, 201) << granted.body;
+  const std::string lease = granted.Json()["leaseId"].get<std::string>();
+  json put = {{"key", "/services/world/silent"},
+              {"value", EncodeInstance(World("silent"))},
+              {"leaseId", lease}};
+  Response written = Must(Http(gw.port, "POST", "/sd/v1/writes/put-if-absent", put.dump()));
+  ASSERT_EQ(written.status, 200) << written.body;
+  json hb = {{"leases", {lease}}};
+  Response beat = Must(Http(gw.port, "POST", "/sd/v1/heartbeat", hb.dump()));
+  ASSERT_EQ(beat.status, 200) << beat.body;
+  EXPECT_TRUE(beat.Json()["gone"].empty()) << beat.body;
+  const absl::Time silent_since = absl::Now();
+  EXPECT_TRUE(WaitUntil([&] { return !KeyExists("/services/world/silent"); }, absl::Seconds(8),
+                        absl::Milliseconds(250)))
+      << "discoveryd keeps a lease alive that nobody heartbeats";
+  EXPECT_LT(absl::Now() - silent_since, absl::Seconds(4) + absl::Seconds(2));
+  beat = Must(Http(gw.port, "POST", "/sd/v1/heartbeat", hb.dump()));
+  EXPECT_EQ(beat.Json()["gone"], json::array({lease})) << beat.body;
+  // Bad input: a clear 400, not a crash.
+  EXPECT_EQ(Must(Http(gw.port, "POST", "/sd/v1/heartbeat", R"({"leases":["xyz"]})")).status, 400);
+  EXPECT_EQ(Must(Http(gw.port, "POST", "/sd/v1/writes/put-if-absent",
+                      R"({"key":"/other/world/x","value":"{}","leaseId":"1"})"))
+                .status,
+            400);
+}
+
 // etcd wiped behind discoveryd: the gateway sends `reset` (another history), the watcher's cache
 // is replaced without ghosts, and the gateway-mode registration comes back (lease gone ->
 // re-registered with the same id).

@@ -108,9 +108,26 @@ LeaseApi::LeaseApi(std::shared_ptr<discovery::Connection> connection, const Toke
       tokens_(tokens),
       options_(std::move(options)),
       logger_(std::move(logger)),
-      writer_(discovery::NewEtcdInstanceWriter(connection_->client())) {}
+      writer_(discovery::NewEtcdInstanceWriter(connection_->client())) {
+  ArmSweep();
+}
+
+void LeaseApi::ArmSweep() {
+  util::MutexLock lock(&timer_mu_);
+  if (stopping_) return;
+  timer_ = connection_->client()->loop().PostAfter(absl::Seconds(1), [this] {
+    Sweep(util::MonoNow());
+    ArmSweep();
+  });
+}
 
 LeaseApi::~LeaseApi() {
+  {
+    util::MutexLock lock(&timer_mu_);
+    stopping_ = true;
+    connection_->client()->loop().Cancel(timer_);
+  }
+  connection_->client()->loop().RunSync([] {});  // a sweep running now ends first
   std::vector<int64_t> ids;
   {
     util::MutexLock lock(&mu_);
@@ -280,7 +297,7 @@ void LeaseApi::Sweep(absl::Time now) {
   std::vector<int64_t> idle;
   {
     util::MutexLock lock(&mu_);
-    if (now - last_sweep_ < absl::Seconds(1)) return;
+    if (now - last_sweep_ < absl::Milliseconds(900)) return;
     last_sweep_ = now;
     for (auto t = tracked_.begin(); t != tracked_.end();) {
       if (t->second.gone || now - t->second.last_heartbeat > t->second.ttl) {

@@ -94,6 +94,8 @@ class LeaseApi {
   // Drops leases idle for longer than their TTL from the keeper (at most once a second).
   void Sweep(absl::Time now);
   void Untrack(int64_t lease);
+  // Sweeps every second on the etcd client's loop, also when no heartbeat arrives at all.
+  void ArmSweep();
 
   std::shared_ptr<discovery::Connection> connection_;
   const TokenStore* tokens_;
@@ -104,6 +106,9 @@ class LeaseApi {
   discovery::util::Mutex mu_;
   std::unordered_map<int64_t, Tracked> tracked_ ABSL_GUARDED_BY(mu_);
   absl::Time last_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  discovery::util::Mutex timer_mu_;
+  bool stopping_ ABSL_GUARDED_BY(timer_mu_) = false;
+  uint64_t timer_ ABSL_GUARDED_BY(timer_mu_) = 0;
   std::atomic<uint64_t> heartbeat_calls_{0}, refreshed_{0}, adopted_{0}, gone_{0}, idled_{0};
 };
 
