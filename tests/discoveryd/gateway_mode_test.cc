@@ -2,9 +2,11 @@
 // discovery::ConnectGateway, against discoveryd processes in front of a real etcd. etcd is the
 // truth every test compares with (etcdctl / a direct Connection).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <random>
@@ -12,8 +14,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "discovery/gateway_client.h"
 #include "discovery/registrar.h"
 #include "discovery/watcher.h"
@@ -250,6 +254,58 @@ TEST_F(GatewayModeTest, DiscoverydKilledAndRestartedWatcherConvergesRegistration
   EXPECT_FALSE(WaitUntil([&] { return !KeyExists("/services/world/gw-k"); }, absl::Seconds(5),
                          absl::Milliseconds(250)));
   EXPECT_EQ(reg->lease_id(), lease);
+}
+
+// The value of a counter or gauge line in discoveryd's /metrics (-1 when absent).
+double Metric(int port, const std::string& name) {
+  Response r = Must(Http(port, "GET", "/metrics"));
+  for (absl::string_view line : absl::StrSplit(r.body, '\n')) {
+    if (absl::StartsWith(line, name + " ")) {
+      double v = 0;
+      if (absl::SimpleAtod(line.substr(name.size() + 1), &v)) return v;
+    }
+  }
+  return -1;
+}
+
+// Heartbeats are batched: 200 registrations of one process cost ONE heartbeat call per
+// interval (TTL/3), not one per registration; each carries all 200 leases.
+TEST_F(GatewayModeTest, OneBatchHeartbeatPerIntervalForAllRegistrations) {
+  GatewayProc gw = StartGateway();
+  ASSERT_GT(gw.port, 0);
+  auto registrar = Registrar::Create({.connection = Gateway({Url(gw)})});
+  ASSERT_TRUE(registrar.ok());
+  std::vector<Instance> many;
+  for (int i = 0; i < 200; ++i) many.push_back(World(absl::StrCat("b", i)));
+  const absl::Time reg_start = absl::Now();
+  auto regs = (*registrar)->RegisterMany(many, {.ttl = absl::Seconds(3)});
+  const absl::Duration reg_took = absl::Now() - reg_start;
+  for (const auto& r : regs) ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(WaitUntil([&] { return Metric(gw.port, "discovery_gateway_leases_kept") == 200; },
+                        absl::Seconds(5)));
+  const double calls0 = Metric(gw.port, "discovery_gateway_heartbeat_calls_total");
+  const double leases0 = Metric(gw.port, "discovery_gateway_heartbeat_leases_total");
+  struct rusage ru0, ru1;
+  getrusage(RUSAGE_SELF, &ru0);
+  const absl::Time t0 = absl::Now();
+  // Six heartbeat calls: batched, they take about six intervals (1 s each); one call per
+  // registration would reach six at once.
+  EXPECT_TRUE(WaitUntil(
+      [&] { return Metric(gw.port, "discovery_gateway_heartbeat_calls_total") - calls0 >= 6; },
+      absl::Seconds(15), absl::Milliseconds(100)));
+  getrusage(RUSAGE_SELF, &ru1);
+  const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
+  const double calls = Metric(gw.port, "discovery_gateway_heartbeat_calls_total") - calls0;
+  const double leases = Metric(gw.port, "discovery_gateway_heartbeat_leases_total") - leases0;
+  auto cpu = [](const struct rusage& r) {
+    return r.ru_utime.tv_sec + r.ru_stime.tv_sec + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+  };
+  std::cout << "200 gateway registrations: registered in " << absl::FormatDuration(reg_took) << "; "
+            << calls << " heartbeat calls carrying " << leases << " leases in " << secs
+            << " s; test process CPU " << (cpu(ru1) - cpu(ru0)) / secs * 100 << " % of a core\n";
+  EXPECT_GE(secs, 4.5) << "heartbeats are not batched per interval";
+  EXPECT_GE(leases, 200 * calls - 1);
+  (*registrar)->ShutdownAll();
 }
 
 // A gateway-mode client that stops heartbeating (killed) loses its registration within 2x TTL:
