@@ -55,18 +55,19 @@ class Heartbeats {
 
   void Add(int64_t lease, absl::Duration ttl, absl::Duration interval,
            LeaseHolder::Listener listener) {
-    bool arm = false;
-    {
-      util::MutexLock lock(&mu_);
-      leases_[lease] =
-          Entry{ttl, interval, util::MonoNow(), false, ++generation_, std::move(listener)};
-      arm = !armed_ || interval < period_;
-      if (arm) {
-        armed_ = true;
-        period_ = interval;
-      }
+    util::MutexLock lock(&mu_);
+    leases_[lease] =
+        Entry{ttl, interval, util::MonoNow(), false, ++generation_, std::move(listener)};
+    // One timer chain: armed when the first lease comes, brought forward when a lease needs a
+    // shorter interval (a Tick running now recomputes the period itself).
+    if (!armed_) {
+      armed_ = true;
+      period_ = interval;
+      timer_ = loop_.PostAfter(interval, [this] { Tick(); });
+    } else if (interval < period_ && loop_.Cancel(timer_)) {
+      period_ = interval;
+      timer_ = loop_.PostAfter(interval, [this] { Tick(); });
     }
-    if (arm) loop_.PostAfter(interval, [this] { Tick(); });
   }
 
   void Remove(int64_t lease) {
@@ -159,7 +160,8 @@ class Heartbeats {
       }
     }
     for (Pending& p : events) Notify(std::move(p));
-    loop_.PostAfter(next, [this] { Tick(); });
+    util::MutexLock lock(&mu_);
+    timer_ = loop_.PostAfter(next, [this] { Tick(); });
   }
 
   // Listeners run on the backend's loop; a lease removed (or re-added) meanwhile is not
@@ -190,6 +192,7 @@ class Heartbeats {
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool armed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Duration period_ ABSL_GUARDED_BY(mu_);
+  util::EventLoop::TimerId timer_ ABSL_GUARDED_BY(mu_) = 0;
   util::Backoff backoff_ ABSL_GUARDED_BY(mu_){absl::Milliseconds(200), absl::Seconds(5)};
   std::atomic<uint64_t> calls_{0};
   std::atomic<uint64_t> failures_{0};

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "discovery/instance.h"
 #include "gateway/gateway_backend.h"
 #include "gateway/sse_parser.h"
 #include "nlohmann/json.hpp"
@@ -55,13 +56,25 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
   ~SseSource() override { Stop(); }
 
   void Start() override {
-    if (requested_.prefix != options_.prefix) {
-      Post({[why = absl::InvalidArgumentError(absl::StrCat(
-                 "gateway mode: the watched prefix \"", requested_.prefix,
-                 "\" is not the gateway's (\"", options_.prefix, "\")"))](WatchSink& s) {
-        s.SyncFailed(why);
-      }});
-      return;
+    // The watched range is the gateway's prefix, or `<prefix><type>/` (WatcherOptions::type:
+    // subscribed with ?type=, discoveryd filters).
+    const std::string& want = requested_.prefix;
+    std::string rest = want.size() >= options_.prefix.size() &&
+                               want.compare(0, options_.prefix.size(), options_.prefix) == 0
+                           ? want.substr(options_.prefix.size())
+                           : std::string("\x01");
+    if (!rest.empty()) {
+      const size_t slash = rest.find('/');
+      if (slash == std::string::npos || slash + 1 != rest.size() || slash == 0 ||
+          !ValidateName("type", rest.substr(0, slash)).ok()) {
+        Post({[why = absl::InvalidArgumentError(absl::StrCat(
+                   "gateway mode: the watched prefix \"", want, "\" is not the gateway's (\"",
+                   options_.prefix, "\") or <prefix><type>/"))](WatchSink& s) {
+          s.SyncFailed(why);
+        }});
+        return;
+      }
+      type_query_ = absl::StrCat("?type=", rest.substr(0, slash));
     }
     if (options_.urls.empty()) return;
     thread_ = std::thread([this] { Run(); });
@@ -159,7 +172,8 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
     stream->async_connect(endpoints, [&ec](beast::error_code e, const tcp::endpoint&) { ec = e; });
     run();
     if (ec) return absl::UnavailableError(absl::StrCat("connect ", url.text, ": ", ec.message()));
-    http::request<http::empty_body> req{http::verb::get, url.base_path + "/sd/v1/subscribe", 11};
+    http::request<http::empty_body> req{http::verb::get,
+                                        url.base_path + "/sd/v1/subscribe" + type_query_, 11};
     req.set(http::field::host, url.host + ":" + url.port);
     req.set(http::field::accept, "text/event-stream");
     req.set(http::field::cache_control, "no-cache");
@@ -295,6 +309,7 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
   std::shared_ptr<std::atomic<bool>> stopped_ = std::make_shared<std::atomic<bool>>(false);
   std::atomic<uint64_t> reconnects_{0};
   std::atomic<int64_t> last_delay_ms_{0};
+  std::string type_query_;  // set by Start
   // Reader thread only.
   std::string last_id_;
   SourceState pending_;

@@ -155,6 +155,20 @@ TEST_F(GatewayModeTest, ReadOnlyTokenWatchesButCannotRegister) {
   auto watcher = WatchVia(ro);
   ASSERT_NE(watcher, nullptr);
   EXPECT_TRUE(watcher->WaitForSync(absl::Seconds(5)).ok());
+  // WatcherOptions::type maps to ?type=; another prefix is refused with a clear reason.
+  WatcherOptions typed;
+  typed.connection = ro;
+  typed.type = "world";
+  auto tw = Watcher::Create(std::move(typed));
+  ASSERT_TRUE(tw.ok()) << tw.status();
+  EXPECT_TRUE((*tw)->WaitForSync(absl::Seconds(5)).ok());
+  WatcherOptions other;
+  other.connection = ro;
+  other.prefix = "/other/";
+  auto ow = Watcher::Create(std::move(other));
+  ASSERT_TRUE(ow.ok()) << ow.status();
+  absl::Status refused = (*ow)->WaitForSync(absl::Seconds(1));
+  EXPECT_TRUE(absl::StrContains(refused.message(), "is not the gateway's")) << refused;
   auto none = Gateway({Url(gw)});
   auto denied = (*Registrar::Create({.connection = none}))->Register(World("gw-none"));
   EXPECT_EQ(denied.status().code(), absl::StatusCode::kUnauthenticated) << denied.status();
