@@ -20,6 +20,7 @@
 #include "etcd/client.h"
 #include "health_check.h"
 #include "http_server.h"
+#include "lease_api.h"
 #include "metrics.h"
 #include "router.h"
 #include "sse.h"
@@ -58,6 +59,7 @@ struct Gateway::Impl {
   std::unique_ptr<TcpHealthChecker> checker;
   std::unique_ptr<InstanceApi> api;
   std::unique_ptr<EventHub> hub;
+  std::unique_ptr<LeaseApi> lease_api;  // gateway-mode clients' leases and writes (issue 16)
   Metrics metrics;
   std::optional<boost::asio::thread_pool> workers;
   std::unique_ptr<HttpServer> server;
@@ -131,6 +133,7 @@ HttpResponse Gateway::Impl::Execute(Call call) {
                                                    .max_subscribers = options.max_subscribers,
                                                    .ring_events = h.ring_events,
                                                    .ring_capacity = options.sse_ring_events});
+      r.body += lease_api->RenderMetrics();
       return r;
     }
     if (std::holds_alternative<HealthzCall>(call)) return Healthz();
@@ -152,6 +155,13 @@ HttpResponse Gateway::Impl::Execute(Call call) {
 
 void Gateway::Impl::Handle(HttpRequest req, std::shared_ptr<Exchange> ex) {
   absl::Time start = discovery::util::MonoNow();
+  if (std::string route; LeaseApi::Matches(req.path, &route)) {
+    boost::asio::post(*workers,
+                      [this, req = std::move(req), route, start, ex = std::move(ex)]() mutable {
+                        Finish(ex, req, route, start, lease_api->Serve(req));
+                      });
+    return;
+  }
   Action action;
   try {
     action = router->Route(req);
@@ -290,6 +300,9 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
                         .prefix = options.prefix,
                         .logger = options.logger});
   impl->hub->Start();
+  impl->lease_api = std::make_unique<LeaseApi>(
+      impl->connection, &impl->router->options().tokens,
+      LeaseApi::Options{.prefix = options.prefix, .max_ttl_seconds = 300}, impl->logger);
   impl->workers.emplace(static_cast<size_t>(std::max(1, options.worker_threads)));
 
   HttpServer::Options so;
