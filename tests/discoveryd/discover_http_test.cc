@@ -256,7 +256,8 @@ TEST_F(DiscoverHttpTest, WaitingCapRefusesWith503) {
   ASSERT_EQ(w2.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   EXPECT_EQ(Must(w1.get()).status, 200);
   EXPECT_EQ(Must(w2.get()).status, 200);
-  EXPECT_EQ(Metric(gw.port, "discovery_http_blocking_waiting"), 0);
+  EXPECT_TRUE(WaitUntil([&] { return Metric(gw.port, "discovery_http_blocking_waiting") == 0; },
+                        TimeScale(absl::Seconds(10))));
 }
 
 }  // namespace

@@ -93,7 +93,7 @@ void DiscoverEndpoint::Build(Request request, Reply reply) {
   const absl::Duration wait = std::min(request.call.wait, kMaxBlockingWait);
   {
     util::MutexLock lock(&mu_);
-    if (!stop_ && waiting_.size() + fresh_.size() < options_.max_waiting) {
+    if (!stop_ && waiting_.size() + fresh_.size() + checking_ < options_.max_waiting) {
       ++stats_.blocking;
       fresh_.push_back(Waiter{std::move(request), std::move(reply), util::MonoNow() + wait});
       return;
@@ -134,6 +134,7 @@ void DiscoverEndpoint::Loop() {
       for (Waiter& w : fresh_) check.push_back(std::move(w));
       fresh_.clear();
       changed_ = false;
+      checking_ = check.size();  // still counted as waiting (cap, metrics) during the round
     }
     // One entry per filter per round (built here, off the io threads).
     discovery::SnapshotPtr snap = watcher_->snapshot();
@@ -157,7 +158,7 @@ void DiscoverEndpoint::Loop() {
     stats_.changed += changed;
     stats_.timeouts += timeouts;
     for (Waiter& w : still) waiting_.push_back(std::move(w));
-    stats_.waiting = waiting_.size() + fresh_.size();
+    checking_ = 0;
     if (stopping) return;
   }
 }
@@ -165,7 +166,7 @@ void DiscoverEndpoint::Loop() {
 DiscoverEndpoint::Stats DiscoverEndpoint::stats() const {
   util::MutexLock lock(&mu_);
   Stats s = stats_;
-  s.waiting = waiting_.size() + fresh_.size();
+  s.waiting = waiting_.size() + fresh_.size() + checking_;
   return s;
 }
 

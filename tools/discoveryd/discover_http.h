@@ -109,6 +109,7 @@ class DiscoverEndpoint {
   mutable discovery::util::Mutex mu_;
   std::vector<Waiter> waiting_ ABSL_GUARDED_BY(mu_);
   std::vector<Waiter> fresh_ ABSL_GUARDED_BY(mu_);  // added since the last round
+  size_t checking_ ABSL_GUARDED_BY(mu_) = 0;        // taken out by the loop's current round
   bool changed_ ABSL_GUARDED_BY(mu_) = false;       // the watcher published since
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   Stats stats_ ABSL_GUARDED_BY(mu_);
