@@ -260,5 +260,17 @@ TEST_F(DiscoverHttpTest, WaitingCapRefusesWith503) {
                         TimeScale(absl::Seconds(10))));
 }
 
+// discovery_watch_lag_seconds (WatcherStats::watch_lag): exposed, and back to 0 once the
+// watcher has applied everything etcd sent (here: after a burst of puts is visible).
+TEST_F(DiscoverHttpTest, WatchLagMetricIsZeroWhenCaughtUp) {
+  GatewayProc gw = StartGateway();
+  ASSERT_GT(gw.port, 0);
+  for (int i = 0; i < 50; ++i) Put("kr-1", absl::StrCat("lag", i));
+  DiscoverWhen(gw.port, "type=world", 50);
+  EXPECT_TRUE(WaitUntil([&] { return Metric(gw.port, "discovery_watch_lag_seconds") == 0; },
+                        TimeScale(absl::Seconds(10))))
+      << "discovery_watch_lag_seconds missing or stuck";
+}
+
 }  // namespace
 }  // namespace discovery::testing
