@@ -77,6 +77,9 @@ struct SourceStats {
   uint64_t resync_backoffs = 0;  // resyncs/retries that waited for a rate limit
   absl::Duration resync_delay;   // the last such wait
   uint64_t rewind_false_alarms = 0;
+  // Age of the oldest change received from the store and not yet handed to the sink (zero
+  // when none waits): how far the watcher's applied state is behind what the store has sent.
+  absl::Duration lag = absl::ZeroDuration();
 };
 
 class WatchSource {

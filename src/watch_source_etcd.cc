@@ -111,6 +111,7 @@ class EtcdWatchSource final : public WatchSource,
     s.resync_backoffs = resync_backoffs_.load();
     s.resync_delay = absl::Nanoseconds(resync_delay_ns_.load());
     s.rewind_false_alarms = rewind_false_alarms_.load();
+    s.lag = client_->watch_hub().Lag();
     return s;
   }
 

@@ -87,6 +87,7 @@ WatcherStats Watcher::stats() const {
   s.resync_backoffs = source.resync_backoffs;
   s.resync_delay = source.resync_delay;
   s.rewind_false_alarms = source.rewind_false_alarms;
+  s.watch_lag = source.lag;
   s.synced = synced();
   return s;
 }

@@ -213,6 +213,9 @@ struct WatcherStats {
   // etcd looked behind the cache (the watch hub's DataLoss, or a Range below the cache's
   // revision or raft term) but a linearizable read showed it was not (a lagging member).
   uint64_t rewind_false_alarms = 0;
+  // Age of the oldest watch response received from etcd and not yet applied (zero when the
+  // watcher is caught up): how far the cache is behind what etcd has sent.
+  absl::Duration watch_lag = absl::ZeroDuration();
   uint64_t invalid_values = 0;  // values skipped as not valid instances
   uint64_t protection_activations = 0;
   // Snapshots published and the loop-thread time spent building them (cache + pickers).

@@ -229,6 +229,7 @@ void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse& resp) {
   {
     util::MutexLock lock(&inbox_mu_);
     wake = inbox_.empty();
+    if (wake) inbox_first_at_ = arrived;
     inbox_.emplace_back(generation, pb::WatchResponse());
     inbox_.back().second.Swap(&resp);
   }
@@ -252,10 +253,17 @@ void WatchHub::DrainResponses() {
   {
     util::MutexLock lock(&inbox_mu_);
     draining_.swap(inbox_);
+    draining_first_at_ = inbox_first_at_;
+    inbox_first_at_ = absl::InfiniteFuture();
   }
   std::vector<std::pair<WatchId, std::function<void()>>> batch_ends;
   for (auto& [generation, resp] : draining_) HandleResponse(generation, resp, &batch_ends);
   draining_.clear();
+  {
+    // Before the batch ends: a listener may destroy the client in one of them.
+    util::MutexLock lock(&inbox_mu_);
+    draining_first_at_ = absl::InfiniteFuture();
+  }
   // Copies: a listener may remove its watch (or destroy its owner) in on_batch_end.
   for (auto& [id, end] : batch_ends) end();
 }
@@ -380,6 +388,13 @@ void WatchHub::HandleCreated(const pb::WatchResponse& resp) {
   w.raft_term = std::max<uint64_t>(w.raft_term, h.raft_term());
   w.server_id = resp.watch_id();
   by_server_id_[w.server_id] = id;
+}
+
+absl::Duration WatchHub::Lag() const {
+  util::MutexLock lock(&inbox_mu_);
+  const absl::Time oldest = std::min(inbox_first_at_, draining_first_at_);
+  if (oldest == absl::InfiniteFuture()) return absl::ZeroDuration();
+  return std::max(absl::ZeroDuration(), util::MonoNow() - oldest);
 }
 
 }  // namespace discovery::etcd

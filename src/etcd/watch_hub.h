@@ -115,6 +115,9 @@ class WatchHub {
   int64_t auth_refusals() const { return auth_refusals_.load(); }
   // Watches ended with kDataLoss (etcd's history went back).
   int64_t history_rewinds() const { return history_rewinds_.load(); }
+  // Age of the oldest response received and not yet handled by the loop (zero when none):
+  // the watchers' lag behind what etcd has sent. Any thread.
+  absl::Duration Lag() const;
   // Test hook: cancels the current stream as if it broke.
   void BreakStreamForTest();
   // Test hook: while paused the stream is closed and not reopened (a stalled watcher).
@@ -180,8 +183,12 @@ class WatchHub {
   bool paused_ = false;
 
   // Responses read but not yet handled on the loop (generation, response).
-  util::Mutex inbox_mu_;
+  mutable util::Mutex inbox_mu_;
   std::vector<std::pair<uint64_t, etcdserverpb::WatchResponse>> inbox_ ABSL_GUARDED_BY(inbox_mu_);
+  // Arrival (util::MonoNow) of the first response in inbox_ / of the batch being handled;
+  // InfiniteFuture when none (Lag()).
+  absl::Time inbox_first_at_ ABSL_GUARDED_BY(inbox_mu_) = absl::InfiniteFuture();
+  absl::Time draining_first_at_ ABSL_GUARDED_BY(inbox_mu_) = absl::InfiniteFuture();
   std::vector<std::pair<uint64_t, etcdserverpb::WatchResponse>> draining_;  // loop only
 
   std::atomic<int64_t> auth_refusals_{0};

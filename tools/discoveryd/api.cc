@@ -214,14 +214,6 @@ HttpResponse InstanceApi::List(const ListCall& call) {
   const std::string& port_name = call.port_name;
 
   discovery::SnapshotPtr snap = watcher_->snapshot();
-  const std::string cache_key =
-      absl::StrCat(filter.type, "\n", filter.group, "\n",
-                   filter.status ? std::string(ToString(*filter.status)) : "");
-  if (!health_check) {
-    std::lock_guard<std::mutex> lock(list_cache_mu_);
-    auto it = list_cache_.find(cache_key);
-    if (it != list_cache_.end() && it->second.snapshot == snap) return it->second.response;
-  }
   std::vector<discovery::InstancePtr> found = snap->Select(filter);
   if (health_check) {
     std::vector<TcpHealthChecker::Target> targets;
@@ -245,14 +237,7 @@ HttpResponse InstanceApi::List(const ListCall& call) {
   }
   json list = json::array();
   for (const discovery::InstancePtr& in : found) list.push_back(discovery::InstanceToJson(*in));
-  HttpResponse response =
-      JsonResponse(200, {{"revision", snap->revision()}, {"instances", std::move(list)}});
-  if (!health_check) {
-    std::lock_guard<std::mutex> lock(list_cache_mu_);
-    if (list_cache_.size() >= 256) list_cache_.clear();  // bounded: arbitrary query strings
-    list_cache_[cache_key] = CachedList{snap, response};
-  }
-  return response;
+  return JsonResponse(200, {{"revision", snap->revision()}, {"instances", std::move(list)}});
 }
 
 HttpResponse InstanceApi::Get(const GetCall& call) {

@@ -18,7 +18,8 @@
 //   LeaseRevoke
 //               when no other key is attached to the lease. 200, then 404 when repeated; a
 //               named lease (?leaseId= / If-Match) the key is not on -> 412.
-//   discover  = the gateway's Watcher snapshot (+ optional TCP health check)
+//   discover  = the gateway's Watcher snapshot + TCP health check (without healthCheck:
+//               DiscoverEndpoint, discover_http.h)
 //
 // The calls arrive validated by RequestRouter (router.h): this class only does what needs
 // etcd or the watch cache. Every call but List blocks on etcd (up to the client's call
@@ -57,7 +58,8 @@ class InstanceApi {
 
   HttpResponse Register(const RegisterCall& call);
   HttpResponse Heartbeat(const HeartbeatCall& call);
-  // Reads the watcher's snapshot (and, with call.health_check, dials the instances).
+  // Reads the watcher's snapshot (and, with call.health_check, dials the instances). The
+  // gateway answers discover without healthCheck from DiscoverEndpoint (discover_http.h).
   HttpResponse List(const ListCall& call);
   HttpResponse Get(const GetCall& call);
   HttpResponse Patch(const PatchCall& call);
@@ -70,14 +72,6 @@ class InstanceApi {
   std::shared_ptr<discovery::Connection> connection_;
   std::unique_ptr<discovery::InstanceWriter> writer_;  // on connection_'s client
   discovery::Watcher* watcher_;
-  // Discover answers by query, valid while the watcher's snapshot is the same object: a busy
-  // gateway serialises each (snapshot, query) once instead of once per request.
-  struct CachedList {
-    discovery::SnapshotPtr snapshot;
-    HttpResponse response;
-  };
-  std::mutex list_cache_mu_;
-  std::map<std::string, CachedList> list_cache_;  // guarded by list_cache_mu_
   TcpHealthChecker* checker_;
   Options options_;
 };

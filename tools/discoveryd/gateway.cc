@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "api.h"
 #include "auth.h"
+#include "discover_http.h"
 #include "discovery/watcher.h"
 #include "etcd/client.h"
 #include "health_check.h"
@@ -60,6 +61,7 @@ struct Gateway::Impl {
   std::unique_ptr<InstanceApi> api;
   std::unique_ptr<EventHub> hub;
   std::unique_ptr<LeaseApi> lease_api;  // gateway-mode clients' leases and writes (issue 16)
+  std::unique_ptr<DiscoverEndpoint> discover;  // discover: cache, ETag, gzip, blocking queries
   Metrics metrics;
   std::optional<boost::asio::thread_pool> workers;
   std::unique_ptr<HttpServer> server;
@@ -134,6 +136,7 @@ HttpResponse Gateway::Impl::Execute(Call call) {
                                                    .ring_events = h.ring_events,
                                                    .ring_capacity = options.sse_ring_events});
       r.body += lease_api->RenderMetrics();
+      r.body += discover->RenderMetrics();
       return r;
     }
     if (std::holds_alternative<HealthzCall>(call)) return Healthz();
@@ -172,13 +175,27 @@ void Gateway::Impl::Handle(HttpRequest req, std::shared_ptr<Exchange> ex) {
   if (const auto* c = std::get_if<SubscribeCall>(&action.call)) {
     return Subscribe(req, action.route, *c, start, ex);
   }
-  // Answers at once, /metrics, and discovery without an active health check (a read of the
-  // watcher's snapshot): on the io thread (two thread hops per request cost more than the
-  // read itself).
-  const auto* list = std::get_if<ListCall>(&action.call);
+  // Discovery without an active health check: from the per-snapshot cache on the io thread
+  // when the answer is encoded already, else built on a worker (or a blocking query waits).
+  if (auto* list = std::get_if<ListCall>(&action.call); list != nullptr && !list->health_check) {
+    if (!watcher->synced()) return Finish(ex, req, action.route, start, NotSyncedResponse());
+    DiscoverEndpoint::Request dr{.call = std::move(*list),
+                                 .gzip = AcceptsGzip(req.Header("accept-encoding")),
+                                 .if_none_match = req.Header("if-none-match")};
+    auto done = [this, ex, method = req.method, target = req.target, remote = req.remote,
+                 route = action.route, start](HttpResponse r) {
+      HttpRequest shown;
+      shown.method = method;
+      shown.target = target;
+      shown.remote = remote;
+      Finish(ex, shown, route, start, std::move(r));
+    };
+    return discover->Handle(std::move(dr), std::move(done));
+  }
+  // Answers at once and /metrics: on the io thread (two thread hops per request cost more
+  // than the work itself).
   if (std::holds_alternative<HttpResponse>(action.call) ||
-      std::holds_alternative<MetricsCall>(action.call) ||
-      (list != nullptr && !list->health_check)) {
+      std::holds_alternative<MetricsCall>(action.call)) {
     return Finish(ex, req, action.route, start, Execute(std::move(action.call)));
   }
   // Everything else may block on etcd (or dial instances): run it on the worker pool.
@@ -304,6 +321,16 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
       impl->connection, &impl->router->options().tokens,
       LeaseApi::Options{.prefix = options.prefix, .max_ttl_seconds = 300}, impl->logger);
   impl->workers.emplace(static_cast<size_t>(std::max(1, options.worker_threads)));
+  {
+    EventHub* hub = impl->hub.get();
+    boost::asio::thread_pool* workers = &*impl->workers;
+    impl->discover = std::make_unique<DiscoverEndpoint>(
+        impl->watcher.get(), [hub] { return hub->epoch(); },
+        [workers](std::function<void()> work) { boost::asio::post(*workers, std::move(work)); },
+        DiscoverEndpoint::Options{.max_entries = options.discover_cache_entries,
+                                  .max_waiting = options.max_blocking_queries});
+    impl->discover->Start();
+  }
 
   HttpServer::Options so;
   so.host = host;
@@ -325,6 +352,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
     raw->Handle(std::move(req), std::move(ex));
   });
   if (!server.ok()) {
+    impl->discover->Stop();
     impl->hub->Stop();
     return server.status();
   }
@@ -354,7 +382,8 @@ int Gateway::port() const { return impl_->server->port(); }
 void Gateway::Stop() {
   if (impl_->stopped) return;
   impl_->stopped = true;
-  impl_->server->Stop();  // closes streams: each detaches from the hub
+  impl_->server->Stop();    // closes streams: each detaches from the hub
+  impl_->discover->Stop();  // answers the blocking queries still waiting (nowhere now)
   impl_->hub->Stop();
   impl_->workers->join();  // pending API calls finish (their replies go nowhere)
   impl_->server.reset();

@@ -16,6 +16,7 @@
 // Routes (all JSON; errors are {"error":{"code","message"}}):
 //   GET /  dashboard          GET /metrics  Prometheus      GET /healthz
 //   POST /sd/v1/instances     GET /sd/v1/instances?type=&group=&status=&healthCheck=&port=
+//                               &waitIndex=&wait=  (discover_http.h: ETag/304, gzip, blocking)
 //   GET|PATCH|DELETE /sd/v1/instances/{id}?type=T
 //   POST /sd/v1/instances/{id}/heartbeat?type=T
 //   GET /sd/v1/subscribe?type=&group=   (Server-Sent Events; Last-Event-ID resumes)
@@ -58,6 +59,10 @@ struct GatewayOptions {
   // discovery_sse_refused_total). 0 = no cap of its own (only max_connections).
   size_t max_subscribers = 0;
   size_t sse_ring_events = 8192;  // events kept for Last-Event-ID resume (and attach handover)
+  // Discover filters whose encoded answer is cached (LRU past it), and blocking discover
+  // queries (?waitIndex=) waiting at once (past it 503 + Retry-After: 1).
+  size_t discover_cache_entries = 1024;
+  size_t max_blocking_queries = 4096;
   absl::Duration initial_sync_wait = absl::Seconds(3);
   std::shared_ptr<spdlog::logger> logger{};  // "discoveryd"
 };

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/error.hpp>
+#include <boost/beast/http/status.hpp>
 #include <cstdint>
 #include <limits>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -77,6 +79,19 @@ BeastResponse ToBeastResponse(HttpResponse r, bool keep_alive) {
   res.keep_alive(keep_alive);
   res.prepare_payload();
   return res;
+}
+
+std::string SharedBodyHead(const HttpResponse& r, bool keep_alive) {
+  const size_t length = r.shared_body != nullptr ? r.shared_body->size() : 0;
+  const auto reason = http::obsolete_reason(http::int_to_status(static_cast<unsigned>(r.status)));
+  std::string head =
+      absl::StrCat("HTTP/1.1 ", r.status, " ", absl::string_view(reason.data(), reason.size()),
+                   "\r\nServer: discoveryd\r\n");
+  if (!r.content_type.empty()) absl::StrAppend(&head, "Content-Type: ", r.content_type, "\r\n");
+  for (const auto& [k, v] : r.headers) absl::StrAppend(&head, k, ": ", v, "\r\n");
+  absl::StrAppend(&head, "Content-Length: ", length, "\r\n",
+                  keep_alive ? "" : "Connection: close\r\n", "\r\n");
+  return head;
 }
 
 }  // namespace discoveryd

@@ -56,4 +56,9 @@ HttpRequest ToHttpRequest(BeastRequest&& message, std::string remote);
 // `response` as Beast sends it (Server header, Content-Type, Content-Length, Connection).
 BeastResponse ToBeastResponse(HttpResponse response, bool keep_alive);
 
+// The status line and headers (ending in the blank line) of `response` whose body is
+// `response.shared_body` (sent after it as is, without a copy): the same fields as
+// ToBeastResponse, Content-Length from the shared body.
+std::string SharedBodyHead(const HttpResponse& response, bool keep_alive);
+
 }  // namespace discoveryd

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -28,6 +29,8 @@ inline constexpr size_t kDefaultMaxBodyBytes = 64 * 1024;
 inline constexpr size_t kDefaultMaxHeaderBytes = 16 * 1024;
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
+// An immutable body shared by every response that sends it (written without a copy).
+using SharedBody = std::shared_ptr<const std::string>;
 
 struct HttpRequest {
   std::string method;                          // as sent, e.g. "GET"
@@ -49,6 +52,8 @@ struct HttpResponse {
   int status = 200;
   std::string content_type = "application/json";
   std::string body{};
+  // When set, the body sent instead of `body` (a cached answer: no copy per response).
+  SharedBody shared_body{};
   HeaderList headers{};
   bool close = false;  // close the connection after this response
 };

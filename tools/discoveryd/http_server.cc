@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -224,6 +225,21 @@ class Session : public Exchange, public EventStream, public std::enable_shared_f
   void WriteResponse(HttpResponse r) {
     if (closed_.load()) return;
     bool close = r.close || !keep_alive_ || server_->stopping.load();
+    if (r.shared_body != nullptr) {
+      // A cached body: its head, then the shared buffer itself (no copy), in one gather write.
+      auto head = std::make_shared<std::string>(SharedBodyHead(r, !close));
+      std::array<net::const_buffer, 2> bufs{
+          net::buffer(*head), net::buffer(r.shared_body->data(), r.shared_body->size())};
+      stream_.expires_after(ToChrono(opts().write_timeout));
+      net::async_write(stream_, bufs,
+                       [self = shared_from_this(), head, body = std::move(r.shared_body), close](
+                           beast::error_code ec, size_t) {
+                         if (ec) return self->DoClose();
+                         if (close) return self->LingeringClose();
+                         self->DoRead();
+                       });
+      return;
+    }
     auto res = std::make_shared<BeastResponse>(ToBeastResponse(std::move(r), !close));
     stream_.expires_after(ToChrono(opts().write_timeout));
     http::async_write(stream_, *res,

@@ -73,6 +73,15 @@ int main(int argc, char** argv) {
                  "events kept for Last-Event-ID resume and the attach handover")
       ->capture_default_str()
       ->check(CLI::Range(size_t{16}, size_t{1} << 24));
+  app.add_option("--max-blocking-queries", options.max_blocking_queries,
+                 "blocking discover queries (?waitIndex=) waiting at once; past it 503 + "
+                 "Retry-After")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
+  app.add_option("--discover-cache", options.discover_cache_entries,
+                 "discover filters whose encoded answer is cached (least recently used dropped)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
   app.add_option("--io-threads", options.io_threads, "HTTP io threads (0 = the core count)")
       ->capture_default_str();
   app.add_option("--workers", options.worker_threads, "threads for blocking etcd calls")

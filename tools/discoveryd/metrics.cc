@@ -125,6 +125,10 @@ std::string Metrics::Render(const discovery::Watcher& watcher, const SseFigures&
                             "Resyncs delayed by the resync rate limit (jittered backoff, 30 s cap)",
                             prometheus::MetricType::Counter,
                             static_cast<double>(stats.resync_backoffs)));
+  families.push_back(Scalar("discovery_watch_lag_seconds",
+                            "Age of the oldest etcd watch response received and not yet applied "
+                            "to the cache (0 when caught up)",
+                            prometheus::MetricType::Gauge, absl::ToDoubleSeconds(stats.watch_lag)));
   families.push_back(Scalar("discovery_watch_invalid_values_total",
                             "Values under the prefix skipped as not valid instances",
                             prometheus::MetricType::Counter,

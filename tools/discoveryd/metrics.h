@@ -11,6 +11,7 @@
 //   discovery_sse_slow_clients_closed_total            counter (over --sse-max-backlog)
 //   discovery_instances{type,status}                   gauge, from the watcher cache
 //   discovery_watch_events_total, discovery_resyncs_total, discovery_watch_invalid_values_total
+//   discovery_watch_lag_seconds                        gauge   (WatcherStats::watch_lag)
 //   discovery_sse_subscribers                          gauge
 //   discovery_sse_max_subscribers, discovery_sse_refused_total (over --max-subscribers)
 //   discovery_sse_ring_events, discovery_sse_ring_capacity  gauges (resume ring, bounded)

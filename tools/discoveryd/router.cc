@@ -181,6 +181,27 @@ Call List(const HttpRequest& req) {
   }
   c.health_check = hc == "true" || hc == "1";
   c.port_name = req.Query("port");
+  if (req.HasQuery("waitIndex")) {
+    if (!absl::SimpleAtoi(req.Query("waitIndex"), &c.wait_index) || c.wait_index < 0) {
+      return StatusResponse(
+          FieldError("waitIndex", "expected a revision (X-Discovery-Index of an earlier answer)"));
+    }
+    if (c.health_check) {
+      return StatusResponse(FieldError("waitIndex", "cannot be combined with healthCheck"));
+    }
+  }
+  if (req.HasQuery("wait")) {
+    const std::string w = req.Query("wait");
+    int64_t seconds = 0;
+    absl::Duration d;
+    if (absl::SimpleAtoi(w, &seconds) && seconds >= 0 && seconds <= 86400) {
+      d = absl::Seconds(seconds);
+    } else if (!absl::ParseDuration(w, &d) || d < absl::ZeroDuration() ||
+               d == absl::InfiniteDuration()) {
+      return StatusResponse(FieldError("wait", "expected a duration such as 30s or 5m"));
+    }
+    c.wait = std::min(d, absl::Minutes(5));  // the documented maximum
+  }
   return c;
 }
 

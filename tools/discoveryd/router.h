@@ -28,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "auth.h"
 #include "discovery/instance.h"
 #include "discovery/watcher.h"
@@ -71,6 +72,11 @@ struct ListCall {
   discovery::Filter filter;
   bool health_check = false;
   std::string port_name;  // ?port=: the port the health check dials (empty = the first)
+  // Blocking query (discover_http.h): ?waitIndex=REV answers once the matching set changed
+  // after REV, or after ?wait= (a Go-style duration "30s", "1m30s", or plain seconds; default
+  // and maximum 5 min). -1: an ordinary discover.
+  int64_t wait_index = -1;
+  absl::Duration wait = absl::Minutes(5);
 };
 // POST /sd/v1/instances: `instance` is valid (ValidateInstance), has an instanceId and
 // timestamps, and stays within kMaxInstanceBytes once it has its lease.

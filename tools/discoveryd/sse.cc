@@ -303,6 +303,11 @@ size_t EventHub::subscribers() const {
   return clients_.size();
 }
 
+std::string EventHub::epoch() const {
+  discovery::util::MutexLock lock(&mu_);
+  return epoch_;
+}
+
 EventHub::Stats EventHub::stats() const {
   Stats s;
   {

@@ -106,6 +106,8 @@ class EventHub {
 
   size_t subscribers() const;  // live and held
   Stats stats() const;
+  // The epoch in force (empty until known): stats().epoch without visiting every client.
+  std::string epoch() const;
 
  private:
   using Entry = FanoutEntry;
