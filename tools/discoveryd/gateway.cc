@@ -60,7 +60,7 @@ struct Gateway::Impl {
   std::unique_ptr<TcpHealthChecker> checker;
   std::unique_ptr<InstanceApi> api;
   std::unique_ptr<EventHub> hub;
-  std::unique_ptr<LeaseApi> lease_api;  // gateway-mode clients' leases and writes (issue 16)
+  std::unique_ptr<LeaseApi> lease_api;         // gateway-mode clients' leases and writes (issue 16)
   std::unique_ptr<DiscoverEndpoint> discover;  // discover: cache, ETag, gzip, blocking queries
   Metrics metrics;
   std::optional<boost::asio::thread_pool> workers;
