@@ -5,6 +5,7 @@
 //   game=7001
 //
 // Prints the instance id as the first line of stdout (tests read it).
+#include <cstdlib>
 #include <iostream>
 #include <random>
 
@@ -28,14 +29,27 @@ int main(int argc, char** argv) {
   app.add_option("--drain", drain, "seconds in shutting_down before the lease is revoked");
   app.add_option("--perf-interval", perf_interval,
                  "seconds between performance updates of every instance (0 = never)");
+  std::string gateway = std::getenv("DISCOVERY_GATEWAY") ? std::getenv("DISCOVERY_GATEWAY") : "";
+  std::string store = std::getenv("DISCOVERY_STORE") ? std::getenv("DISCOVERY_STORE") : "";
+  app.add_option("--gateway", gateway,
+                 "register through discoveryd: comma separated URLs (env DISCOVERY_GATEWAY)");
+  app.add_option("--store", store,
+                 "redis://host:port[/db] or etcd://host:port (env DISCOVERY_STORE; default: etcd "
+                 "from ETCD_ENDPOINTS)");
   CLI11_PARSE(app, argc, argv);
 
   if (auto s = discovery::ShutdownSignal::Install(); !s.ok()) {
     std::cerr << s << "\n";
     return 1;
   }
+  // The same code for every transport: only the connection differs.
+  auto conn = discovery::ConnectTo(gateway, store);
+  if (!conn.ok()) {
+    std::cerr << conn.status() << "\n";
+    return 1;
+  }
   auto registrar = discovery::Registrar::Create({
-      .etcd = discovery::EtcdOptions::FromEnv(),
+      .connection = *conn,
       .on_event =
           [](const discovery::RegistrationEvent& ev) {
             std::cerr << "event " << discovery::ToString(ev.type) << " " << ev.instance_id

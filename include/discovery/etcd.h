@@ -95,4 +95,14 @@ class Connection {
   std::shared_ptr<etcd::Client> client_;
 };
 
+// Connects to whichever store the configuration names, so a process switches transport by
+// configuration only: `gateway` (comma separated discoveryd URLs: gateway mode, options from
+// GatewayClientOptions::FromEnv), else `store` (`redis://[user:pass@]host:port[/db]`: the Redis
+// backend; `etcd://host:port[,host:port]`: etcd), else etcd from EtcdOptions::FromEnv().
+// kInvalidArgument when both are set or the store URL has another scheme.
+absl::StatusOr<std::shared_ptr<Connection>> ConnectTo(const std::string& gateway,
+                                                      const std::string& store);
+// ConnectTo(DISCOVERY_GATEWAY, DISCOVERY_STORE).
+absl::StatusOr<std::shared_ptr<Connection>> ConnectFromEnv();
+
 }  // namespace discovery
