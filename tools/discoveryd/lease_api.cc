@@ -30,28 +30,6 @@ constexpr char kWrites[] = "/sd/v1/writes/";
 
 std::string Hex(int64_t v) { return absl::StrFormat("%x", v); }
 
-// 1..16 hex digits, not 0 (the API's lease id form).
-bool ParseHex(std::string_view text, int64_t* out) {
-  if (text.empty() || text.size() > 16) return false;
-  uint64_t v = 0;
-  for (char ch : text) {
-    int d = 0;
-    if (ch >= '0' && ch <= '9') {
-      d = ch - '0';
-    } else if (ch >= 'a' && ch <= 'f') {
-      d = ch - 'a' + 10;
-    } else if (ch >= 'A' && ch <= 'F') {
-      d = ch - 'A' + 10;
-    } else {
-      return false;
-    }
-    v = (v << 4) | static_cast<uint64_t>(d);
-  }
-  if (v == 0 || v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
-  *out = static_cast<int64_t>(v);
-  return true;
-}
-
 HttpResponse Invalid(const std::string& message) {
   return ErrorResponse(400, "invalid_argument", message);
 }
@@ -77,7 +55,7 @@ bool LeaseField(const json& j, const char* name, bool optional, int64_t* out, Ht
     *err = Invalid(absl::StrCat("field \"", name, "\": required (lease id in hex)"));
     return false;
   }
-  if (!it->is_string() || !ParseHex(it->get<std::string>(), out)) {
+  if (!it->is_string() || !ParseLeaseHex(it->get<std::string>(), out)) {
     *err = Invalid(absl::StrCat("field \"", name, "\": expected a lease id in hex"));
     return false;
   }
@@ -204,7 +182,7 @@ HttpResponse LeaseApi::Grant(const HttpRequest& req) {
 
 HttpResponse LeaseApi::Revoke(const std::string& hex) {
   int64_t lease = 0;
-  if (!ParseHex(hex, &lease)) return Invalid("path: expected /sd/v1/leases/<lease id in hex>");
+  if (!ParseLeaseHex(hex, &lease)) return Invalid("path: expected /sd/v1/leases/<lease id in hex>");
   Untrack(lease);
   pb::LeaseRevokeRequest r;
   r.set_id(lease);
@@ -237,7 +215,7 @@ HttpResponse LeaseApi::Heartbeat(const HttpRequest& req) {
   ids.reserve(it->size());
   for (const json& e : *it) {
     int64_t id = 0;
-    if (!e.is_string() || !ParseHex(e.get<std::string>(), &id)) {
+    if (!e.is_string() || !ParseLeaseHex(e.get<std::string>(), &id)) {
       return Invalid("field \"leases\": expected an array of lease ids (hex)");
     }
     ids.push_back(id);

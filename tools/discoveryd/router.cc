@@ -270,28 +270,6 @@ Call Update(const HttpRequest& req, const std::string& id, bool is_patch) {
   return CallT{*std::move(ref), *std::move(changes)};
 }
 
-// A lease id as the API prints it: 1..16 hex digits, not 0.
-bool ParseLeaseHex(absl::string_view text, int64_t* lease) {
-  if (text.empty() || text.size() > 16) return false;
-  uint64_t v = 0;
-  for (char ch : text) {
-    int d = 0;
-    if (ch >= '0' && ch <= '9') {
-      d = ch - '0';
-    } else if (ch >= 'a' && ch <= 'f') {
-      d = ch - 'a' + 10;
-    } else if (ch >= 'A' && ch <= 'F') {
-      d = ch - 'A' + 10;
-    } else {
-      return false;
-    }
-    v = (v << 4) | static_cast<uint64_t>(d);
-  }
-  if (v == 0 || v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
-  *lease = static_cast<int64_t>(v);
-  return true;
-}
-
 // DELETE: the id, ?type= and the lease the caller means (?leaseId=<hex> and/or
 // If-Match: "<hex>"; If-Match: * means any registration).
 Call Delete(const HttpRequest& req, const std::string& id) {
@@ -327,6 +305,28 @@ Call ById(const HttpRequest& req, const std::string& id) {
 }
 
 }  // namespace
+
+// A lease id as the API prints it: 1..16 hex digits, not 0.
+bool ParseLeaseHex(absl::string_view text, int64_t* lease) {
+  if (text.empty() || text.size() > 16) return false;
+  uint64_t v = 0;
+  for (char ch : text) {
+    int d = 0;
+    if (ch >= '0' && ch <= '9') {
+      d = ch - '0';
+    } else if (ch >= 'a' && ch <= 'f') {
+      d = ch - 'a' + 10;
+    } else if (ch >= 'A' && ch <= 'F') {
+      d = ch - 'A' + 10;
+    } else {
+      return false;
+    }
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  if (v == 0 || v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
+  *lease = static_cast<int64_t>(v);
+  return true;
+}
 
 absl::Status ApplyChanges(const Changes& c, discovery::Instance* in) {
   if (c.status && *c.status != in->status) {

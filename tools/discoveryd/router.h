@@ -28,6 +28,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "auth.h"
 #include "discovery/instance.h"
@@ -142,5 +143,8 @@ class RequestRouter {
  private:
   Options options_;
 };
+
+// A lease id as the API prints it: 1..16 hex digits, not 0. False for anything else.
+bool ParseLeaseHex(absl::string_view text, int64_t* lease);
 
 }  // namespace discoveryd
