@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "child_process.h"
+#include "discovery/instance.h"
 #include "etcd_harness.h"
 #include "http_test_client.h"
 #include "nlohmann/json.hpp"
@@ -28,6 +29,19 @@ struct GatewayProc {
   std::unique_ptr<ChildProcess> proc;
   int port = 0;
 };
+
+// A ready `world` instance in group kr-1 on 127.0.0.1 with port game=8001: the tests' sample.
+inline Instance WorldInstance(const std::string& id) {
+  Instance in;
+  in.instance_id = id;
+  in.type = "world";
+  in.group = "kr-1";
+  in.hostname = "game-" + id;
+  in.private_ip = "127.0.0.1";
+  in.ports = {{"game", 8001}};
+  in.status = InstanceStatus::kReady;
+  return in;
+}
 
 inline json WorldBody(const std::string& id, const std::string& status = "initializing",
                       int ttl = 10) {

@@ -30,17 +30,7 @@ namespace {
 
 namespace pb = ::etcdserverpb;
 
-Instance World(const std::string& id) {
-  Instance in;
-  in.instance_id = id;
-  in.type = "world";
-  in.group = "kr-1";
-  in.hostname = "game-" + id;
-  in.private_ip = "127.0.0.1";
-  in.ports = {{"game", 8001}};
-  in.status = InstanceStatus::kReady;
-  return in;
-}
+Instance World(const std::string& id) { return WorldInstance(id); }
 
 class GatewayModeTest : public DiscoverydTest {
  protected:

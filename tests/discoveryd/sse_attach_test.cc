@@ -38,14 +38,7 @@ class SseAttachTest : public DiscoverydTest {
     conn_ = *std::move(conn);
   }
   static std::string Value(const std::string& id, int n) {
-    Instance in;
-    in.instance_id = id;
-    in.type = "world";
-    in.group = "kr-1";
-    in.hostname = "game-" + id;
-    in.private_ip = "127.0.0.1";
-    in.ports = {{"game", 8001}};
-    in.status = InstanceStatus::kReady;
+    Instance in = WorldInstance(id);
     in.meta["n"] = std::to_string(n);
     return EncodeInstance(in);
   }

@@ -29,14 +29,7 @@ namespace {
 namespace pb = ::etcdserverpb;
 
 std::string InstanceValue(const std::string& id, size_t filler = 0) {
-  Instance in;
-  in.instance_id = id;
-  in.type = "world";
-  in.group = "kr-1";
-  in.hostname = "game-" + id;
-  in.private_ip = "127.0.0.1";
-  in.ports = {{"game", 8001}};
-  in.status = InstanceStatus::kReady;
+  Instance in = WorldInstance(id);
   if (filler > 0) in.meta["filler"] = std::string(filler, 'x');
   return EncodeInstance(in);
 }
