@@ -88,16 +88,16 @@ bool SseParser::Line(std::string_view line, const Callback& on_event) {
       has_id_ = true;
     }
   } else if (field == "retry") {
-    bool digits = !value.empty() && value.size() <= 18;
+    // At most 18 digits fit an int64_t; a longer (or non-digit) value is ignored, as the
+    // spec says for anything that is not ASCII digits. The length is checked before any
+    // arithmetic: fuzzing found "retry:3111…" (54 digits) overflowing the product.
+    if (value.empty() || value.size() > 18) return true;
     int64_t ms = 0;
     for (char c : value) {
-      if (c < '0' || c > '9') {
-        digits = false;
-        break;
-      }
+      if (c < '0' || c > '9') return true;
       ms = ms * 10 + (c - '0');
     }
-    if (digits) retry_ms_ = ms;
+    retry_ms_ = ms;
   }
   return true;
 }

@@ -56,6 +56,19 @@ TEST(SseParserTest, CommentsRetryFieldsWithoutColonAndSpaces) {
   EXPECT_EQ(*p.retry_ms(), 1500);  // "1x" is ignored
 }
 
+// Found by the sse fuzz target in CI: a 54-digit retry overflowed int64_t while being
+// parsed (UBSan: signed integer overflow). Too long a value is ignored like any non-number.
+TEST(SseParserTest, RetryTooLongToFitIsIgnoredWithoutOverflow) {
+  SseParser p;
+  auto ev =
+      ParseAll({"retry: 1500\nretry:" + std::string(54, '3') + "\nretry: " + std::string(19, '9') +
+                "\nretry: 999999999999999999\ndata: x\n\n"},
+               &p);
+  ASSERT_EQ(ev.size(), 1u);
+  ASSERT_TRUE(p.retry_ms().has_value());
+  EXPECT_EQ(*p.retry_ms(), 999999999999999999);  // 18 digits still fit
+}
+
 TEST(SseParserTest, BomSkippedEvenWhenSplitAndIdWithNulIgnored) {
   auto ev = ParseAll({"\xEF", "\xBB",
                       "\xBF"
