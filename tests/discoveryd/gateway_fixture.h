@@ -100,7 +100,7 @@ inline GatewayProc SpawnGateway(const std::string& endpoints_csv,
   EXPECT_TRUE(proc.ok()) << proc.status();
   if (!proc.ok()) return gw;
   gw.proc = *std::move(proc);
-  static const std::regex kServing("discoveryd serving http://127\\.0\\.0\\.1:([0-9]+)/");
+  static const std::regex kServing("discoveryd serving https?://127\\.0\\.0\\.1:([0-9]+)/");
   bool ready = WaitUntil(
       [&] {
         std::smatch m;

@@ -284,6 +284,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
   std::string host;
   int port = 0;
   if (absl::Status s = ParseListen(options.listen, &host, &port); !s.ok()) return s;
+  if (absl::Status s = HttpServer::CheckTls(options.tls); !s.ok()) return s;
   absl::StatusOr<TokenStore> tokens = TokenStore::Load(options.api_token_file, options.api_token);
   if (!tokens.ok()) return tokens.status();
   impl->router.emplace(RequestRouter::Options{.tokens = *std::move(tokens),
@@ -343,6 +344,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
   so.max_stream_backlog_bytes = options.sse_max_backlog_bytes;
   so.max_connections = options.max_connections;
   so.logger = options.logger;
+  so.tls = options.tls;
   Impl* raw = impl.get();
   so.on_protocol_error = [raw](const std::string& method, int status) {
     raw->metrics.ObserveRequest(method.empty() ? "UNKNOWN" : method, "other", status,
@@ -359,15 +361,20 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
   impl->server = *std::move(server);
   impl->metrics.SetConnectionStats([raw] { return raw->server->stats(); });
   std::string shown = host.find(':') != std::string::npos ? absl::StrCat("[", host, "]") : host;
-  impl->url = absl::StrCat("http://", shown, ":", impl->server->port(), "/");
+  impl->url = absl::StrCat(impl->server->tls() ? "https://" : "http://", shown, ":",
+                           impl->server->port(), "/");
   impl->options = std::move(options);
   impl->server->Start();
   SPDLOG_LOGGER_INFO(impl->logger,
-                     "discoveryd serving {} (etcd {}, prefix {}, max {} connections, {} API "
+                     "discoveryd serving {} ({}; etcd {}, prefix {}, max {} connections, {} API "
                      "token(s){})",
-                     impl->url, absl::StrJoin(impl->options.etcd.endpoints, ","),
-                     impl->options.prefix, impl->server->stats().max_connections,
-                     token_store.size(),
+                     impl->url,
+                     !impl->server->tls() ? "plain http"
+                     : impl->options.tls.client_ca_file.empty()
+                         ? "https"
+                         : "https, client certificates required",
+                     absl::StrJoin(impl->options.etcd.endpoints, ","), impl->options.prefix,
+                     impl->server->stats().max_connections, token_store.size(),
                      impl->options.protect_dashboard ? ", dashboard protected" : "");
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }

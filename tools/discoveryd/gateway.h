@@ -64,6 +64,9 @@ struct GatewayOptions {
   size_t discover_cache_entries = 1024;
   size_t max_blocking_queries = 4096;
   absl::Duration initial_sync_wait = absl::Seconds(3);
+  // https when cert_file is set (--tls-cert/--tls-key, both or neither; --tls-client-ca for
+  // mTLS). Checked before anything else starts.
+  HttpServer::Tls tls{};
   std::shared_ptr<spdlog::logger> logger{};  // "discoveryd"
 };
 

@@ -44,6 +44,15 @@
 //     client to write a shared frame frees it). Writes coalesce: whatever is queued when the
 //     previous write completes goes out as ONE gather write (a burst of frames, one syscall).
 //
+// TLS (Options::tls with a cert_file): every connection is an SSL stream (Boost.Asio over
+// OpenSSL) and handshakes first, within `read_timeout` (a stranger that connects and sends
+// nothing is dropped like an idle plain connection); it counts against `max_connections` from
+// accept on. Everything above (keep-alive, pipelining, SSE and its backlog rule, the cap,
+// EMFILE pauses) is the same code over either stream (http_session.cc). A failed handshake
+// is counted in Stats::tls_handshake_failures; a plain HTTP request to the TLS port gets a
+// plain `400` saying the port speaks https. With `client_ca_file` (mTLS) a client without a
+// certificate signed by that CA fails the handshake.
+//
 // Thread-safety: HttpServer is thread-safe. The handler runs on an io thread and must not
 // block: hand blocking work to another executor and call Exchange::Reply from there.
 #pragma once
@@ -103,6 +112,12 @@ using HttpHandler = std::function<void(HttpRequest request, std::shared_ptr<Exch
 
 class HttpServer {
  public:
+  struct Tls {
+    std::string cert_file{};       // PEM chain; empty = plain HTTP
+    std::string key_file{};        // PEM private key of cert_file
+    std::string client_ca_file{};  // PEM CA(s); set = mTLS (client certificates required)
+  };
+
   struct Options {
     std::string host = "127.0.0.1";
     int port = 8080;  // 0 = pick a free port (see port())
@@ -122,12 +137,17 @@ class HttpServer {
     // Called for every response the server makes up by itself (413, 400), for metrics.
     std::function<void(const std::string& method, int status)> on_protocol_error{};
     std::shared_ptr<spdlog::logger> logger{};
+    Tls tls{};
   };
 
-  // Binds and listens (kInvalidArgument for a bad host, kUnavailable when the address is
-  // taken). Nothing is served before Start().
+  // Binds and listens (kInvalidArgument for a bad host or TLS files that are missing,
+  // unreadable or invalid, or only one of cert/key; kUnavailable when the address is taken).
+  // Nothing is served before Start().
   static absl::StatusOr<std::unique_ptr<HttpServer>> Create(Options options, HttpHandler handler);
   ~HttpServer();
+  // Loads `tls` as Create would (OK when no TLS is asked for): bad TLS flags are found before
+  // anything else starts.
+  static absl::Status CheckTls(const Tls& tls);
 
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -140,6 +160,7 @@ class HttpServer {
   // The bound port (the real one when Options::port was 0).
   int port() const { return port_; }
   const std::string& host() const { return options_.host; }
+  bool tls() const { return !options_.tls.cert_file.empty(); }
   size_t open_connections() const;
 
   // Counters for /metrics (monotonic since Create, except open_connections).
@@ -149,7 +170,8 @@ class HttpServer {
     uint64_t rejected_connections = 0;
     uint64_t accept_pauses = 0;
     uint64_t slow_streams_closed = 0;
-    uint64_t stream_writes = 0;  // gather writes to SSE sockets (a burst of frames is one)
+    uint64_t stream_writes = 0;           // gather writes to SSE sockets (a burst of frames is one)
+    uint64_t tls_handshake_failures = 0;  // failed or timed-out TLS handshakes (https only)
   };
   Stats stats() const;
 

@@ -52,6 +52,14 @@ int main(int argc, char** argv) {
                  "CA bundle for https endpoints (env ETCD_CACERT)");
   app.add_option("--cert", options.etcd.cert_file, "client certificate for mTLS (env ETCD_CERT)");
   app.add_option("--key", options.etcd.key_file, "client key for mTLS (env ETCD_KEY)");
+  app.add_option("--tls-cert", options.tls.cert_file,
+                 "PEM certificate chain: serve https instead of http (needs --tls-key)")
+      ->envname("DISCOVERY_TLS_CERT");
+  app.add_option("--tls-key", options.tls.key_file, "PEM private key of --tls-cert (unencrypted)")
+      ->envname("DISCOVERY_TLS_KEY");
+  app.add_option("--tls-client-ca", options.tls.client_ca_file,
+                 "PEM CA: require client certificates signed by it (mTLS; needs --tls-cert)")
+      ->envname("DISCOVERY_TLS_CLIENT_CA");
   double read_timeout_s = absl::ToDoubleSeconds(options.read_timeout);
   app.add_option("--read-timeout", read_timeout_s,
                  "seconds a client may take to send a request (also the keep-alive idle time)")

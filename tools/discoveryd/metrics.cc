@@ -200,6 +200,10 @@ std::string Metrics::Render(const discovery::Watcher& watcher, const SseFigures&
                               "Socket writes to SSE streams (a burst of queued frames is one)",
                               prometheus::MetricType::Counter,
                               static_cast<double>(c.stream_writes)));
+    families.push_back(Scalar("discovery_http_tls_handshake_failures_total",
+                              "TLS handshakes that failed or timed out (https only)",
+                              prometheus::MetricType::Counter,
+                              static_cast<double>(c.tls_handshake_failures)));
   }
   return prometheus::TextSerializer().Serialize(families);
 }
