@@ -10,16 +10,18 @@
 //   auto watcher = discovery::Watcher::Create({.connection = *conn, ...});
 //
 // Transport: HTTP/1.1 keep-alive connections per gateway URL (one in the steady state), the
-// token in X-API-Token, failover between the URLs. Leases: one batch POST /sd/v1/heartbeat per
-// interval for every lease of the process (discoveryd forwards it on its own LeaseKeepAlive
-// stream); a lease the gateway reports gone is lost (the registrar re-registers). Watch: one
-// SSE stream (GET /sd/v1/subscribe) resumed with Last-Event-ID; a `reset` or another epoch
-// replaces the cache (only the differences are emitted); a stream silent for longer than
+// token in X-API-Token, failover between the URLs. https:// URLs (discoveryd --tls-cert)
+// verify the gateway's certificate against `ca_file` (the system store when empty) and the
+// URL's host name; `cert_file`/`key_file` are the client certificate when discoveryd asks for
+// one (--tls-client-ca). A failed verification is kUnavailable "...: TLS handshake:
+// certificate verify failed ..." naming the URL, and the next URL is tried. Leases: one batch POST
+// /sd/v1/heartbeat per interval for every lease of the process (discoveryd forwards it on its own
+// LeaseKeepAlive stream); a lease the gateway reports gone is lost (the registrar re-registers).
+// Watch: one SSE stream (GET /sd/v1/subscribe) resumed with Last-Event-ID; a `reset` or another
+// epoch replaces the cache (only the differences are emitted); a stream silent for longer than
 // `stream_silence_timeout` is replaced. The prefix is discoveryd's (--prefix): a Watcher or
 // Registrar with another prefix gets kInvalidArgument. A read-only token can watch; registering
 // with it fails with kPermissionDenied.
-//
-// Not in this slice: https:// URLs (TLS to discoveryd: kUnimplemented).
 //
 // Thread-safety: ConnectGateway is thread-safe; the Connection is as in etcd.h.
 #pragma once
@@ -35,9 +37,16 @@
 namespace discovery {
 
 struct GatewayClientOptions {
-  // "http://host:port" of every discoveryd of the fleet (any of them answers any call).
+  // "http://host:port" or "https://host:port" of every discoveryd of the fleet (any of them
+  // answers any call).
   std::vector<std::string> urls = {"http://127.0.0.1:8080"};
   std::string api_token{};  // sent as X-API-Token; empty: none
+  // TLS for https:// URLs (PEM files): the CA the gateways' certificates are checked against
+  // (empty: the system's trust store), and the client certificate + key for mTLS (both or
+  // neither).
+  std::string ca_file{};
+  std::string cert_file{};
+  std::string key_file{};
   // Deadline of every REST call, across all failover attempts.
   absl::Duration call_timeout = absl::Seconds(5);
   // discoveryd's --prefix: the only prefix a Registrar or Watcher over this connection may use.
@@ -48,13 +57,13 @@ struct GatewayClientOptions {
   // Logger for the "discovery.gateway" component; a default named logger when null.
   std::shared_ptr<spdlog::logger> logger{};
 
-  // Reads DISCOVERY_GATEWAY (comma separated URLs) and DISCOVERY_API_TOKEN. Unset variables
-  // keep the defaults above.
+  // Reads DISCOVERY_GATEWAY (comma separated URLs), DISCOVERY_API_TOKEN and
+  // DISCOVERY_GATEWAY_CA / _CERT / _KEY. Unset variables keep the defaults above.
   static GatewayClientOptions FromEnv();
 };
 
 // A Connection whose store is reached through discoveryd. kInvalidArgument for an empty or
-// malformed URL list, kUnimplemented for https:// (not yet). Connects lazily.
+// malformed URL list, or (https://) TLS files that are unreadable or invalid. Connects lazily.
 absl::StatusOr<std::shared_ptr<Connection>> ConnectGateway(const GatewayClientOptions& options);
 
 }  // namespace discovery

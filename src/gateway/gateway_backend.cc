@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/ssl/context.hpp>
 #include <cstdlib>
 #include <map>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "gateway/transport.h"
 #include "nlohmann/json.hpp"
 #include "store_backend.h"
 #include "util/event_loop.h"
@@ -305,12 +307,14 @@ class GatewayWriter final : public InstanceWriter {
 
 class GatewayBackend final : public StoreBackend {
  public:
-  GatewayBackend(GatewayClientOptions options, std::vector<Url> urls)
+  GatewayBackend(GatewayClientOptions options, std::vector<Url> urls,
+                 std::shared_ptr<boost::asio::ssl::context> tls)
       : options_(std::move(options)),
         urls_(urls),
+        tls_(tls),
         logger_(util::ComponentLogger(options_.logger, "discovery.gateway")),
         http_(std::make_shared<HttpClient>(std::move(urls), options_.api_token,
-                                           options_.call_timeout)),
+                                           options_.call_timeout, std::move(tls))),
         heartbeats_(std::make_shared<Heartbeats>(http_, loop_, logger_)) {}
   ~GatewayBackend() override {
     heartbeats_->Stop();
@@ -329,7 +333,8 @@ class GatewayBackend final : public StoreBackend {
                         .api_token = options_.api_token,
                         .prefix = options_.prefix,
                         .silence_timeout = options_.stream_silence_timeout,
-                        .connect_timeout = options_.call_timeout};
+                        .connect_timeout = options_.call_timeout,
+                        .tls = tls_};
     return NewSseWatchSource(std::move(so), options, loop_, logger ? logger : logger_,
                              std::move(sink));
   }
@@ -349,6 +354,7 @@ class GatewayBackend final : public StoreBackend {
  private:
   GatewayClientOptions options_;
   std::vector<Url> urls_;
+  std::shared_ptr<boost::asio::ssl::context> tls_;
   std::shared_ptr<spdlog::logger> logger_;
   util::EventLoop loop_{"gw-loop"};
   util::EventLoop background_{"gw-background"};
@@ -365,6 +371,9 @@ GatewayClientOptions GatewayClientOptions::FromEnv() {
     o.urls = SplitEndpoints(v);
   }
   if (const char* v = std::getenv("DISCOVERY_API_TOKEN"); v != nullptr) o.api_token = v;
+  if (const char* v = std::getenv("DISCOVERY_GATEWAY_CA"); v != nullptr) o.ca_file = v;
+  if (const char* v = std::getenv("DISCOVERY_GATEWAY_CERT"); v != nullptr) o.cert_file = v;
+  if (const char* v = std::getenv("DISCOVERY_GATEWAY_KEY"); v != nullptr) o.key_file = v;
   return o;
 }
 
@@ -380,12 +389,23 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectGateway(const GatewayClientOp
     return absl::InvalidArgumentError("gateway call_timeout must be positive");
   }
   std::vector<gateway::Url> urls;
+  bool https = false;
   for (const std::string& u : options.urls) {
     auto parsed = gateway::ParseUrl(u);
     if (!parsed.ok()) return parsed.status();
+    https = https || parsed->tls;
     urls.push_back(*std::move(parsed));
   }
-  auto backend = std::make_shared<gateway::GatewayBackend>(options, std::move(urls));
+  // The TLS files are loaded (and checked) once, here, when any URL is https://.
+  std::shared_ptr<boost::asio::ssl::context> tls;
+  if (https) {
+    auto ctx = gateway::MakeClientTlsContext(
+        {.ca_file = options.ca_file, .cert_file = options.cert_file, .key_file = options.key_file});
+    if (!ctx.ok()) return ctx.status();
+    tls = *std::move(ctx);
+  }
+  auto backend =
+      std::make_shared<gateway::GatewayBackend>(options, std::move(urls), std::move(tls));
   return Connection::FromBackend(std::move(backend));
 }
 

@@ -34,6 +34,7 @@ struct SseSourceOptions {
   std::string prefix;  // the gateway's prefix (the watcher's must equal it)
   absl::Duration silence_timeout = absl::Seconds(30);
   absl::Duration connect_timeout = absl::Seconds(5);
+  std::shared_ptr<boost::asio::ssl::context> tls{};  // for https:// URLs (transport.h)
 };
 
 // The SSE watch source (sse_source.cc). `requested` is the watcher's SourceOptions.

@@ -1,14 +1,12 @@
 #include "gateway/http_client.h"
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <chrono>
+#include <boost/beast/ssl.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "gateway/transport.h"
 #include "nlohmann/json.hpp"
 #include "util/clock.h"
 
@@ -16,21 +14,19 @@ namespace discovery::gateway {
 
 namespace beast = boost::beast;
 namespace http = beast::http;
-namespace asio = boost::asio;
-using tcp = asio::ip::tcp;
 
 absl::StatusOr<Url> ParseUrl(const std::string& text) {
   std::string rest;
+  Url u;
   if (absl::StartsWith(text, "http://")) {
     rest = text.substr(7);
   } else if (absl::StartsWith(text, "https://")) {
-    return absl::UnimplementedError(absl::StrCat(
-        "gateway URL \"", text, "\": https is not supported yet (TLS to discoveryd is planned)"));
+    rest = text.substr(8);
+    u.tls = true;
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("gateway URL \"", text, "\": expected http://HOST:PORT[/PATH]"));
+        absl::StrCat("gateway URL \"", text, "\": expected http[s]://HOST:PORT[/PATH]"));
   }
-  Url u;
   u.text = text;
   size_t slash = rest.find('/');
   std::string hostport = rest.substr(0, slash);
@@ -40,7 +36,7 @@ absl::StatusOr<Url> ParseUrl(const std::string& text) {
   if (hostport.empty() || colon == std::string::npos || colon == 0 ||
       colon + 1 == hostport.size()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("gateway URL \"", text, "\": expected http://HOST:PORT[/PATH]"));
+        absl::StrCat("gateway URL \"", text, "\": expected http[s]://HOST:PORT[/PATH]"));
   }
   u.host = hostport.substr(0, colon);
   if (u.host.size() >= 2 && u.host.front() == '[' && u.host.back() == ']') {
@@ -84,33 +80,12 @@ absl::Status StatusFromHttp(int status, const std::string& body) {
   }
 }
 
-// One keep-alive connection with its own io_context: calls run the context until their
-// operation finished or the deadline (beast::tcp_stream's expiry) passed.
-struct HttpClient::Conn {
-  asio::io_context ioc;
-  beast::tcp_stream stream{ioc};
-  beast::flat_buffer buffer;
-  bool open = false;
-};
-
-namespace {
-
-std::chrono::steady_clock::duration Remaining(absl::Time deadline) {
-  absl::Duration left = deadline - util::MonoNow();
-  if (left < absl::Milliseconds(1)) left = absl::Milliseconds(1);
-  return absl::ToChronoMicroseconds(left);
-}
-
-// Runs `conn`'s context until the started operation completed.
-void RunOp(HttpClient::Conn& conn) {
-  conn.ioc.restart();
-  conn.ioc.run();
-}
-
-}  // namespace
-
-HttpClient::HttpClient(std::vector<Url> urls, std::string api_token, absl::Duration call_timeout)
-    : urls_(std::move(urls)), token_(std::move(api_token)), timeout_(call_timeout) {
+HttpClient::HttpClient(std::vector<Url> urls, std::string api_token, absl::Duration call_timeout,
+                       std::shared_ptr<boost::asio::ssl::context> tls)
+    : urls_(std::move(urls)),
+      token_(std::move(api_token)),
+      timeout_(call_timeout),
+      tls_(std::move(tls)) {
   util::MutexLock lock(&mu_);
   idle_.resize(urls_.size());
 }
@@ -142,7 +117,7 @@ absl::StatusOr<HttpResult> HttpClient::CallOne(size_t index, const std::string& 
                                                const std::string& path, const std::string& body,
                                                absl::Time deadline) {
   const Url& url = urls_[index];
-  std::unique_ptr<Conn> conn;
+  std::unique_ptr<GatewayConn> conn;
   {
     util::MutexLock lock(&mu_);
     if (!idle_[index].empty()) {
@@ -154,24 +129,13 @@ absl::StatusOr<HttpResult> HttpClient::CallOne(size_t index, const std::string& 
   for (int attempt = 0; attempt < 2; ++attempt) {
     const bool reused = conn != nullptr;
     if (!conn) {
-      conn = std::make_unique<Conn>();
+      if (url.tls && tls_ == nullptr) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("gateway ", url.text, ": https without a TLS context"));
+      }
+      conn = std::make_unique<GatewayConn>(url.tls ? tls_ : nullptr);
       dials_.fetch_add(1);
-      beast::error_code ec;
-      tcp::resolver resolver(conn->ioc);
-      auto endpoints = resolver.resolve(url.host, url.port, ec);
-      if (ec) {
-        return absl::UnavailableError(
-            absl::StrCat("gateway ", url.text, ": resolve: ", ec.message()));
-      }
-      conn->stream.expires_after(Remaining(deadline));
-      conn->stream.async_connect(endpoints,
-                                 [&ec](beast::error_code e, const tcp::endpoint&) { ec = e; });
-      RunOp(*conn);
-      if (ec) {
-        return absl::UnavailableError(
-            absl::StrCat("gateway ", url.text, ": connect: ", ec.message()));
-      }
-      conn->open = true;
+      if (absl::Status s = conn->Connect(url, deadline); !s.ok()) return s;
     }
     http::request<http::string_body> req{method == "GET"      ? http::verb::get
                                          : method == "POST"   ? http::verb::post
@@ -188,15 +152,18 @@ absl::StatusOr<HttpResult> HttpClient::CallOne(size_t index, const std::string& 
       req.prepare_payload();
     }
     beast::error_code ec;
-    conn->stream.expires_after(Remaining(deadline));
-    http::async_write(conn->stream, req, [&ec](beast::error_code e, size_t) { ec = e; });
-    RunOp(*conn);
+    conn->ExpiresAt(deadline);
+    conn->With([&](auto& stream) {
+      http::async_write(stream, req, [&ec](beast::error_code e, size_t) { ec = e; });
+    });
+    conn->Run();
     http::response<http::string_body> res;
     if (!ec) {
-      conn->stream.expires_after(Remaining(deadline));
-      http::async_read(conn->stream, conn->buffer, res,
-                       [&ec](beast::error_code e, size_t) { ec = e; });
-      RunOp(*conn);
+      conn->ExpiresAt(deadline);
+      conn->With([&](auto& stream) {
+        http::async_read(stream, conn->buffer, res, [&ec](beast::error_code e, size_t) { ec = e; });
+      });
+      conn->Run();
     }
     if (ec) {
       conn.reset();

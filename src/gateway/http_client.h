@@ -1,7 +1,7 @@
 // HTTP/1.1 client of the gateway mode (Boost.Beast): keep-alive connections per gateway URL,
 // a deadline per call (util::MonoNow), failover between the URLs like the etcd endpoints, the
-// API token in X-API-Token (never in the URL). Plain http:// only in this slice (TLS to
-// discoveryd is a later slice).
+// API token in X-API-Token (never in the URL). http:// and https:// (transport.h: the server
+// certificate verified against the CA, host name checked; a client certificate for mTLS).
 //
 // Connections: each URL keeps a small stack of idle keep-alive connections; a call takes one
 // (or dials), and gives it back when the answer was read whole. In the steady state (one
@@ -24,15 +24,22 @@
 #include "absl/time/time.h"
 #include "util/sync.h"
 
+namespace boost::asio::ssl {
+class context;
+}
+
 namespace discovery::gateway {
+
+class GatewayConn;
 
 struct Url {
   std::string host;
   std::string port;
   std::string base_path;  // without the trailing '/'
   std::string text;       // as given
+  bool tls = false;       // https://
 };
-// Parses "http://host:port[/base]". kInvalidArgument for anything else (https: kUnimplemented).
+// Parses "http[s]://host:port[/base]". kInvalidArgument for anything else.
 absl::StatusOr<Url> ParseUrl(const std::string& url);
 
 struct HttpResult {
@@ -48,7 +55,10 @@ absl::Status StatusFromHttp(int status, const std::string& body);
 
 class HttpClient {
  public:
-  HttpClient(std::vector<Url> urls, std::string api_token, absl::Duration call_timeout);
+  // `tls`: the context for https:// URLs (transport.h MakeClientTlsContext); may be null when
+  // every URL is http://.
+  HttpClient(std::vector<Url> urls, std::string api_token, absl::Duration call_timeout,
+             std::shared_ptr<boost::asio::ssl::context> tls = nullptr);
   ~HttpClient();
 
   // One request; fails over between URLs. Non-2xx answers are returned as results.
@@ -62,8 +72,6 @@ class HttpClient {
   uint64_t failovers() const { return failovers_.load(); }
   uint64_t dials() const { return dials_.load(); }
 
-  struct Conn;
-
  private:
   absl::StatusOr<HttpResult> CallOne(size_t index, const std::string& method,
                                      const std::string& path, const std::string& body,
@@ -72,11 +80,12 @@ class HttpClient {
   std::vector<Url> urls_;
   std::string token_;
   absl::Duration timeout_;
+  std::shared_ptr<boost::asio::ssl::context> tls_;
   std::atomic<size_t> preferred_{0};
   std::atomic<uint64_t> failovers_{0};
   std::atomic<uint64_t> dials_{0};
   util::Mutex mu_;
-  std::vector<std::vector<std::unique_ptr<Conn>>> idle_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<std::unique_ptr<GatewayConn>>> idle_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace discovery::gateway

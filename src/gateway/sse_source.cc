@@ -12,11 +12,9 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -26,6 +24,7 @@
 #include "discovery/instance.h"
 #include "gateway/gateway_backend.h"
 #include "gateway/sse_parser.h"
+#include "gateway/transport.h"
 #include "nlohmann/json.hpp"
 #include "util/clock.h"
 #include "util/event_loop.h"
@@ -36,8 +35,6 @@ namespace {
 
 namespace beast = boost::beast;
 namespace http = beast::http;
-namespace asio = boost::asio;
-using tcp = asio::ip::tcp;
 using nlohmann::json;
 
 std::chrono::steady_clock::duration Chrono(absl::Duration d) {
@@ -85,9 +82,7 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return;
       stopping_ = true;
-      if (ioc_ != nullptr) {
-        asio::post(*ioc_, [s = stream_] { s->socket().close(); });
-      }
+      if (conn_ != nullptr) conn_->Cancel();
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
@@ -144,34 +139,28 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
   }
 
   absl::Status StreamOnce(const Url& url, bool* synced) {
-    asio::io_context ioc;
-    auto stream = std::make_shared<beast::tcp_stream>(ioc);
+    if (url.tls && options_.tls == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("gateway ", url.text, ": https without a TLS context"));
+    }
+    auto conn = std::make_shared<GatewayConn>(url.tls ? options_.tls : nullptr);
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return absl::CancelledError("stopped");
-      ioc_ = &ioc;
-      stream_ = stream;
+      conn_ = conn;
     }
     struct Clear {
       SseSource* self;
       ~Clear() {
         std::lock_guard<std::mutex> lock(self->mu_);
-        self->ioc_ = nullptr;
-        self->stream_.reset();
+        self->conn_.reset();
       }
     } clear{this};
-    auto run = [&ioc] {
-      ioc.restart();
-      ioc.run();
-    };
+    // Connect (and the TLS handshake) within connect_timeout; Stop() cancels it at once.
+    if (absl::Status s = conn->Connect(url, util::MonoNow() + options_.connect_timeout); !s.ok()) {
+      return s;
+    }
     beast::error_code ec;
-    tcp::resolver resolver(ioc);
-    auto endpoints = resolver.resolve(url.host, url.port, ec);
-    if (ec) return absl::UnavailableError(absl::StrCat("resolve ", url.text, ": ", ec.message()));
-    stream->expires_after(Chrono(options_.connect_timeout));
-    stream->async_connect(endpoints, [&ec](beast::error_code e, const tcp::endpoint&) { ec = e; });
-    run();
-    if (ec) return absl::UnavailableError(absl::StrCat("connect ", url.text, ": ", ec.message()));
     http::request<http::empty_body> req{http::verb::get,
                                         url.base_path + "/sd/v1/subscribe" + type_query_, 11};
     req.set(http::field::host, url.host + ":" + url.port);
@@ -179,18 +168,22 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
     req.set(http::field::cache_control, "no-cache");
     if (!options_.api_token.empty()) req.set("X-API-Token", options_.api_token);
     if (!last_id_.empty()) req.set("Last-Event-ID", last_id_);
-    stream->expires_after(Chrono(options_.connect_timeout));
-    http::async_write(*stream, req, [&ec](beast::error_code e, size_t) { ec = e; });
-    run();
+    conn->lowest().expires_after(Chrono(options_.connect_timeout));
+    conn->With([&](auto& stream) {
+      http::async_write(stream, req, [&ec](beast::error_code e, size_t) { ec = e; });
+    });
+    conn->Run();
     if (ec) return absl::UnavailableError(absl::StrCat("send to ", url.text, ": ", ec.message()));
 
-    beast::flat_buffer buffer;
+    beast::flat_buffer& buffer = conn->buffer;
     http::response_parser<http::buffer_body> parser;
     parser.body_limit(boost::none);
-    stream->expires_after(Chrono(options_.connect_timeout));
-    http::async_read_header(*stream, buffer, parser,
-                            [&ec](beast::error_code e, size_t) { ec = e; });
-    run();
+    conn->lowest().expires_after(Chrono(options_.connect_timeout));
+    conn->With([&](auto& stream) {
+      http::async_read_header(stream, buffer, parser,
+                              [&ec](beast::error_code e, size_t) { ec = e; });
+    });
+    conn->Run();
     if (ec) return absl::UnavailableError(absl::StrCat("read ", url.text, ": ", ec.message()));
     const int status = static_cast<int>(parser.get().result_int());
     std::string error_body;
@@ -202,10 +195,12 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
       parser.get().body().data = buf;
       parser.get().body().size = sizeof(buf);
       // No byte (event or keep-alive comment) for the silence timeout: the stream is dead.
-      stream->expires_after(Chrono(options_.silence_timeout));
-      http::async_read_some(*stream, buffer, parser,
-                            [&ec](beast::error_code e, size_t) { ec = e; });
-      run();
+      conn->lowest().expires_after(Chrono(options_.silence_timeout));
+      conn->With([&](auto& stream) {
+        http::async_read_some(stream, buffer, parser,
+                              [&ec](beast::error_code e, size_t) { ec = e; });
+      });
+      conn->Run();
       if (ec == http::error::need_buffer) ec = {};
       const size_t n = sizeof(buf) - parser.get().body().size;
       if (status != 200) {
@@ -302,9 +297,8 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool stopping_ = false;                      // guarded by mu_
-  asio::io_context* ioc_ = nullptr;            // guarded by mu_: the stream being read
-  std::shared_ptr<beast::tcp_stream> stream_;  // guarded by mu_
+  bool stopping_ = false;              // guarded by mu_
+  std::shared_ptr<GatewayConn> conn_;  // guarded by mu_: the stream being read
   // Shared with the tasks posted to the loop (they may run after the source is gone).
   std::shared_ptr<std::atomic<bool>> stopped_ = std::make_shared<std::atomic<bool>>(false);
   std::atomic<uint64_t> reconnects_{0};
