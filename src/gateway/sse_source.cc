@@ -17,6 +17,7 @@
 #include <boost/beast/ssl.hpp>
 #include <condition_variable>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <thread>
 
@@ -177,7 +178,9 @@ class SseSource final : public WatchSource, public std::enable_shared_from_this<
 
     beast::flat_buffer& buffer = conn->buffer;
     http::response_parser<http::buffer_body> parser;
-    parser.body_limit(boost::none);
+    // No limit (a stream never ends). Not boost::none: Boost 1.74 compares a Content-Length
+    // with the empty optional and reports body_limit for every non-200 answer with a body.
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     conn->lowest().expires_after(Chrono(options_.connect_timeout));
     conn->With([&](auto& stream) {
       http::async_read_header(stream, buffer, parser,

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "http_server_impl.h"
 
@@ -55,6 +56,10 @@ absl::StatusOr<std::shared_ptr<ssl::context>> MakeServerTlsContext(const HttpSer
   ctx->use_certificate_chain_file(tls.cert_file, ec);
   if (ec) return Invalid("--tls-cert", tls.cert_file, "not a PEM certificate: " + ec.message());
   ctx->use_private_key_file(tls.key_file, ssl::context::pem, ec);
+  if (ec && absl::StrContains(ec.message(), "mismatch")) {
+    return Invalid("--tls-key", tls.key_file,
+                   absl::StrCat("does not match the certificate in ", tls.cert_file));
+  }
   if (ec) {
     return Invalid("--tls-key", tls.key_file,
                    "not an unencrypted PEM private key: " + ec.message());
