@@ -30,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "discovery/etcd.h"
+#include "http_server.h"
 
 namespace spdlog {
 class logger;
