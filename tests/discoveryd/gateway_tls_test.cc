@@ -165,6 +165,36 @@ TEST_F(GatewayTlsTest, RegistrarAndWatcherOverHttpsWorkEndToEnd) {
   EXPECT_EQ(client.dials(), 1u);
 }
 
+// An SSE stream over TLS lives past the read timeout (idle between events) and carries every
+// event: the stream's read of the client's close and the writes' deadlines do not interfere.
+TEST_F(GatewayTlsTest, SseStreamOverHttpsOutlivesTheReadTimeout) {
+  GatewayProc gw = StartHttps({"--read-timeout", "1"});
+  ASSERT_GT(gw.port, 0);
+  auto conn = Gateway({Https(gw)}, "ca");
+  auto watcher = WatcherOn(conn);
+  ASSERT_NE(watcher, nullptr);
+  ASSERT_TRUE(watcher->WaitForSync(absl::Seconds(5)).ok());
+  auto registrar = RegistrarOn(conn);
+  ASSERT_NE(registrar, nullptr);
+  auto reg = registrar->Register(WorldInstance("sse-1"));
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  for (int i = 0; i < 3; ++i) {
+    const std::string state = absl::StrCat("round-", i);
+    ASSERT_TRUE(reg->SetStatus(InstanceStatus::kReady, state).ok());
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          InstancePtr in = watcher->snapshot()->Find("world", "sse-1");
+          return in != nullptr && in->custom_state == state;
+        },
+        absl::Seconds(5)))
+        << state;
+    // Idle for longer than --read-timeout before the next event.
+    EXPECT_FALSE(
+        WaitUntil([&] { return watcher->stats().resync_backoffs > 0; }, absl::Milliseconds(1500)));
+  }
+  EXPECT_EQ(watcher->stats().resync_backoffs, 0u) << "the SSE stream over TLS was replaced";
+}
+
 // A CA that did not sign the gateway's certificate: kUnavailable naming the URL and
 // "certificate verify failed", within the call timeout; the next URL (a good gateway) is tried.
 TEST_F(GatewayTlsTest, WrongCaFailsClearlyWithinTheCallTimeoutAndFailsOver) {
