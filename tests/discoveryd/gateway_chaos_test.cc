@@ -5,7 +5,8 @@
 //  (a) one discoveryd SIGKILLed and restarted: no registration lost, watchers converge;
 //  (b) a discoveryd restarted with an empty ring under its watchers: they resync, no ghosts;
 //  (c) etcd wiped and re-created with the same identity behind discoveryd: registrars
-//      re-register, watchers converge to the new truth.
+//      re-register, watchers converge to the new truth;
+//  (d) one discoveryd frozen (SIGSTOP): no registration lost.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <csignal>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -330,6 +332,30 @@ TEST_F(GatewayChaosTest, EtcdWipedBehindDiscoverydEveryoneConverges) {
   }
   ExpectLogsReplayToCaches();
   Report("(c)");
+}
+
+// (d) One of two discoveryd frozen (SIGSTOP: connections accepted, nothing answered) for
+// three TTLs: the registrations whose connection prefers it fail over to the other gateway
+// in time; etcd holds all 100 with their original leases throughout.
+TEST_F(GatewayChaosTest, FrozenDiscoverydLosesNoRegistration) {
+  const std::string a = GatewayUrl(a_), b = GatewayUrl(b_);
+  RegisterHundred({a, b});
+  Watch({b});
+  std::string diff;
+  ASSERT_TRUE(WaitUntil([&] { return AllConverged(&diff); }, absl::Seconds(10))) << diff;
+  KeyMonitor monitor(direct_, OurLeases());
+  ASSERT_TRUE(a_.proc->Signal(SIGSTOP).ok());
+  const bool lost = WaitUntil([&] { return monitor.lost(); }, absl::Seconds(3 * TtlSeconds()),
+                              absl::Milliseconds(100));
+  // A change made while `a` is frozen goes through `b`.
+  const absl::Status changed = regs_[0].SetStatus(InstanceStatus::kReady, "while-a-frozen");
+  ASSERT_TRUE(a_.proc->Signal(SIGCONT).ok());
+  EXPECT_FALSE(lost) << "min " << monitor.min_count() << " of " << kRegistrations
+                     << ", lease changes " << monitor.lease_changes();
+  EXPECT_TRUE(changed.ok()) << changed;
+  EXPECT_EQ(Events(RegistrationEventType::kLeaseLost), 0);
+  EXPECT_TRUE(WaitUntil([&] { return AllConverged(&diff); }, absl::Seconds(10))) << diff;
+  Report("(d)");
 }
 
 }  // namespace
