@@ -6,7 +6,8 @@
 //  (b) a discoveryd restarted with an empty ring under its watchers: they resync, no ghosts;
 //  (c) etcd wiped and re-created with the same identity behind discoveryd: registrars
 //      re-register, watchers converge to the new truth;
-//  (d) one discoveryd frozen (SIGSTOP): no registration lost.
+//  (d) one discoveryd frozen (SIGSTOP): no registration lost;
+//  (e) both discoveryd dead for two TTLs: leases expire, everyone comes back afterwards.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -356,6 +357,36 @@ TEST_F(GatewayChaosTest, FrozenDiscoverydLosesNoRegistration) {
   EXPECT_EQ(Events(RegistrationEventType::kLeaseLost), 0);
   EXPECT_TRUE(WaitUntil([&] { return AllConverged(&diff); }, absl::Seconds(10))) << diff;
   Report("(d)");
+}
+
+// (e) Both discoveryd dead for two TTLs: nobody can heartbeat, etcd expires the leases (the
+// registrars warn lease_at_risk); once the gateways are back, every registrar hears "gone"
+// and re-registers the same ids, and the watchers converge.
+TEST_F(GatewayChaosTest, AllDiscoverydDownLongerThanTheTtlEveryoneComesBack) {
+  const std::string a = GatewayUrl(a_), b = GatewayUrl(b_);
+  RegisterHundred({a, b});
+  Watch({a, b});
+  Watch({b, a});
+  std::string diff;
+  ASSERT_TRUE(WaitUntil([&] { return AllConverged(&diff); }, absl::Seconds(10))) << diff;
+  KillGateway(a_);
+  KillGateway(b_);
+  ASSERT_TRUE(WaitUntil([&] { return EtcdCount() == 0; }, absl::Seconds(2 * TtlSeconds() + 2)))
+      << "etcd still holds " << EtcdCount() << " with no gateway alive";
+  EXPECT_GE(Events(RegistrationEventType::kLeaseAtRisk), 1);
+  RestartGateway(a_);
+  RestartGateway(b_);
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        return EtcdCount() == static_cast<size_t>(kRegistrations) &&
+               Events(RegistrationEventType::kReRegistered) >= kRegistrations;
+      },
+      absl::Seconds(TtlSeconds() + 10)))
+      << "etcd holds " << EtcdCount() << ", re_registered "
+      << Events(RegistrationEventType::kReRegistered);
+  EXPECT_TRUE(WaitUntil([&] { return AllConverged(&diff); }, absl::Seconds(15))) << diff;
+  ExpectLogsReplayToCaches();
+  Report("(e)");
 }
 
 }  // namespace
