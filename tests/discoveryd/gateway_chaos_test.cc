@@ -36,6 +36,10 @@ int TtlSeconds() {
   return static_cast<int>(std::ceil(absl::ToDoubleSeconds(TimeScale(absl::Seconds(3)))));
 }
 
+// A span of `ttls` lease TTLs as a WaitUntil timeout (WaitUntil scales it again: undo that,
+// TtlSeconds() is scaled already).
+absl::Duration Ttls(int ttls) { return absl::Seconds(ttls * TtlSeconds()) / TimeScaleFactor(); }
+
 // Samples etcd every 50 ms on its own thread: the fewest of the 100 keys seen at once, and
 // whether any of them changed its lease (a lost registration comes back with a new one).
 class KeyMonitor {
@@ -239,8 +243,7 @@ TEST_F(GatewayChaosTest, OneDiscoverydKilledAndRestartedLosesNoRegistration) {
       absl::Seconds(10)))
       << diff;
   // Two TTLs with `a` dead: nothing of the 100 goes missing.
-  EXPECT_FALSE(WaitUntil([&] { return monitor.lost(); }, absl::Seconds(2 * TtlSeconds()),
-                         absl::Milliseconds(100)))
+  EXPECT_FALSE(WaitUntil([&] { return monitor.lost(); }, Ttls(2), absl::Milliseconds(100)))
       << "min " << monitor.min_count() << " lease changes " << monitor.lease_changes();
   RestartGateway(a_);
   extra[0].Close().IgnoreError();
@@ -346,8 +349,7 @@ TEST_F(GatewayChaosTest, FrozenDiscoverydLosesNoRegistration) {
   ASSERT_TRUE(WaitUntil([&] { return AllConverged(&diff); }, absl::Seconds(10))) << diff;
   KeyMonitor monitor(direct_, OurLeases());
   ASSERT_TRUE(a_.proc->Signal(SIGSTOP).ok());
-  const bool lost = WaitUntil([&] { return monitor.lost(); }, absl::Seconds(3 * TtlSeconds()),
-                              absl::Milliseconds(100));
+  const bool lost = WaitUntil([&] { return monitor.lost(); }, Ttls(3), absl::Milliseconds(100));
   // A change made while `a` is frozen goes through `b`.
   const absl::Status changed = regs_[0].SetStatus(InstanceStatus::kReady, "while-a-frozen");
   ASSERT_TRUE(a_.proc->Signal(SIGCONT).ok());
