@@ -102,11 +102,20 @@ absl::StatusOr<HttpResult> HttpClient::Call(const std::string& method, const std
   for (size_t k = 0; k < urls_.size(); ++k) {
     size_t index = (start + k) % urls_.size();
     if (k > 0) failovers_.fetch_add(1);
-    auto r = CallOne(index, method, path, body, deadline);
+    // A gateway that accepts but never answers (frozen, overloaded) must not eat the whole
+    // deadline: each URL still to try gets an equal share of what is left.
+    const absl::Time now = util::MonoNow();
+    const absl::Time until = k + 1 < urls_.size() && deadline > now
+                                 ? now + (deadline - now) / static_cast<int64_t>(urls_.size() - k)
+                                 : deadline;
+    auto r = CallOne(index, method, path, body, until);
     if (r.ok() && r->status != 502 && r->status != 503 && r->status != 504) {
       preferred_.store(index);
       return r;
     }
+    // The next call starts elsewhere (unless another call already moved on).
+    size_t failed = index;
+    preferred_.compare_exchange_strong(failed, (index + 1) % urls_.size());
     last = r.ok() ? StatusFromHttp(r->status, r->body) : r.status();
     if (util::MonoNow() >= deadline) break;
   }

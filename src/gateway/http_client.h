@@ -8,8 +8,9 @@
 // heartbeat per interval, occasional writes) that is one connection per gateway.
 //
 // Failover: a call that cannot reach a URL (connect/transport error, timeout, 502/503/504)
-// moves to the next URL and is tried there, each URL at most once per call; the URL that
-// answered becomes the preferred one.
+// moves to the next URL and is tried there, each URL at most once per call and with an equal
+// share of the time left (a frozen gateway cannot eat the whole deadline); the URL that
+// answered becomes the preferred one, a URL that failed stops being it.
 //
 // Thread-safety: thread-safe.
 #pragma once
