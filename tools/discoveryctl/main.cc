@@ -8,7 +8,8 @@
 //   discoveryctl set-status TYPE ID STATUS [--custom-state X]
 //
 // This file only declares the flags (CLI11) and dispatches to commands.cc. Exit codes: 0 ok,
-// 1 usage or invalid argument, 2 not found, 3 etcd unreachable or auth failed.
+// 1 usage or invalid argument, 2 not found, 3 store (etcd, Redis, gateway) unreachable or
+// auth failed. The store is etcd (--endpoints), discoveryd (--gateway) or --store redis://....
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -26,9 +27,20 @@ namespace {
 using discoveryctl::GlobalOptions;
 
 void AddGlobalFlags(CLI::App& app, GlobalOptions& g) {
+  g.endpoints_given = std::getenv("ETCD_ENDPOINTS") != nullptr;
   app.add_option("--endpoints", g.endpoints, "etcd endpoints, comma separated")
       ->envname("ETCD_ENDPOINTS")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->each([&g](const std::string&) { g.endpoints_given = true; });
+  app.add_option("--gateway", g.gateway,
+                 "discoveryd URLs, comma separated: through the gateway instead of --endpoints")
+      ->envname("DISCOVERY_GATEWAY");
+  app.add_option("--api-token", g.api_token, "discoveryd API token (X-API-Token) for --gateway")
+      ->envname("DISCOVERY_API_TOKEN");
+  app.add_option("--store", g.store,
+                 "store URL instead of --endpoints: redis://[user:pass@]host:port[/db] or "
+                 "etcd://host:port")
+      ->envname("DISCOVERY_STORE");
   app.add_option("--prefix", g.prefix, "key prefix of the registry (must end with '/')")
       ->envname("DISCOVERY_PREFIX")
       ->capture_default_str();
@@ -39,7 +51,7 @@ void AddGlobalFlags(CLI::App& app, GlobalOptions& g) {
   app.add_option("--key", g.key_file, "client key (mTLS)")->envname("ETCD_KEY");
   app.add_option("-o,--output", g.output, "output format: table or json (default per command)")
       ->check(CLI::IsMember({"table", "json"}));
-  app.add_option("--timeout", g.timeout_seconds, "seconds bounding every etcd call")
+  app.add_option("--timeout", g.timeout_seconds, "seconds bounding every store call")
       ->capture_default_str();
 }
 
@@ -63,7 +75,8 @@ int main(int argc, char** argv) {
   std::string custom_state;
   std::function<int()> run;
 
-  CLI::App app{"discoveryctl: inspect and change the discovery registry in etcd"};
+  CLI::App app{
+      "discoveryctl: inspect and change the discovery registry (etcd, Redis or via discoveryd)"};
   app.fallthrough();  // global flags are accepted after the command too
   app.require_subcommand(1);
   AddGlobalFlags(app, global);
