@@ -13,6 +13,7 @@
 #include "discovery/registrar.h"
 #include "fd_limits.h"
 #include "gateway.h"
+#include "store_flag.h"
 #include "util/logging.h"
 
 namespace {
@@ -39,6 +40,10 @@ int main(int argc, char** argv) {
   app.add_option("--endpoints", endpoints,
                  "etcd endpoints, comma separated (env ETCD_ENDPOINTS, default "
                  "http://127.0.0.1:2379)");
+  std::string store = Env("DISCOVERY_STORE", "");
+  app.add_option("--store", store,
+                 "etcd://host:port instead of --endpoints (env DISCOVERY_STORE; redis:// is "
+                 "refused: see README)");
   app.add_option("--prefix", options.prefix, "key prefix (env DISCOVERY_PREFIX)")
       ->capture_default_str();
   app.add_option("--api-token-file", options.api_token_file,
@@ -89,6 +94,12 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   options.read_timeout = absl::Seconds(read_timeout_s);
   if (!endpoints.empty()) options.etcd.endpoints = discovery::SplitEndpoints(endpoints);
+  if (absl::Status s = discoveryd::ApplyStoreUrl(
+          store, !endpoints.empty() || std::getenv("ETCD_ENDPOINTS") != nullptr, &options.etcd);
+      !s.ok()) {
+    std::cerr << "discoveryd: " << s.message() << "\n";
+    return 2;
+  }
 
   // Every connection is a file descriptor (the default --max-connections is sized from it).
   discoveryd::RaiseFdLimit(discovery::util::ComponentLogger(nullptr, "discoveryd"));
