@@ -66,6 +66,7 @@ TEST_F(DiscoveryctlGatewayTest, CommandsThroughTheGatewayMatchTheEtcdOutput) {
   ASSERT_EQ(et.code, 0) << et.err;
   CtlResult gt = gw_->Run({"list"});
   ASSERT_EQ(gt.code, 0) << gt.err;
+  EXPECT_TRUE(gt.err.empty()) << gt.err;  // no library log lines: stderr is for errors
   std::vector<std::string> el = TableLines(et.out), gl = TableLines(gt.out);
   ASSERT_EQ(el.size(), 3u) << et.out;
   ASSERT_EQ(gl.size(), 3u) << gt.out;

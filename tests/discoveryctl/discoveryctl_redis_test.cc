@@ -38,6 +38,7 @@ TEST_F(DiscoveryctlRedisTest, CommandsOverRedisPrintTheEtcdShapes) {
 
   CtlResult table = ctl_->Run({"list"});
   ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_TRUE(table.err.empty()) << table.err;  // no library log lines: stderr is for errors
   std::vector<std::string> lines = TableLines(table.out);
   ASSERT_EQ(lines.size(), 3u) << table.out;
   EXPECT_EQ(TableCells(lines[0]),

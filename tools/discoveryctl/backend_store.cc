@@ -41,7 +41,8 @@ class BackendStore final : public Store {
       : connection_(std::move(connection)),
         prefix_(std::move(prefix)),
         timeout_(timeout),
-        writer_(connection_->backend()->NewInstanceWriter(timeout_)) {}
+        writer_(connection_->backend()->NewInstanceWriter(timeout_)),
+        logger_(ToolLogger("error")) {}
 
   absl::StatusOr<ListResult> List(std::string_view type) override {
     auto watcher = discovery::Watcher::Create({
@@ -49,6 +50,8 @@ class BackendStore final : public Store {
         .prefix = prefix_,
         .type = std::string(type),
         .delivery = discovery::Delivery::kPoll,
+        // Quiet: its "synced" info line would break the one-stderr-line promise.
+        .logger = logger_,
     });
     if (!watcher.ok()) return watcher.status();
     if (absl::Status s = (*watcher)->WaitForSync(timeout_); !s.ok()) {
@@ -157,6 +160,7 @@ class BackendStore final : public Store {
   std::string prefix_;
   absl::Duration timeout_;
   std::unique_ptr<discovery::InstanceWriter> writer_;
+  std::shared_ptr<spdlog::logger> logger_;
 };
 
 }  // namespace
