@@ -18,6 +18,38 @@ absl::Duration GlobalOptions::timeout() const {
   return absl::Milliseconds(static_cast<int64_t>(timeout_seconds * 1000));
 }
 
+absl::Status ResolveTransport(const std::optional<std::string>& endpoints_flag,
+                              const std::optional<std::string>& gateway_flag,
+                              const std::optional<std::string>& store_flag,
+                              GlobalOptions* options) {
+  constexpr const char* kAlternatives =
+      "--endpoints (ETCD_ENDPOINTS), --gateway (DISCOVERY_GATEWAY) and --store "
+      "(DISCOVERY_STORE) are alternatives: give one of them";
+  auto env = [](const char* name) -> std::optional<std::string> {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') return std::nullopt;
+    return std::string(v);
+  };
+  std::optional<std::string> endpoints = endpoints_flag, gateway = gateway_flag, store = store_flag;
+  auto count = [&] { return (endpoints ? 1 : 0) + (gateway ? 1 : 0) + (store ? 1 : 0); };
+  if (count() > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(kAlternatives, " (two on the command line)"));
+  }
+  if (count() == 0) {  // the command line wins over the environment
+    endpoints = env("ETCD_ENDPOINTS");
+    gateway = env("DISCOVERY_GATEWAY");
+    store = env("DISCOVERY_STORE");
+    if (count() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(kAlternatives, " (two in the environment)"));
+    }
+  }
+  options->endpoints_given = endpoints.has_value();
+  if (endpoints) options->endpoints = *endpoints;
+  options->gateway = gateway.value_or("");
+  options->store = store.value_or("");
+  return absl::OkStatus();
+}
+
 absl::Status ValidateGlobalOptions(const GlobalOptions& options) {
   if (options.prefix.empty() || options.prefix.back() != '/') {
     return absl::InvalidArgumentError(

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -29,7 +30,7 @@ inline constexpr int kExitUnavailable = 3;
 // Flags that apply to every command (each also read from the environment).
 struct GlobalOptions {
   std::string endpoints = "http://127.0.0.1:2379";  // ETCD_ENDPOINTS, comma separated
-  bool endpoints_given = false;                     // --endpoints or ETCD_ENDPOINTS was set
+  bool endpoints_given = false;                     // chosen explicitly (ResolveTransport)
   // The other transports (each instead of --endpoints): discoveryd URLs, comma separated
   // (DISCOVERY_GATEWAY, token DISCOVERY_API_TOKEN), or a store URL redis://... / etcd://...
   // (DISCOVERY_STORE).
@@ -47,6 +48,15 @@ struct GlobalOptions {
 
   absl::Duration timeout() const;
 };
+
+// Picks the transport: the one given on the command line (`*_flag`, nullopt when absent) wins
+// over the environment (ETCD_ENDPOINTS, DISCOVERY_GATEWAY, DISCOVERY_STORE); with none on the
+// command line, the one set in the environment; with neither, etcd's default endpoints. Sets
+// endpoints / endpoints_given / gateway / store. kInvalidArgument when two are given on the
+// command line, or (none there) two are set in the environment.
+absl::Status ResolveTransport(const std::optional<std::string>& endpoints_flag,
+                              const std::optional<std::string>& gateway_flag,
+                              const std::optional<std::string>& store_flag, GlobalOptions* options);
 
 // Checks the global flags (prefix ends with '/', positive timeout, at most one of --endpoints,
 // --gateway, --store). kInvalidArgument.

@@ -15,6 +15,7 @@
 #include <exception>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -26,21 +27,25 @@ namespace {
 
 using discoveryctl::GlobalOptions;
 
-void AddGlobalFlags(CLI::App& app, GlobalOptions& g) {
-  g.endpoints_given = std::getenv("ETCD_ENDPOINTS") != nullptr;
-  app.add_option("--endpoints", g.endpoints, "etcd endpoints, comma separated")
-      ->envname("ETCD_ENDPOINTS")
-      ->capture_default_str()
-      ->each([&g](const std::string&) { g.endpoints_given = true; });
-  app.add_option("--gateway", g.gateway,
-                 "discoveryd URLs, comma separated: through the gateway instead of --endpoints")
-      ->envname("DISCOVERY_GATEWAY");
+// The transport flags as given on the command line (empty optional: absent).
+struct TransportFlags {
+  std::optional<std::string> endpoints, gateway, store;
+};
+
+void AddGlobalFlags(CLI::App& app, GlobalOptions& g, TransportFlags& t) {
+  // The three transports take their environment variables in ResolveTransport (the command
+  // line wins over the environment; two of them on either is a usage error).
+  app.add_option(
+      "--endpoints", t.endpoints,
+      "etcd endpoints, comma separated (env ETCD_ENDPOINTS, default " + g.endpoints + ")");
+  app.add_option("--gateway", t.gateway,
+                 "discoveryd URLs, comma separated: through the gateway instead of --endpoints "
+                 "(env DISCOVERY_GATEWAY)");
   app.add_option("--api-token", g.api_token, "discoveryd API token (X-API-Token) for --gateway")
       ->envname("DISCOVERY_API_TOKEN");
-  app.add_option("--store", g.store,
+  app.add_option("--store", t.store,
                  "store URL instead of --endpoints: redis://[user:pass@]host:port[/db] or "
-                 "etcd://host:port")
-      ->envname("DISCOVERY_STORE");
+                 "etcd://host:port (env DISCOVERY_STORE)");
   app.add_option("--prefix", g.prefix, "key prefix of the registry (must end with '/')")
       ->envname("DISCOVERY_PREFIX")
       ->capture_default_str();
@@ -79,7 +84,8 @@ int main(int argc, char** argv) {
       "discoveryctl: inspect and change the discovery registry (etcd, Redis or via discoveryd)"};
   app.fallthrough();  // global flags are accepted after the command too
   app.require_subcommand(1);
-  AddGlobalFlags(app, global);
+  TransportFlags transport;
+  AddGlobalFlags(app, global, transport);
 
   CLI::App* list_cmd = app.add_subcommand("list", "list instances as a table (or -o json)");
   list_cmd->add_option("--type", list.type, "only this type");
@@ -157,6 +163,11 @@ int main(int argc, char** argv) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
     std::cerr << "discoveryctl: " << e.what() << " (see --help)" << std::endl;
     return discoveryctl::kExitUsage;
+  }
+  if (absl::Status s = discoveryctl::ResolveTransport(transport.endpoints, transport.gateway,
+                                                      transport.store, &global);
+      !s.ok()) {
+    return discoveryctl::Fail(s);
   }
   int rc = discoveryctl::kExitUsage;
   try {
