@@ -15,22 +15,33 @@ using discovery::testing::ChildProcess;
 
 TEST(StoreFlagTest, EtcdUrlSetsTheEndpoints) {
   discovery::EtcdOptions etcd;
-  ASSERT_TRUE(ApplyStoreUrl("etcd://10.0.0.1:2379,10.0.0.2:2379", false, &etcd).ok());
+  ASSERT_TRUE(ApplyStoreUrl({.store_flag = "etcd://10.0.0.1:2379,10.0.0.2:2379"}, &etcd).ok());
   EXPECT_EQ(etcd.endpoints,
             (std::vector<std::string>{"http://10.0.0.1:2379", "http://10.0.0.2:2379"}));
   discovery::EtcdOptions untouched;
-  ASSERT_TRUE(ApplyStoreUrl("", true, &untouched).ok());
+  ASSERT_TRUE(ApplyStoreUrl({.endpoints_flag = true}, &untouched).ok());
   EXPECT_EQ(untouched.endpoints, discovery::EtcdOptions().endpoints);
+  // --endpoints wins over DISCOVERY_STORE; --store wins over ETCD_ENDPOINTS.
+  ASSERT_TRUE(ApplyStoreUrl({.store_env = "redis://r:1", .endpoints_flag = true}, &untouched).ok());
+  EXPECT_EQ(untouched.endpoints, discovery::EtcdOptions().endpoints);
+  discovery::EtcdOptions flag_wins;
+  ASSERT_TRUE(ApplyStoreUrl({.store_flag = "etcd://s:1", .endpoints_env = true}, &flag_wins).ok());
+  EXPECT_EQ(flag_wins.endpoints, std::vector<std::string>{"http://s:1"});
 }
 
 TEST(StoreFlagTest, RedisAndBadUrlsAreRefusedWithTheReason) {
   discovery::EtcdOptions etcd;
-  absl::Status redis = ApplyStoreUrl("redis://127.0.0.1:6379", false, &etcd);
+  absl::Status redis = ApplyStoreUrl({.store_flag = "redis://127.0.0.1:6379"}, &etcd);
   EXPECT_EQ(redis.code(), absl::StatusCode::kUnimplemented) << redis;
   EXPECT_TRUE(absl::StrContains(redis.message(), "does not run on Redis")) << redis;
-  EXPECT_EQ(ApplyStoreUrl("etcd://h:1", true, &etcd).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ApplyStoreUrl("ftp://h:1", false, &etcd).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(ApplyStoreUrl("etcd://", false, &etcd).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyStoreUrl({.store_flag = "etcd://h:1", .endpoints_flag = true}, &etcd).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyStoreUrl({.store_env = "etcd://h:1", .endpoints_env = true}, &etcd).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyStoreUrl({.store_flag = "ftp://h:1"}, &etcd).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ApplyStoreUrl({.store_flag = "etcd://"}, &etcd).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // The binary: refuses to start on Redis (exit 2, one clear line), from the flag and from the

@@ -40,8 +40,9 @@ int main(int argc, char** argv) {
   app.add_option("--endpoints", endpoints,
                  "etcd endpoints, comma separated (env ETCD_ENDPOINTS, default "
                  "http://127.0.0.1:2379)");
-  std::string store = Env("DISCOVERY_STORE", "");
-  app.add_option("--store", store,
+  discoveryd::StoreSources store{.store_env = Env("DISCOVERY_STORE", ""),
+                                 .endpoints_env = !Env("ETCD_ENDPOINTS", "").empty()};
+  app.add_option("--store", store.store_flag,
                  "etcd://host:port instead of --endpoints (env DISCOVERY_STORE; redis:// is "
                  "refused: see README)");
   app.add_option("--prefix", options.prefix, "key prefix (env DISCOVERY_PREFIX)")
@@ -94,9 +95,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   options.read_timeout = absl::Seconds(read_timeout_s);
   if (!endpoints.empty()) options.etcd.endpoints = discovery::SplitEndpoints(endpoints);
-  if (absl::Status s = discoveryd::ApplyStoreUrl(
-          store, !endpoints.empty() || std::getenv("ETCD_ENDPOINTS") != nullptr, &options.etcd);
-      !s.ok()) {
+  store.endpoints_flag = !endpoints.empty();
+  if (absl::Status s = discoveryd::ApplyStoreUrl(store, &options.etcd); !s.ok()) {
     std::cerr << "discoveryd: " << s.message() << "\n";
     return 2;
   }

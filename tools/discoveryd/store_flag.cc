@@ -5,13 +5,20 @@
 
 namespace discoveryd {
 
-absl::Status ApplyStoreUrl(const std::string& store, bool endpoints_given,
-                           discovery::EtcdOptions* etcd) {
-  if (store.empty()) return absl::OkStatus();
-  if (endpoints_given) {
-    return absl::InvalidArgumentError(
-        "--endpoints (ETCD_ENDPOINTS) and --store (DISCOVERY_STORE) are alternatives: give one");
+absl::Status ApplyStoreUrl(const StoreSources& sources, discovery::EtcdOptions* etcd) {
+  constexpr const char* kAlternatives =
+      "--endpoints (ETCD_ENDPOINTS) and --store (DISCOVERY_STORE) are alternatives: give one";
+  std::string store = sources.store_flag;
+  if (!store.empty() && sources.endpoints_flag) {
+    return absl::InvalidArgumentError(absl::StrCat(kAlternatives, " (both on the command line)"));
   }
+  if (store.empty() && !sources.endpoints_flag) {
+    store = sources.store_env;  // the command line wins over the environment
+    if (!store.empty() && sources.endpoints_env) {
+      return absl::InvalidArgumentError(absl::StrCat(kAlternatives, " (both in the environment)"));
+    }
+  }
+  if (store.empty()) return absl::OkStatus();
   if (absl::StartsWith(store, "etcd://")) {
     etcd->endpoints = discovery::SplitEndpoints(store.substr(7));
     for (std::string& e : etcd->endpoints) e = absl::StrCat("http://", e);

@@ -22,10 +22,19 @@
 
 namespace discoveryd {
 
-// Applies `store` to `etcd`. Empty `store`: nothing. kInvalidArgument when `endpoints_given`
-// (--endpoints or ETCD_ENDPOINTS) and `store` are both set, or for another scheme;
-// kUnimplemented for redis://.
-absl::Status ApplyStoreUrl(const std::string& store, bool endpoints_given,
-                           discovery::EtcdOptions* etcd);
+// Where the store URL and the etcd endpoints came from: the command line wins over the
+// environment, as for every flag.
+struct StoreSources {
+  std::string store_flag{};     // --store
+  std::string store_env{};      // DISCOVERY_STORE
+  bool endpoints_flag = false;  // --endpoints given
+  bool endpoints_env = false;   // ETCD_ENDPOINTS set
+};
+
+// Applies the store URL that wins to `etcd`; nothing when there is none (or --endpoints wins
+// over DISCOVERY_STORE). kInvalidArgument when --store and --endpoints are both on the command
+// line, or (neither there) DISCOVERY_STORE and ETCD_ENDPOINTS are both set, or for another
+// scheme; kUnimplemented for redis://.
+absl::Status ApplyStoreUrl(const StoreSources& sources, discovery::EtcdOptions* etcd);
 
 }  // namespace discoveryd
