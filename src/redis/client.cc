@@ -138,8 +138,11 @@ absl::Status Client::EnsureConnected() {
     auto r = CommandLocked(auth, absl::ZeroDuration());
     if (!r.ok()) {
       Drop();
-      // Bad credentials are not retried faster than the backoff either.
-      last_error_ = absl::UnauthenticatedError(r.status().message());
+      // Bad credentials are not retried faster than the backoff either. A Redis that did not
+      // answer the AUTH (frozen, gone: kUnavailable) is unreachable, not a credentials problem.
+      last_error_ = r.status().code() == absl::StatusCode::kUnavailable
+                        ? r.status()
+                        : absl::UnauthenticatedError(r.status().message());
       next_attempt_ = util::MonoNow() + backoff_.Next();
       return last_error_;
     }

@@ -2,6 +2,8 @@
 // value validation and exit codes. No etcd needed.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include "absl/strings/str_split.h"
 #include "common.h"
 #include "health_check.h"
@@ -175,6 +177,48 @@ TEST(OutputTest, WatchLineKeepsTheDocumentedKeyOrder) {
   std::string line = WatchLine(ev);
   EXPECT_EQ(line.rfind(R"({"event":"status_changed","revision":42,"instance":{)", 0), 0u) << line;
   EXPECT_EQ(line.find('\n'), std::string::npos);
+}
+
+// The transport: the command line wins over the environment; two on either is a usage error.
+TEST(ResolveTransportTest, CommandLineWinsTwoOnEitherSideIsAnError) {
+  struct Env {
+    Env() { Clear(); }
+    ~Env() { Clear(); }
+    static void Clear() {
+      for (const char* n : {"ETCD_ENDPOINTS", "DISCOVERY_GATEWAY", "DISCOVERY_STORE"}) unsetenv(n);
+    }
+  } env;
+  GlobalOptions g;
+  ASSERT_TRUE(ResolveTransport(std::nullopt, std::nullopt, std::nullopt, &g).ok());
+  EXPECT_FALSE(g.endpoints_given);
+  EXPECT_EQ(g.endpoints, GlobalOptions().endpoints);
+
+  setenv("ETCD_ENDPOINTS", "http://e:2379", 1);
+  g = GlobalOptions();
+  ASSERT_TRUE(ResolveTransport(std::nullopt, std::string("http://gw:8080"), std::nullopt, &g).ok());
+  EXPECT_EQ(g.gateway, "http://gw:8080");  // the flag wins over ETCD_ENDPOINTS
+  EXPECT_FALSE(g.endpoints_given);
+  EXPECT_TRUE(ValidateGlobalOptions(g).ok());
+
+  g = GlobalOptions();
+  ASSERT_TRUE(ResolveTransport(std::nullopt, std::nullopt, std::nullopt, &g).ok());
+  EXPECT_TRUE(g.endpoints_given);
+  EXPECT_EQ(g.endpoints, "http://e:2379");
+
+  setenv("DISCOVERY_STORE", "redis://r:6379", 1);
+  g = GlobalOptions();
+  absl::Status two_env = ResolveTransport(std::nullopt, std::nullopt, std::nullopt, &g);
+  EXPECT_EQ(two_env.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(two_env.message().find("alternatives"), std::string_view::npos) << two_env;
+  g = GlobalOptions();
+  ASSERT_TRUE(ResolveTransport(std::nullopt, std::nullopt, std::string("redis://x:1"), &g).ok());
+  EXPECT_EQ(g.store, "redis://x:1");
+
+  g = GlobalOptions();
+  EXPECT_EQ(
+      ResolveTransport(std::string("http://e:1"), std::nullopt, std::string("redis://x:1"), &g)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

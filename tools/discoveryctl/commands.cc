@@ -24,8 +24,7 @@ constexpr absl::Duration kMaxCheckTimeout = absl::Seconds(2);
 
 absl::StatusOr<std::shared_ptr<discovery::Connection>> Connect(
     const GlobalOptions& global, std::shared_ptr<spdlog::logger> logger) {
-  if (absl::Status s = ValidateGlobalOptions(global); !s.ok()) return s;
-  return discovery::Connection::Create(MakeEtcdOptions(global, std::move(logger)));
+  return ConnectStore(global, std::move(logger));
 }
 
 // The status filter of list/watch; nullopt when `name` is empty.
@@ -128,7 +127,8 @@ int RunList(const GlobalOptions& global, const ListOptions& options) {
   if (!status_filter.ok()) return Fail(status_filter.status());
   auto conn = Connect(global, ToolLogger("error"));
   if (!conn.ok()) return FailEtcd(global, conn.status());
-  Store store(*conn, global.prefix, global.timeout());
+  std::unique_ptr<Store> opened = OpenStore(*conn, global.prefix, global.timeout());
+  Store& store = *opened;
   absl::StatusOr<ListResult> list = store.List(options.type);
   if (!list.ok()) return FailEtcd(global, list.status());
 
@@ -162,7 +162,8 @@ int RunGet(const GlobalOptions& global, const GetOptions& options) {
   if (absl::Status s = ValidateTypeAndId(options.type, options.id); !s.ok()) return Fail(s);
   auto conn = Connect(global, ToolLogger("error"));
   if (!conn.ok()) return FailEtcd(global, conn.status());
-  Store store(*conn, global.prefix, global.timeout());
+  std::unique_ptr<Store> opened = OpenStore(*conn, global.prefix, global.timeout());
+  Store& store = *opened;
   absl::StatusOr<StoredInstance> in = store.Get(options.type, options.id);
   if (!in.ok()) return FailEtcd(global, in.status());
   std::vector<StoredInstance> one;
@@ -195,10 +196,13 @@ int RunWatch(const GlobalOptions& global, const WatchOptions& options) {
   });
   if (!watcher.ok()) return FailEtcd(global, watcher.status());
   if (absl::Status s = (*watcher)->WaitForSync(global.timeout()); !s.ok()) {
-    // Not synced within the timeout: etcd did not answer (or refused our credentials).
+    // Not synced within the timeout: the store did not answer (or refused our credentials).
+    if (absl::IsPermissionDenied(s) || absl::IsUnauthenticated(s) || absl::IsInvalidArgument(s)) {
+      return FailEtcd(global, s);
+    }
     return FailEtcd(global, absl::UnavailableError(s.message()));
   }
-  // Quiet until synced (the one error line above says it all); afterwards etcd trouble and
+  // Quiet until synced (the one error line above says it all); afterwards store trouble and
   // skipped values are worth a warning while the watch goes on.
   if (std::getenv("DISCOVERY_LOG_LEVEL") == nullptr) logger->set_level(spdlog::level::warn);
   discovery::Subscription sub = (*watcher)->Subscribe(
@@ -281,7 +285,8 @@ int RunDeregister(const GlobalOptions& global, const DeregisterOptions& options)
   if (absl::Status s = ValidateTypeAndId(options.type, options.id); !s.ok()) return Fail(s);
   auto conn = Connect(global, ToolLogger("error"));
   if (!conn.ok()) return FailEtcd(global, conn.status());
-  Store store(*conn, global.prefix, global.timeout());
+  std::unique_ptr<Store> opened = OpenStore(*conn, global.prefix, global.timeout());
+  Store& store = *opened;
   absl::StatusOr<DeleteResult> deleted = store.Delete(options.type, options.id);
   if (!deleted.ok()) return FailEtcd(global, deleted.status());
   std::string key = InstanceKey(global.prefix, options.type, options.id);
@@ -305,7 +310,8 @@ int RunSetStatus(const GlobalOptions& global, const SetStatusOptions& options) {
   if (!status.ok()) return Fail(status.status());
   auto conn = Connect(global, ToolLogger("error"));
   if (!conn.ok()) return FailEtcd(global, conn.status());
-  Store store(*conn, global.prefix, global.timeout());
+  std::unique_ptr<Store> opened = OpenStore(*conn, global.prefix, global.timeout());
+  Store& store = *opened;
   absl::StatusOr<SetStatusResult> result =
       store.SetStatus(options.type, options.id, *status, options.custom_state);
   if (!result.ok()) return FailEtcd(global, result.status());

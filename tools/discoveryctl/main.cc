@@ -8,12 +8,14 @@
 //   discoveryctl set-status TYPE ID STATUS [--custom-state X]
 //
 // This file only declares the flags (CLI11) and dispatches to commands.cc. Exit codes: 0 ok,
-// 1 usage or invalid argument, 2 not found, 3 etcd unreachable or auth failed.
+// 1 usage or invalid argument, 2 not found, 3 store (etcd, Redis, gateway) unreachable or
+// auth failed. The store is etcd (--endpoints), discoveryd (--gateway) or --store redis://....
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -25,10 +27,25 @@ namespace {
 
 using discoveryctl::GlobalOptions;
 
-void AddGlobalFlags(CLI::App& app, GlobalOptions& g) {
-  app.add_option("--endpoints", g.endpoints, "etcd endpoints, comma separated")
-      ->envname("ETCD_ENDPOINTS")
-      ->capture_default_str();
+// The transport flags as given on the command line (empty optional: absent).
+struct TransportFlags {
+  std::optional<std::string> endpoints, gateway, store;
+};
+
+void AddGlobalFlags(CLI::App& app, GlobalOptions& g, TransportFlags& t) {
+  // The three transports take their environment variables in ResolveTransport (the command
+  // line wins over the environment; two of them on either is a usage error).
+  app.add_option(
+      "--endpoints", t.endpoints,
+      "etcd endpoints, comma separated (env ETCD_ENDPOINTS, default " + g.endpoints + ")");
+  app.add_option("--gateway", t.gateway,
+                 "discoveryd URLs, comma separated: through the gateway instead of --endpoints "
+                 "(env DISCOVERY_GATEWAY)");
+  app.add_option("--api-token", g.api_token, "discoveryd API token (X-API-Token) for --gateway")
+      ->envname("DISCOVERY_API_TOKEN");
+  app.add_option("--store", t.store,
+                 "store URL instead of --endpoints: redis://[user:pass@]host:port[/db] or "
+                 "etcd://host:port (env DISCOVERY_STORE)");
   app.add_option("--prefix", g.prefix, "key prefix of the registry (must end with '/')")
       ->envname("DISCOVERY_PREFIX")
       ->capture_default_str();
@@ -39,7 +56,7 @@ void AddGlobalFlags(CLI::App& app, GlobalOptions& g) {
   app.add_option("--key", g.key_file, "client key (mTLS)")->envname("ETCD_KEY");
   app.add_option("-o,--output", g.output, "output format: table or json (default per command)")
       ->check(CLI::IsMember({"table", "json"}));
-  app.add_option("--timeout", g.timeout_seconds, "seconds bounding every etcd call")
+  app.add_option("--timeout", g.timeout_seconds, "seconds bounding every store call")
       ->capture_default_str();
 }
 
@@ -63,10 +80,12 @@ int main(int argc, char** argv) {
   std::string custom_state;
   std::function<int()> run;
 
-  CLI::App app{"discoveryctl: inspect and change the discovery registry in etcd"};
+  CLI::App app{
+      "discoveryctl: inspect and change the discovery registry (etcd, Redis or via discoveryd)"};
   app.fallthrough();  // global flags are accepted after the command too
   app.require_subcommand(1);
-  AddGlobalFlags(app, global);
+  TransportFlags transport;
+  AddGlobalFlags(app, global, transport);
 
   CLI::App* list_cmd = app.add_subcommand("list", "list instances as a table (or -o json)");
   list_cmd->add_option("--type", list.type, "only this type");
@@ -144,6 +163,11 @@ int main(int argc, char** argv) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
     std::cerr << "discoveryctl: " << e.what() << " (see --help)" << std::endl;
     return discoveryctl::kExitUsage;
+  }
+  if (absl::Status s = discoveryctl::ResolveTransport(transport.endpoints, transport.gateway,
+                                                      transport.store, &global);
+      !s.ok()) {
+    return discoveryctl::Fail(s);
   }
   int rc = discoveryctl::kExitUsage;
   try {

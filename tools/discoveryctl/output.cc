@@ -148,7 +148,9 @@ nlohmann::json InstanceWithLease(const StoredInstance& in) {
   nlohmann::json out = in.raw;
   if (in.lease_id != 0) {
     out["leaseId"] = absl::StrFormat("%x", in.lease_id);
-    out["leaseTtlSeconds"] = in.ttl_left.value_or(-1);
+    // Unknown (a store without lease TTLs: Redis, the gateway) is null, never a wrong number.
+    out["leaseTtlSeconds"] =
+        in.ttl_left.has_value() ? nlohmann::json(*in.ttl_left) : nlohmann::json(nullptr);
   } else {
     out["leaseTtlSeconds"] = nullptr;
   }

@@ -36,7 +36,8 @@ std::string FormatPorts(const std::map<std::string, int>& ports);
 std::string FormatAge(absl::Duration age);
 
 // The stored JSON object, with "leaseId" set to the key's actual lease (hex, as etcdctl prints
-// it) and "leaseTtlSeconds": seconds left, -1 when the lease has expired, null without a lease.
+// it) and "leaseTtlSeconds": seconds left, -1 when the lease has expired, null without a lease
+// or when the store does not know it (Redis, the gateway).
 nlohmann::json InstanceWithLease(const StoredInstance& instance);
 
 // One `watch` line: {"event":"added","revision":N,"instance":{...}} (no trailing newline).

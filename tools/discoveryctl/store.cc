@@ -51,16 +51,16 @@ absl::StatusOr<StoredInstance> ParseStored(std::string_view prefix, std::string_
   return out;
 }
 
-Store::Store(std::shared_ptr<discovery::Connection> connection, std::string prefix,
-             absl::Duration timeout)
+EtcdStore::EtcdStore(std::shared_ptr<discovery::Connection> connection, std::string prefix,
+                     absl::Duration timeout)
     : connection_(std::move(connection)),
       prefix_(std::move(prefix)),
       timeout_(timeout),
       writer_(discovery::NewEtcdInstanceWriter(connection_->client(), timeout_)) {}
 
-Store::~Store() = default;
+EtcdStore::~EtcdStore() = default;
 
-absl::StatusOr<ListResult> Store::List(std::string_view type) {
+absl::StatusOr<ListResult> EtcdStore::List(std::string_view type) {
   const std::string start = type.empty() ? prefix_ : absl::StrCat(prefix_, AV(type), "/");
   const std::string end = PrefixEnd(start);
   ListResult result;
@@ -96,7 +96,7 @@ absl::StatusOr<ListResult> Store::List(std::string_view type) {
   return result;
 }
 
-absl::Status Store::FillLeaseTtls(std::vector<StoredInstance>* instances) {
+absl::Status EtcdStore::FillLeaseTtls(std::vector<StoredInstance>* instances) {
   std::map<int64_t, int64_t> ttls;
   for (StoredInstance& in : *instances) {
     if (in.lease_id == 0) continue;
@@ -114,7 +114,7 @@ absl::Status Store::FillLeaseTtls(std::vector<StoredInstance>* instances) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StoredInstance> Store::Get(std::string_view type, std::string_view id) {
+absl::StatusOr<StoredInstance> EtcdStore::Get(std::string_view type, std::string_view id) {
   const std::string key = InstanceKey(prefix_, type, id);
   pb::RangeRequest req;
   req.set_key(key);
@@ -132,7 +132,7 @@ absl::StatusOr<StoredInstance> Store::Get(std::string_view type, std::string_vie
   return in;
 }
 
-absl::StatusOr<DeleteResult> Store::Delete(std::string_view type, std::string_view id) {
+absl::StatusOr<DeleteResult> EtcdStore::Delete(std::string_view type, std::string_view id) {
   const std::string key = InstanceKey(prefix_, type, id);
   auto resp = writer_->Delete(key, {});  // unguarded
   if (!resp.ok()) return resp.status();
@@ -161,9 +161,9 @@ absl::StatusOr<DeleteResult> Store::Delete(std::string_view type, std::string_vi
   return result;
 }
 
-absl::StatusOr<SetStatusResult> Store::SetStatus(std::string_view type, std::string_view id,
-                                                 discovery::InstanceStatus status,
-                                                 std::optional<std::string> custom_state) {
+absl::StatusOr<SetStatusResult> EtcdStore::SetStatus(std::string_view type, std::string_view id,
+                                                     discovery::InstanceStatus status,
+                                                     std::optional<std::string> custom_state) {
   for (int attempt = 1;; ++attempt) {
     absl::StatusOr<StoredInstance> current = Get(type, id);
     if (!current.ok()) return current.status();
@@ -196,6 +196,14 @@ absl::StatusOr<SetStatusResult> Store::SetStatus(std::string_view type, std::str
           absl::StrCat(current->key, " keeps changing; gave up after ", attempt, " attempts"));
     }
   }
+}
+
+std::unique_ptr<Store> OpenStore(std::shared_ptr<discovery::Connection> connection,
+                                 std::string prefix, absl::Duration timeout) {
+  if (connection->client() != nullptr) {
+    return std::make_unique<EtcdStore>(std::move(connection), std::move(prefix), timeout);
+  }
+  return NewBackendStore(std::move(connection), std::move(prefix), timeout);
 }
 
 }  // namespace discoveryctl

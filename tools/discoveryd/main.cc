@@ -13,6 +13,7 @@
 #include "discovery/registrar.h"
 #include "fd_limits.h"
 #include "gateway.h"
+#include "store_flag.h"
 #include "util/logging.h"
 
 namespace {
@@ -39,6 +40,11 @@ int main(int argc, char** argv) {
   app.add_option("--endpoints", endpoints,
                  "etcd endpoints, comma separated (env ETCD_ENDPOINTS, default "
                  "http://127.0.0.1:2379)");
+  discoveryd::StoreSources store{.store_env = Env("DISCOVERY_STORE", ""),
+                                 .endpoints_env = !Env("ETCD_ENDPOINTS", "").empty()};
+  app.add_option("--store", store.store_flag,
+                 "etcd://host:port instead of --endpoints (env DISCOVERY_STORE; redis:// is "
+                 "refused: see README)");
   app.add_option("--prefix", options.prefix, "key prefix (env DISCOVERY_PREFIX)")
       ->capture_default_str();
   app.add_option("--api-token-file", options.api_token_file,
@@ -97,6 +103,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   options.read_timeout = absl::Seconds(read_timeout_s);
   if (!endpoints.empty()) options.etcd.endpoints = discovery::SplitEndpoints(endpoints);
+  store.endpoints_flag = !endpoints.empty();
+  if (absl::Status s = discoveryd::ApplyStoreUrl(store, &options.etcd); !s.ok()) {
+    std::cerr << "discoveryd: " << s.message() << "\n";
+    return 2;
+  }
 
   // Every connection is a file descriptor (the default --max-connections is sized from it).
   discoveryd::RaiseFdLimit(discovery::util::ComponentLogger(nullptr, "discoveryd"));
