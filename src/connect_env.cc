@@ -22,7 +22,7 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectTo(const std::string& gateway
     o.urls = SplitEndpoints(gateway);
     return ConnectGateway(o);
   }
-  if (absl::StartsWith(store, "redis://")) {
+  if (absl::StartsWith(store, "redis://") || absl::StartsWith(store, "redis+sentinel://")) {
     RedisOptions o = RedisOptions::FromEnv();
     o.url = store;
     return ConnectRedis(o);

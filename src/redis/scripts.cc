@@ -25,7 +25,7 @@ end
 local function logrec(op, key, value)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key,
-                         'value', value)
+                         'value', value, 'n', ARGV[1])
   if type(ok) == 'table' and ok.err then
     -- A foreign entry (XADD by hand) sits above our seq: jump past it. Watchers see the gap
     -- and resync; writes go on.
@@ -33,7 +33,8 @@ local function logrec(op, key, value)
     local topseq = tonumber(string.match(top[1][1], '^(%d+)'))
     seq = topseq + 1
     redis.call('HSET', meta, 'seq', seq)
-    redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key, 'value', value)
+    redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key, 'value', value,
+               'n', ARGV[1])
   end
   return seq
 end
