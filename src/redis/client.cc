@@ -62,7 +62,7 @@ int64_t Reply::AsInt() const {
 namespace {
 
 std::atomic<uint64_t> g_lookups{0}, g_lookup_failures{0}, g_not_master{0}, g_readonly{0},
-    g_master_changes{0};
+    g_master_changes{0}, g_moved{0};
 
 // host[:port] -> (host, port); `what` names the URL in errors.
 absl::Status ParseHostPort(absl::string_view url, absl::string_view hostport, int default_port,
@@ -94,8 +94,8 @@ absl::Status ParseDb(absl::string_view url, absl::string_view db, int* out) {
 }  // namespace
 
 SentinelCounters GetSentinelCounters() {
-  return {g_lookups.load(), g_lookup_failures.load(), g_not_master.load(), g_readonly.load(),
-          g_master_changes.load()};
+  return {g_lookups.load(),  g_lookup_failures.load(), g_not_master.load(),
+          g_readonly.load(), g_master_changes.load(),  g_moved.load()};
 }
 
 absl::StatusOr<Url> ParseUrl(absl::string_view url) {
@@ -277,8 +277,8 @@ absl::Status Client::EnsureConnected() {
                                                absl::FormatDuration(next_attempt_ - now),
                                                "): ", last_error_.message()));
   }
-  std::string host = options_.url.host;
-  int port = options_.url.port;
+  std::string host = redirect_host_.empty() ? options_.url.host : redirect_host_;
+  int port = redirect_host_.empty() ? options_.url.port : redirect_port_;
   absl::Status st;
   if (!options_.url.sentinels.empty()) {
     auto master = AskSentinels();
@@ -294,6 +294,7 @@ absl::Status Client::EnsureConnected() {
   if (st.ok()) st = Connect(host, port);
   if (!st.ok()) {
     Drop();
+    redirect_host_.clear();  // a MOVED target that failed: back to the configured address
     last_error_ = absl::Status(
         st.code() == absl::StatusCode::kUnauthenticated ? st.code()
                                                         : absl::StatusCode::kUnavailable,
@@ -340,6 +341,24 @@ absl::StatusOr<Reply> Client::CommandLocked(const std::vector<std::string>& argv
         absl::UnavailableError(absl::StrCat("redis ", host_, ":", port_, " ", argv[0], ": ", why));
     return last_error_;
   }
+  if (raw->type == REDIS_REPLY_ERROR &&
+      absl::StartsWith(absl::string_view(raw->str, raw->len), "MOVED ")) {
+    // Redis Cluster: the slot of our hash tag lives on another node ("MOVED <slot> host:port").
+    // Follow it: connect there from now on (the caller retries the command once).
+    std::vector<std::string> f = absl::StrSplit(std::string(raw->str, raw->len), ' ');
+    int port = 0;
+    size_t colon = f.size() == 3 ? f[2].rfind(':') : std::string::npos;
+    if (colon != std::string::npos && absl::SimpleAtoi(f[2].substr(colon + 1), &port)) {
+      g_moved.fetch_add(1);
+      redirect_host_ = f[2].substr(0, colon);
+      redirect_port_ = port;
+      moved_ = true;
+      guard.reset();
+      Drop();
+      return absl::UnavailableError(absl::StrCat("redis ", host_, ":", port_, " ", argv[0],
+                                                 ": moved to ", redirect_host_, ":", port));
+    }
+  }
   if (raw->type == REDIS_REPLY_ERROR) {
     return absl::InternalError(
         absl::StrCat("redis ", argv[0], ": ", std::string(raw->str, raw->len)));
@@ -352,8 +371,10 @@ absl::StatusOr<Reply> Client::Command(const std::vector<std::string>& argv,
   std::lock_guard<std::mutex> lock(mu_);
   const bool reused = ctx_ != nullptr;
   if (absl::Status s = EnsureConnected(); !s.ok()) return s;
+  moved_ = false;
   auto r = CommandLocked(argv, timeout);
-  if (reused && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
+  if ((reused || moved_) && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
+    // (or a Cluster MOVED: once more on the slot's owner)
     // A connection from before a server restart fails on first use: connect again and retry
     // once at once (the scripts are safe to repeat: a repeated put finds its own key).
     if (absl::Status s = EnsureConnected(); !s.ok()) return s;
@@ -373,8 +394,9 @@ absl::StatusOr<Reply> Client::Eval(const std::string& script, const std::vector<
   if (absl::Status s = EnsureConnected(); !s.ok()) return s;
   // A stale connection (see Command): the first command on it fails; once more on a new one.
   auto run = [&](const std::vector<std::string>& argv) -> absl::StatusOr<Reply> {
+    moved_ = false;
     auto r = CommandLocked(argv, absl::ZeroDuration());
-    if (reused && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
+    if ((reused || moved_) && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
       reused = false;
       if (absl::Status s = EnsureConnected(); !s.ok()) return s;
       r = CommandLocked(argv, absl::ZeroDuration());

@@ -6,6 +6,8 @@
 // the sentinels in turn for the master (SENTINEL get-master-addr-by-name), connects to it and
 // verifies it with ROLE (must say master); a READONLY reply (we reached a demoted master)
 // drops the connection, so the next call asks the sentinels again.
+// Redis Cluster: a MOVED reply makes the client connect to the named node from then on and
+// retry the command there once (every key of a namespace is in one slot, so one owner).
 // Errors are absl::Status: kUnavailable (cannot connect / I/O / timeout: retry), kInternal
 // (Redis answered an error reply), kInvalidArgument (bad URL).
 //
@@ -64,13 +66,14 @@ struct ClientOptions {
   std::string sentinel_password;
 };
 
-// Process-wide counters of the Sentinel client (shown by RedisClientCounters()).
+// Process-wide counters of the Sentinel/Cluster client (GetSentinelCounters()).
 struct SentinelCounters {
   uint64_t lookups = 0;          // SENTINEL get-master-addr-by-name asked
   uint64_t lookup_failures = 0;  // every sentinel failed or none knew the master
   uint64_t not_master = 0;       // the address named did not say ROLE master (failover running)
   uint64_t readonly = 0;         // READONLY replies: connection dropped, sentinels asked again
   uint64_t master_changes = 0;   // a connect found another master address than the last one
+  uint64_t moved = 0;            // Redis Cluster MOVED replies followed to the slot's owner
 };
 SentinelCounters GetSentinelCounters();
 
@@ -106,7 +109,10 @@ class Client {
   redisContext* ctx_ = nullptr;
   std::string host_;  // of ctx_
   int port_ = 0;
-  size_t next_sentinel_ = 0;  // the one that answered last is asked first
+  size_t next_sentinel_ = 0;   // the one that answered last is asked first
+  std::string redirect_host_;  // Cluster: the slot owner named by the last MOVED
+  int redirect_port_ = 0;
+  bool moved_ = false;  // the last CommandLocked was answered MOVED
   util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(5)};
   absl::Time next_attempt_ = absl::InfinitePast();
   absl::Status last_error_;

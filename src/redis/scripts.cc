@@ -74,10 +74,16 @@ end
 
 const std::string kGrantScript = kPrelude + R"lua(
 local ttl = tonumber(ARGV[4])
-local id = redis.call('HINCRBY', meta, 'lease_next', 1)
+-- A random id (the caller's candidate): a grant lost with a failed master must never be
+-- granted again to another process by the promoted replica (its keepalives would keep the
+-- other's lease alive and never learn that its own keys are gone).
+local id = ARGV[5]
+if id == nil or redis.call('HEXISTS', ttls, id) == 1 then
+  id = redis.call('HINCRBY', meta, 'lease_next', 1)
+end
 redis.call('ZADD', dl, now_ms() + ttl, id)
 redis.call('HSET', ttls, id, ttl)
-return id
+return tonumber(id)
 )lua";
 
 const std::string kKeepAliveScript = kPrelude + R"lua(

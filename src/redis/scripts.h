@@ -23,7 +23,7 @@ namespace discovery::redis {
 
 std::vector<std::string> Keys(const std::string& ns);
 
-// ARGV 4: ttl_ms -> lease id
+// ARGV 4: ttl_ms, 5: id candidate (random, < 2^52; taken unless in use) -> lease id
 extern const std::string kGrantScript;
 // ARGV 4..: lease ids -> the ids that are gone (deadline refreshed for the others)
 extern const std::string kKeepAliveScript;

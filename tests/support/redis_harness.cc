@@ -90,6 +90,10 @@ absl::Status RedisServer::Launch() {
               options_.aof ? "yes" : "no",
               "--appendfsync",
               "everysec"};
+    if (options_.cluster) {
+      o.argv.insert(o.argv.end(),
+                    {"--cluster-enabled", "yes", "--cluster-config-file", dir_ + "/nodes.conf"});
+    }
     if (options_.replica_of != 0) {
       o.argv.insert(o.argv.end(), {"--replicaof", "127.0.0.1", absl::StrCat(options_.replica_of)});
     }

@@ -23,6 +23,7 @@ struct RedisServerOptions {
   int replica_of = 0;  // a replica of 127.0.0.1:<replica_of>
   int monitor = 0;     // a sentinel (redis-server --sentinel) monitoring 127.0.0.1:<monitor>
   std::string master_name = "mymaster";  // (sentinel)
+  bool cluster = false;                  // --cluster-enabled yes (nodes.conf in the data directory)
 };
 
 class RedisServer {
