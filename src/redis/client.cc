@@ -334,6 +334,7 @@ absl::StatusOr<Reply> Client::CommandLocked(const std::vector<std::string>& argv
     // A demoted master (failover; inside a script the error is wrapped): drop the connection,
     // the next connect asks the sentinels again.
     g_readonly.fetch_add(1);
+    redirected_ = true;  // the caller retries once, on whatever the sentinels name now
     std::string why(raw->str, raw->len);
     guard.reset();
     Drop();
@@ -352,7 +353,7 @@ absl::StatusOr<Reply> Client::CommandLocked(const std::vector<std::string>& argv
       g_moved.fetch_add(1);
       redirect_host_ = f[2].substr(0, colon);
       redirect_port_ = port;
-      moved_ = true;
+      redirected_ = true;
       guard.reset();
       Drop();
       return absl::UnavailableError(absl::StrCat("redis ", host_, ":", port_, " ", argv[0],
@@ -371,10 +372,10 @@ absl::StatusOr<Reply> Client::Command(const std::vector<std::string>& argv,
   std::lock_guard<std::mutex> lock(mu_);
   const bool reused = ctx_ != nullptr;
   if (absl::Status s = EnsureConnected(); !s.ok()) return s;
-  moved_ = false;
+  redirected_ = false;
   auto r = CommandLocked(argv, timeout);
-  if ((reused || moved_) && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
-    // (or a Cluster MOVED: once more on the slot's owner)
+  if ((reused || redirected_) && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
+    // (or told to go elsewhere - MOVED, READONLY: once more on the new connection)
     // A connection from before a server restart fails on first use: connect again and retry
     // once at once (the scripts are safe to repeat: a repeated put finds its own key).
     if (absl::Status s = EnsureConnected(); !s.ok()) return s;
@@ -394,9 +395,9 @@ absl::StatusOr<Reply> Client::Eval(const std::string& script, const std::vector<
   if (absl::Status s = EnsureConnected(); !s.ok()) return s;
   // A stale connection (see Command): the first command on it fails; once more on a new one.
   auto run = [&](const std::vector<std::string>& argv) -> absl::StatusOr<Reply> {
-    moved_ = false;
+    redirected_ = false;
     auto r = CommandLocked(argv, absl::ZeroDuration());
-    if ((reused || moved_) && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
+    if ((reused || redirected_) && !r.ok() && r.status().code() == absl::StatusCode::kUnavailable) {
       reused = false;
       if (absl::Status s = EnsureConnected(); !s.ok()) return s;
       r = CommandLocked(argv, absl::ZeroDuration());

@@ -112,7 +112,7 @@ class Client {
   size_t next_sentinel_ = 0;   // the one that answered last is asked first
   std::string redirect_host_;  // Cluster: the slot owner named by the last MOVED
   int redirect_port_ = 0;
-  bool moved_ = false;  // the last CommandLocked was answered MOVED
+  bool redirected_ = false;  // the last CommandLocked was answered MOVED or READONLY
   util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(5)};
   absl::Time next_attempt_ = absl::InfinitePast();
   absl::Status last_error_;

@@ -140,5 +140,56 @@ TEST_F(RedisFailoverTest, SentinelFailoverToAReplicaThatLostTheLastWrites) {
   EXPECT_GT(after.master_changes, before.master_changes);
 }
 
+// A master demoted under connected clients (an operator's REPLICAOF after a SENTINEL FAILOVER,
+// so no CLIENT KILL reaches them): their next write gets READONLY; the client drops the
+// connection, asks the sentinels again and retries on the new master.
+TEST_F(RedisFailoverTest, ReadonlyFromADemotedMasterMakesClientsAskTheSentinelsAgain) {
+  auto started = RedisSentinelGroup::Start(1, 3);
+  ASSERT_TRUE(started.ok()) << started.status();
+  RedisSentinelGroup& g = **started;
+  RedisServer& old_master = g.node(0);
+  RedisServer& replica = g.node(1);
+  auto conn = ConnectUrl(g.Url());
+  EventLog log;
+  auto registrar = NewRegistrar(conn, &log);
+  auto watcher = NewWatcher(ConnectUrl(g.Url()));
+  auto reg = registrar->Register(World("w-0"), {.ttl = absl::Seconds(5)});
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  ASSERT_TRUE(WaitUntil([&] { return StoreIds(replica) == std::set<std::string>{"w-0"}; },
+                        absl::Seconds(5)));
+  const auto before = redis::GetSentinelCounters();
+
+  ASSERT_TRUE(g.sentinel(0).Cli({"SENTINEL", "failover", RedisSentinelGroup::kMasterName}).ok());
+  ASSERT_TRUE(WaitUntil([&] { return g.MasterPort().value_or(0) == replica.port(); },
+                        absl::Seconds(20), absl::Milliseconds(50)));
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto role = replica.Cli({"ROLE"});
+        return role.ok() && role->rfind("master", 0) == 0;
+      },
+      absl::Seconds(10)));
+  ASSERT_TRUE(old_master.Cli({"REPLICAOF", "127.0.0.1", absl::StrCat(replica.port())}).ok());
+
+  // The registrar's connection still points at the demoted master: READONLY, ask again.
+  EXPECT_TRUE(
+      WaitUntil([&] { return reg->SetStatus(InstanceStatus::kReady).ok(); }, absl::Seconds(5)));
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        auto json = replica.Cli({"HGET", "{sd}:inst", "/services/world/w-0"});
+        auto in = watcher->snapshot()->Find("world", "w-0");
+        return json.ok() && json->find("\"status\":\"ready\"") != std::string::npos &&
+               in != nullptr && in->status == InstanceStatus::kReady;
+      },
+      absl::Seconds(10)));
+  // A first call of a script on the old connection (the revoke's SCRIPT LOAD still works on a
+  // replica, its EVALSHA gets READONLY): retried on the new master at once.
+  EXPECT_TRUE(reg->Close().ok());
+  EXPECT_TRUE(StoreIds(replica).empty());
+  const auto after = redis::GetSentinelCounters();
+  EXPECT_GT(after.readonly, before.readonly);
+  EXPECT_GT(after.master_changes, before.master_changes);
+  EXPECT_EQ(log.Count(RegistrationEventType::kLeaseLost), 0);
+}
+
 }  // namespace
 }  // namespace discovery
