@@ -410,7 +410,9 @@ absl::StatusOr<Reply> Client::Eval(const std::string& script, const std::vector<
     std::lock_guard<std::mutex> l(shas_mu);
     if (auto it = shas->find(script); it != shas->end()) sha = it->second;
   }
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  // NOSCRIPT -> SCRIPT LOAD and again; a redirect (READONLY, MOVED) between the load and the
+  // EVALSHA lands on a server without the script: NOSCRIPT once more there.
+  for (int attempt = 0; attempt < 4; ++attempt) {
     if (sha.empty()) {
       auto loaded = run({"SCRIPT", "LOAD", script});
       if (!loaded.ok()) return loaded.status();

@@ -183,8 +183,9 @@ TEST_F(RedisFailoverTest, ReadonlyFromADemotedMasterMakesClientsAskTheSentinelsA
       absl::Seconds(10)));
   // A first call of a script on the old connection (the revoke's SCRIPT LOAD still works on a
   // replica, its EVALSHA gets READONLY): retried on the new master at once.
-  EXPECT_TRUE(reg->Close().ok());
-  EXPECT_TRUE(StoreIds(replica).empty());
+  absl::Status closed = reg->Close();
+  EXPECT_TRUE(closed.ok()) << closed;
+  EXPECT_TRUE(StoreIds(replica).empty()) << absl::StrJoin(StoreIds(replica), ",");
   const auto after = redis::GetSentinelCounters();
   EXPECT_GT(after.readonly, before.readonly);
   EXPECT_GT(after.master_changes, before.master_changes);
