@@ -32,7 +32,9 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectTo(const std::string& gateway
     o.endpoints = SplitEndpoints(absl::StrCat("http://", store.substr(7)));
   } else if (!store.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("store '", store, "': expected redis://host:port[/db] or etcd://host:port"));
+        absl::StrCat("store '", store,
+                     "': expected redis://host:port[/db], "
+                     "redis+sentinel://host:port,.../<master-name>[/db] or etcd://host:port"));
   }
   return Connection::Create(o);
 }
