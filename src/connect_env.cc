@@ -22,7 +22,7 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectTo(const std::string& gateway
     o.urls = SplitEndpoints(gateway);
     return ConnectGateway(o);
   }
-  if (absl::StartsWith(store, "redis://")) {
+  if (absl::StartsWith(store, "redis://") || absl::StartsWith(store, "redis+sentinel://")) {
     RedisOptions o = RedisOptions::FromEnv();
     o.url = store;
     return ConnectRedis(o);
@@ -32,7 +32,9 @@ absl::StatusOr<std::shared_ptr<Connection>> ConnectTo(const std::string& gateway
     o.endpoints = SplitEndpoints(absl::StrCat("http://", store.substr(7)));
   } else if (!store.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("store '", store, "': expected redis://host:port[/db] or etcd://host:port"));
+        absl::StrCat("store '", store,
+                     "': expected redis://host:port[/db], "
+                     "redis+sentinel://host:port,.../<master-name>[/db] or etcd://host:port"));
   }
   return Connection::Create(o);
 }

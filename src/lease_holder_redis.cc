@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "lease_holder.h"
@@ -42,7 +43,11 @@ class RedisLeaseHolder final : public LeaseHolder {
   static absl::StatusOr<int64_t> DoGrant(const redis::Store& store, redis::Client& c,
                                          absl::Duration ttl) {
     if (ttl < absl::Seconds(1)) return absl::InvalidArgumentError("lease TTL below 1 s");
-    auto r = store.Eval(c, redis::kGrantScript, {absl::StrCat(absl::ToInt64Milliseconds(ttl))});
+    // Random ids, as etcd's: unique across histories (see kGrantScript). < 2^52: exact in Lua.
+    thread_local absl::BitGen gen;
+    const int64_t candidate = absl::Uniform<int64_t>(gen, int64_t{1} << 20, int64_t{1} << 52);
+    auto r = store.Eval(c, redis::kGrantScript,
+                        {absl::StrCat(absl::ToInt64Milliseconds(ttl)), absl::StrCat(candidate)});
     if (!r.ok()) return r.status();
     return r->AsInt();
   }

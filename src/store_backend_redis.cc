@@ -151,7 +151,8 @@ class RedisBackend final : public StoreBackend {
 RedisOptions RedisOptions::FromEnv() {
   RedisOptions out;
   if (const char* env = std::getenv("DISCOVERY_STORE");
-      env != nullptr && absl::StartsWith(env, "redis://")) {
+      env != nullptr &&
+      (absl::StartsWith(env, "redis://") || absl::StartsWith(env, "redis+sentinel://"))) {
     out.url = env;
   }
   return out;

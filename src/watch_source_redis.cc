@@ -7,6 +7,13 @@
 //   resync: records after our seq trimmed from the log (a slow watcher) -> a full state, the
 //           cache emits only the differences; an epoch that changed (store flushed, restarted
 //           without persistence) or a seq that went backwards -> a full state with history_reset.
+//   same identity, new history: after every reconnect and every reaper period the watcher also
+//           reads `master_replid` (INFO replication). When it changed (a Sentinel failover, a
+//           restart, a restored copy) or the connection is new, the log record at our seq must
+//           still carry the nonce we read there: if not, the store is another history even when
+//           its seq already passed ours (a promoted replica that lost the last writes, then took
+//           new ones) -> full state with history_reset (values compared, no ghosts); if it does,
+//           a replid change still gets a full state (differences only, same history).
 // Failed reads are retried through util::Backoff (counted in stats().resync_backoffs).
 #include <atomic>
 #include <condition_variable>
@@ -39,6 +46,7 @@ struct Record {
   bool deleted = false;
   std::string key;
   std::string value;
+  std::string nonce;  // field n: (seq, nonce) names a record across histories
 };
 
 // XRANGE/XREAD entries: [id, [field, value, ...]].
@@ -53,6 +61,7 @@ std::vector<Record> Records(const redis::Reply& entries) {
       if (f[i].str == "op") rec.deleted = f[i + 1].str == "del";
       if (f[i].str == "key") rec.key = f[i + 1].str;
       if (f[i].str == "value") rec.value = f[i + 1].str;
+      if (f[i].str == "n") rec.nonce = f[i + 1].str;
     }
     out.push_back(std::move(rec));
   }
@@ -141,8 +150,34 @@ class RedisWatchSource final : public WatchSource,
     return !recs.empty() && recs.front().seq > seq + 1;
   }
 
+  // master_replid from INFO replication ("" when the server does not report one).
+  static absl::StatusOr<std::string> ReplId(redis::Client& c) {
+    auto info = c.Command({"INFO", "replication"});
+    if (!info.ok()) return info.status();
+    const std::string kField = "master_replid:";
+    size_t at = info->str.find(kField);
+    if (at == std::string::npos) return std::string();
+    size_t end = info->str.find_first_of("\r\n", at);
+    at += kField.size();
+    return info->str.substr(at, end == std::string::npos ? std::string::npos : end - at);
+  }
+
+  // The nonce of the log record at `seq`; nullopt when the log has no such record.
+  absl::StatusOr<std::optional<std::string>> NonceAt(redis::Client& c, int64_t seq) {
+    const std::string id = absl::StrCat(seq, "-0");
+    auto r = c.Command({"XRANGE", store_->keys[6], id, id});
+    if (!r.ok()) return r.status();
+    std::vector<Record> recs = Records(*r);
+    if (recs.empty()) return std::optional<std::string>();
+    return std::optional<std::string>(recs.front().nonce);
+  }
+
   // A state consistent at its revision (see the file comment); nullopt-free errors.
-  absl::StatusOr<SourceState> ReadState(redis::Client& c, std::string* epoch) {
+  // `replid` and `anchor` (the nonce of the record at the state's revision) come with it.
+  absl::StatusOr<SourceState> ReadState(redis::Client& c, std::string* epoch, std::string* replid,
+                                        std::string* anchor) {
+    auto id = ReplId(c);
+    if (!id.ok()) return id.status();
     auto reaped = Reap(c);
     if (!reaped.ok()) return reaped.status();
     const std::vector<std::string>& k = store_->keys;
@@ -170,6 +205,7 @@ class RedisWatchSource final : public WatchSource,
       }
     } while (cursor != "0");
     int64_t revision = reaped->seq;
+    std::optional<std::string> last_nonce;
     for (;;) {  // fold in the changes made while the pages were read
       auto more =
           c.Command({"XRANGE", k[6], absl::StrCat("(", revision, "-0"), "+", "COUNT", "10000"});
@@ -183,6 +219,7 @@ class RedisWatchSource final : public WatchSource,
       }
       for (Record& r : recs) {
         revision = r.seq;
+        last_nonce = r.nonce;
         if (!absl::StartsWith(r.key, options_.prefix)) continue;
         if (r.deleted) {
           kvs.erase(r.key);
@@ -191,6 +228,13 @@ class RedisWatchSource final : public WatchSource,
         }
       }
     }
+    if (!last_nonce.has_value() && revision > 0) {
+      auto n = NonceAt(c, revision);
+      if (!n.ok()) return n.status();
+      last_nonce = n->value_or("");
+    }
+    *replid = *id;
+    *anchor = last_nonce.value_or("");
     SourceState st;
     st.revision = revision;
     (void)absl::SimpleAtoi(reaped->epoch, &st.store_id);
@@ -206,11 +250,19 @@ class RedisWatchSource final : public WatchSource,
     bool need_sync = true;
     bool reset = false;
     std::string epoch;
+    std::string replid;
+    std::string anchor;  // nonce of the log record at `seq`
     int64_t seq = 0;
+    uint64_t seen_reconnects = 0;
     while (!Stopping()) {
       if (need_sync) {
         std::string seen;
-        auto st = ReadState(*client, &seen);
+        const uint64_t reconnects = client->reconnects();
+        auto st = ReadState(*client, &seen, &replid, &anchor);
+        if (st.ok() && client->reconnects() != reconnects) {
+          // Read across a reconnect (perhaps from two servers around a failover): again.
+          st = absl::UnavailableError("redis reconnected during a full read");
+        }
         if (!st.ok()) {
           OnLoop([why = st.status()](WatchSink& s) { s.SyncFailed(why); });
           absl::Duration d = retry.Next();
@@ -230,8 +282,11 @@ class RedisWatchSource final : public WatchSource,
           s.EndOfBatch();
         });
         need_sync = reset = false;
+        seen_reconnects = client->reconnects();
       }
-      if (util::MonoNow() - last_reap_ >= store_->options.reaper_period) {
+      const uint64_t reconnects = client->reconnects();
+      const bool reconnected = reconnects != seen_reconnects;
+      if (reconnected || util::MonoNow() - last_reap_ >= store_->options.reaper_period) {
         auto r = Reap(*client);
         if (!r.ok()) {
           backoffs_.fetch_add(1);
@@ -243,6 +298,41 @@ class RedisWatchSource final : public WatchSource,
                              epoch, r->epoch, seq, r->seq);
           need_sync = reset = true;
           continue;
+        }
+        auto id = ReplId(*client);
+        if (!id.ok()) {
+          backoffs_.fetch_add(1);
+          Sleep(retry.Next());
+          continue;
+        }
+        if (*id != replid || reconnected) {
+          absl::StatusOr<std::optional<std::string>> at = std::optional<std::string>(anchor);
+          if (seq > 0) at = NonceAt(*client, seq);
+          if (!at.ok()) {
+            backoffs_.fetch_add(1);
+            Sleep(retry.Next());
+            continue;
+          }
+          if (client->reconnects() != reconnects) continue;  // reconnected meanwhile: again
+          if (*at != anchor) {
+            SPDLOG_LOGGER_WARN(logger_,
+                               "redis {}: the log record at seq {} is {} (replid {} -> {}): a new "
+                               "history (failover to a replica that lost writes, or a restored "
+                               "copy): resync, values compared",
+                               options_.prefix, seq, at->has_value() ? "another one" : "gone",
+                               replid, *id);
+            need_sync = reset = true;
+            continue;
+          }
+          if (*id != replid) {
+            SPDLOG_LOGGER_WARN(logger_,
+                               "redis {}: replication id changed {} -> {} (failover or restart), "
+                               "same history at seq {}: resync, differences only",
+                               options_.prefix, replid, *id, seq);
+            need_sync = true;
+            continue;
+          }
+          seen_reconnects = reconnects;
         }
       }
       const absl::Duration block = store_->options.reaper_period;
@@ -256,6 +346,8 @@ class RedisWatchSource final : public WatchSource,
         continue;
       }
       retry.Reset();
+      // Read over a new connection (perhaps another master): check the history first.
+      if (client->reconnects() != seen_reconnects) continue;
       if (r->nil() || r->elements.empty() || r->elements[0].elements.size() < 2) continue;
       std::vector<Record> recs = Records(r->elements[0].elements[1]);
       if (recs.empty()) continue;
@@ -266,6 +358,7 @@ class RedisWatchSource final : public WatchSource,
         continue;
       }
       seq = recs.back().seq;
+      anchor = recs.back().nonce;
       auto batch = std::make_shared<std::vector<Record>>(std::move(recs));
       OnLoop([batch, prefix = options_.prefix, seq](WatchSink& s) {
         std::vector<SourceChange> changes;

@@ -16,8 +16,15 @@
 namespace discovery {
 
 struct RedisOptions {
-  // redis://[user:pass@]host:port[/db]
+  // redis://[user:pass@]host:port[/db], or with Sentinel (HA):
+  // redis+sentinel://[user:pass@]host:26379,host:26380/<master-name>[/db] - the sentinels are
+  // asked in turn for the master, which must answer ROLE master; asked again after a failed
+  // connection or a READONLY reply (README "Redis backend").
   std::string url = "redis://127.0.0.1:6379";
+  // AUTH for the sentinels themselves (their requirepass / ACL user; empty: none). user:pass
+  // in the URL are the master's.
+  std::string sentinel_user;
+  std::string sentinel_password;
   // Every key carries the hash tag {ns}: one namespace, one hash slot.
   std::string ns = "sd";
   absl::Duration connect_timeout = absl::Seconds(2);
@@ -30,7 +37,8 @@ struct RedisOptions {
   // (Redis was down or frozen) instead of removing live servers.
   absl::Duration reaper_grace = absl::Seconds(3);
 
-  // `url` from DISCOVERY_STORE when it holds a redis:// URL; defaults otherwise.
+  // `url` from DISCOVERY_STORE when it holds a redis:// or redis+sentinel:// URL; defaults
+  // otherwise.
   static RedisOptions FromEnv();
 };
 

@@ -25,7 +25,7 @@ end
 local function logrec(op, key, value)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key,
-                         'value', value)
+                         'value', value, 'n', ARGV[1])
   if type(ok) == 'table' and ok.err then
     -- A foreign entry (XADD by hand) sits above our seq: jump past it. Watchers see the gap
     -- and resync; writes go on.
@@ -33,7 +33,8 @@ local function logrec(op, key, value)
     local topseq = tonumber(string.match(top[1][1], '^(%d+)'))
     seq = topseq + 1
     redis.call('HSET', meta, 'seq', seq)
-    redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key, 'value', value)
+    redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'op', op, 'key', key, 'value', value,
+               'n', ARGV[1])
   end
   return seq
 end
@@ -73,10 +74,16 @@ end
 
 const std::string kGrantScript = kPrelude + R"lua(
 local ttl = tonumber(ARGV[4])
-local id = redis.call('HINCRBY', meta, 'lease_next', 1)
+-- A random id (the caller's candidate): a grant lost with a failed master must never be
+-- granted again to another process by the promoted replica (its keepalives would keep the
+-- other's lease alive and never learn that its own keys are gone).
+local id = ARGV[5]
+if id == nil or redis.call('HEXISTS', ttls, id) == 1 then
+  id = redis.call('HINCRBY', meta, 'lease_next', 1)
+end
 redis.call('ZADD', dl, now_ms() + ttl, id)
 redis.call('HSET', ttls, id, ttl)
-return id
+return tonumber(id)
 )lua";
 
 const std::string kKeepAliveScript = kPrelude + R"lua(

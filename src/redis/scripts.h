@@ -7,7 +7,9 @@
 //   4 {ns}:owner  HASH   instance key -> lease id
 //   5 {ns}:dl     ZSET   lease id -> deadline (ms, from redis TIME)
 //   6 {ns}:ttl    HASH   lease id -> ttl (ms)
-//   7 {ns}:log    STREAM change log, entry id <seq>-0, fields op (put|del), key, value
+//   7 {ns}:log    STREAM change log, entry id <seq>-0, fields op (put|del), key, value, n (a
+//                 random nonce of the script call: (seq, n) names a record across histories,
+//                 so a watcher can tell whether the record at its seq is still the one it read)
 // and {ns}:lk:<lease> (SET of the lease's keys), derived from KEYS[1] inside the scripts.
 // ARGV 1..3 of every script: epoch candidate (used once, HSETNX), stream MAXLEN (~), first
 // lease id candidate (HSETNX: lease ids of a recreated store do not restart at 1, so a lease of
@@ -21,7 +23,7 @@ namespace discovery::redis {
 
 std::vector<std::string> Keys(const std::string& ns);
 
-// ARGV 4: ttl_ms -> lease id
+// ARGV 4: ttl_ms, 5: id candidate (random, < 2^52; taken unless in use) -> lease id
 extern const std::string kGrantScript;
 // ARGV 4..: lease ids -> the ids that are gone (deadline refreshed for the others)
 extern const std::string kKeepAliveScript;

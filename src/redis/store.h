@@ -28,8 +28,9 @@ struct Store {
   std::vector<std::string> keys;
 
   std::unique_ptr<Client> NewClient() const {
-    return std::make_unique<Client>(
-        ClientOptions{url, options.connect_timeout, options.call_timeout});
+    return std::make_unique<Client>(ClientOptions{url, options.connect_timeout,
+                                                  options.call_timeout, options.sentinel_user,
+                                                  options.sentinel_password});
   }
   // ARGV 1..3 then `args`.
   std::vector<std::string> Args(std::vector<std::string> args) const;

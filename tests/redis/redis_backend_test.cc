@@ -16,6 +16,7 @@
 #include "discovery/watcher.h"
 #include "harness_util.h"
 #include "redis_harness.h"
+#include "redis_test_util.h"
 #include "store_backend.h"
 #include "util/clock.h"
 
@@ -26,36 +27,7 @@ using testing::RedisServer;
 using testing::TimeScale;
 using testing::WaitUntil;
 
-Instance World(const std::string& id) {
-  Instance in;
-  in.instance_id = id;
-  in.type = "world";
-  in.group = "kr-1";
-  in.hostname = "game-01";
-  in.private_ip = "10.0.0.5";
-  in.ports = {{"game", 8001}};
-  in.version = "1.4.2";
-  return in;
-}
-
-struct EventLog {
-  std::mutex mu;
-  std::vector<RegistrationEvent> events;
-  std::function<void(const RegistrationEvent&)> Callback() {
-    return [this](const RegistrationEvent& ev) {
-      std::lock_guard<std::mutex> lock(mu);
-      events.push_back(ev);
-    };
-  }
-  int Count(RegistrationEventType t) {
-    std::lock_guard<std::mutex> lock(mu);
-    int n = 0;
-    for (auto& e : events) n += e.type == t;
-    return n;
-  }
-};
-
-class RedisBackendTest : public ::testing::Test {
+class RedisBackendTest : public RedisTestBase {
  protected:
   void SetUp() override {
     auto r = RedisServer::Start({});
@@ -63,28 +35,7 @@ class RedisBackendTest : public ::testing::Test {
     redis_ = *std::move(r);
   }
   std::shared_ptr<Connection> Connect(absl::Duration grace = absl::Seconds(3)) {
-    RedisOptions o;
-    o.url = redis_->Url();
-    o.call_timeout = TimeScale(absl::Seconds(2));
-    o.reaper_grace = grace;
-    auto c = ConnectRedis(o);
-    EXPECT_TRUE(c.ok()) << c.status();
-    return c.ok() ? *c : nullptr;
-  }
-  std::unique_ptr<Registrar> NewRegistrar(std::shared_ptr<Connection> conn, EventLog* log) {
-    auto r = Registrar::Create({.connection = conn, .on_event = log->Callback()});
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *std::move(r) : nullptr;
-  }
-  std::unique_ptr<Watcher> NewWatcher(std::shared_ptr<Connection> conn) {
-    auto w = Watcher::Create({.connection = conn});
-    EXPECT_TRUE(w.ok()) << w.status();
-    if (!w.ok()) return nullptr;
-    EXPECT_TRUE((*w)->WaitForSync(TimeScale(absl::Seconds(10))).ok());
-    return *std::move(w);
-  }
-  bool Visible(Watcher& w, const std::string& id) {
-    return w.snapshot()->Find("world", id) != nullptr;
+    return ConnectUrl(redis_->Url(), grace);
   }
 
   std::unique_ptr<RedisServer> redis_;

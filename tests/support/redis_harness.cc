@@ -47,23 +47,57 @@ std::string RedisServer::Url() const { return absl::StrCat("redis://127.0.0.1:",
 
 absl::Status RedisServer::Launch() {
   ChildProcessOptions o;
-  o.argv = {"redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            absl::StrCat(port_),
-            "--dir",
-            dir_,
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-            "--appendonly",
-            options_.aof ? "yes" : "no",
-            "--appendfsync",
-            "everysec"};
+  if (options_.monitor != 0) {
+    // A sentinel rewrites its config file: one per sentinel, in its own directory.
+    const std::string conf = dir_ + "/sentinel.conf";
+    if (!std::filesystem::exists(conf)) {
+      std::ofstream out(conf);
+      const std::string& m = options_.master_name;
+      out << "sentinel monitor " << m << " 127.0.0.1 " << options_.monitor << " 2\n"
+          << "sentinel down-after-milliseconds " << m << " 1000\n"
+          << "sentinel failover-timeout " << m << " 10000\n"
+          << "sentinel parallel-syncs " << m << " 1\n";
+      if (!out) return absl::InternalError("cannot write " + conf);
+    }
+    o.argv = {"redis-server",
+              conf,
+              "--sentinel",
+              "--bind",
+              "127.0.0.1",
+              "--port",
+              absl::StrCat(port_),
+              "--dir",
+              dir_,
+              "--daemonize",
+              "no",
+              "--protected-mode",
+              "no"};
+  } else {
+    o.argv = {"redis-server",
+              "--bind",
+              "127.0.0.1",
+              "--port",
+              absl::StrCat(port_),
+              "--dir",
+              dir_,
+              "--save",
+              "",
+              "--daemonize",
+              "no",
+              "--protected-mode",
+              "no",
+              "--appendonly",
+              options_.aof ? "yes" : "no",
+              "--appendfsync",
+              "everysec"};
+    if (options_.cluster) {
+      o.argv.insert(o.argv.end(),
+                    {"--cluster-enabled", "yes", "--cluster-config-file", dir_ + "/nodes.conf"});
+    }
+    if (options_.replica_of != 0) {
+      o.argv.insert(o.argv.end(), {"--replicaof", "127.0.0.1", absl::StrCat(options_.replica_of)});
+    }
+  }
   o.stdout_path = dir_ + "/redis.log";
   o.stderr_path = dir_ + "/redis.log";
   auto child = ChildProcess::Spawn(o);

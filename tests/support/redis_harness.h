@@ -19,7 +19,11 @@
 namespace discovery::testing {
 
 struct RedisServerOptions {
-  bool aof = false;  // appendonly yes, appendfsync everysec
+  bool aof = false;    // appendonly yes, appendfsync everysec
+  int replica_of = 0;  // a replica of 127.0.0.1:<replica_of>
+  int monitor = 0;     // a sentinel (redis-server --sentinel) monitoring 127.0.0.1:<monitor>
+  std::string master_name = "mymaster";  // (sentinel)
+  bool cluster = false;                  // --cluster-enabled yes (nodes.conf in the data directory)
 };
 
 class RedisServer {
@@ -29,10 +33,14 @@ class RedisServer {
 
   int port() const { return port_; }
   std::string Url() const;
+  // The data directory (the dump.rdb / appendonlydir of the server).
+  const std::string& dir() const { return dir_; }
   // SIGKILL (no shutdown save), wait for the exit.
   absl::Status Stop();
   // Starts again on the same port and data directory; waits until it answers PING.
   absl::Status Restart();
+  // Starts a stopped server again (after Stop(), e.g. once its data files were replaced).
+  absl::Status StartAgain() { return Launch(); }
   absl::Status Pause();   // SIGSTOP
   absl::Status Resume();  // SIGCONT
   // redis-cli -p <port> <args...>; its stdout (trimmed), or an error with its stderr.

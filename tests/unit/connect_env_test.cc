@@ -26,6 +26,9 @@ TEST(ConnectToTest, EachTransportGivesItsBackend) {
   auto gateway = ConnectTo("http://127.0.0.1:1", "");
   ASSERT_TRUE(gateway.ok()) << gateway.status();
   EXPECT_EQ((*gateway)->client(), nullptr);  // not etcd
+  auto sentinel = ConnectTo("", "redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster");
+  ASSERT_TRUE(sentinel.ok()) << sentinel.status();
+  EXPECT_EQ((*sentinel)->client(), nullptr);  // Redis, not etcd
 }
 
 TEST(ConnectToTest, FromEnvReadsTheSameVariables) {
