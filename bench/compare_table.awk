@@ -39,10 +39,10 @@ BEGIN {
     "etcd CPU % (during registration)|etcd_cpu_pct|report||0"
   rows["gw-keepalive"] = "client CPU % of a core|cpu_pct_of_core|lib_max|gateway <= 5 %|5;" \
     "us client CPU per heartbeat|cpu_us_per_keepalive|report||0;" \
-    "TCP connections carrying heartbeats|gateway_connections|lib_max|1|1;" \
+    "TCP connections carrying heartbeats|gateway_connections|lib_eq|1|1;" \
     "TCP connections open to the gateway|gateway_connections_open|report||0;" \
     "discoveryd CPU %|discoveryd_cpu_pct|report||0;etcd CPU %|etcd_cpu_pct|report||0;" \
-    "leases lost|leases_lost|lib_max|0|0"
+    "leases lost|leases_lost|lib_max|0|0;leases at risk (no answer for 2/3 TTL)|lease_at_risk|lib_max|0|0"
   rows["gw-watch"] = "ack p50 ms|ack_p50_ms|report||0;ack p99 ms|ack_p99_ms|plus_max|<= direct + 5 ms|5;" \
     "ack p99.9 ms|ack_p999_ms|report||0;send p50 ms|send_p50_ms|report||0;" \
     "achieved puts/s|achieved_rate_per_s|report||0;events missing|missing|lib_max|0|0"
@@ -106,6 +106,7 @@ END {
       if (kind == "ratio_max" && ratio != "-") met = (lm / rm <= bound) ? "yes" : "no"
       if (kind == "plus_max" && lm != "" && rm != "") met = (lm <= rm + bound) ? "yes" : "no"
       if (kind == "lib_max" && lmax != "") met = (lmax + 0 <= bound) ? "yes" : "no"
+      if (kind == "lib_eq" && ln) met = (lmax + 0 == bound && lsum == bound * ln) ? "yes" : "no"
       print line " " ratio " | " target " | " met " | " loads[fig] " |"
     }
   }

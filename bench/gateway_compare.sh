@@ -2,7 +2,7 @@
 # bench/gateway_compare.sh: the gateway mode (issue 16) against the direct mode, and the Redis
 # backend (issue 17) against a raw hiredis client, in ONE run, figure by figure, A B A B.
 #
-#   bench/gateway_compare.sh                  # the issues' sizes (about 25 minutes)
+#   bench/gateway_compare.sh                  # the issues' sizes (about 20 minutes here)
 #   bench/gateway_compare.sh --quick          # tiny sizes, about two minutes (proves it works)
 #   bench/gateway_compare.sh --figures gw-keepalive --keepalive-n 10000 --runs 3
 #
@@ -36,7 +36,7 @@ keep=0
 me=gateway_compare.sh
 
 usage() {
-  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF2
 Options:
   --bin-dir DIR          where discovery-bench and discovery-raw-redis-bench are ($bin_dir)

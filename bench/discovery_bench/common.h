@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -132,10 +131,6 @@ struct ThreadCounts {
   int library = 0;
 };
 ThreadCounts CountThreads();
-
-// TCP sockets of this process connected to port `port` (any address): fd -> bytes it has sent
-// and had acknowledged (TCP_INFO). tcp_sockets.cc.
-std::map<int, uint64_t> SocketsTo(int port);
 
 bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout,
              absl::Duration poll = absl::Milliseconds(1));
