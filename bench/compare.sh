@@ -82,28 +82,14 @@ for b in "$lib" "$raw" "$etcd_bin"; do
 done
 case "$runs" in ''|*[!0-9]*|0) echo "compare.sh: --runs must be a positive integer" >&2; exit 2 ;; esac
 
-# A port nobody listens on (random in 20000-59999; etcd failing to bind is caught below).
-free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return
-    fi
-  done
-  echo "compare.sh: no free port found" >&2
-  exit 2
-}
-
 work=$(mktemp -d /dev/shm/discovery-compare.XXXXXX)
-etcd_pid=""
+me=compare.sh
+# free_port, start_etcd_retry, stop_servers (bench/servers.sh, shared with gateway_compare.sh).
+# shellcheck source=servers.sh
+. "$here/servers.sh"
 # shellcheck disable=SC2317  # called through the trap
 cleanup() {
-  if [ -n "$etcd_pid" ]; then
-    kill "$etcd_pid" 2>/dev/null || true
-    wait "$etcd_pid" 2>/dev/null || true
-  fi
+  stop_servers
   if [ "$keep" = 1 ]; then
     rm -rf "$work/etcd"
     echo "compare.sh: kept $work (results.tsv, stderr.log, etcd.log)" >&2
@@ -114,53 +100,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Starts etcd on two fresh ports; 0 once healthy, 1 when it could not bind them (a port taken
-# between the check and etcd's bind, e.g. by another test's outgoing connection), 2 otherwise.
-start_etcd() {
-  client_port=$(free_port)
-  peer_port=$(free_port)
-  endpoint="127.0.0.1:$client_port"
-  rm -rf "$work/etcd" "$work/etcd.log"
-  "$etcd_bin" --name compare --data-dir "$work/etcd" \
-    --listen-client-urls "http://$endpoint" --advertise-client-urls "http://$endpoint" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "compare=http://127.0.0.1:$peer_port" \
-    --quota-backend-bytes 4294967296 --logger zap --log-outputs "$work/etcd.log" \
-    >"$work/etcd.stderr" 2>&1 &
-  etcd_pid=$!
-  for _ in $(seq 100); do
-    if ETCDCTL_API=3 etcdctl --endpoints "$endpoint" --command-timeout=1s endpoint health \
-      >/dev/null 2>&1; then
-      return 0
-    fi
-    if ! kill -0 "$etcd_pid" 2>/dev/null; then
-      wait "$etcd_pid" 2>/dev/null || true
-      etcd_pid=""
-      if grep -qs "address already in use" "$work/etcd.log" "$work/etcd.stderr"; then return 1; fi
-      return 2
-    fi
-    sleep 0.1
-  done
-  return 0  # the health check below reports it
-}
-started=2
-for attempt in 1 2 3; do
-  rc=0
-  start_etcd || rc=$?
-  if [ "$rc" = 0 ]; then started=0; break; fi
-  if [ "$rc" = 2 ]; then break; fi
-  echo "compare.sh: etcd could not bind its ports (attempt $attempt); new ports" >&2
-done
-if [ "$started" != 0 ]; then
-  echo "compare.sh: etcd exited" >&2
-  cat "$work/etcd.stderr" >&2
-  tail -n 20 "$work/etcd.log" >&2 2>/dev/null || true
-  exit 2
-fi
-ETCDCTL_API=3 etcdctl --endpoints "$endpoint" endpoint health >/dev/null 2>&1 ||
-  { echo "compare.sh: etcd not healthy after 10 s" >&2; exit 2; }
-echo "etcd $("$etcd_bin" --version | head -1 | awk '{print $3}') pid $etcd_pid on $endpoint, data $work/etcd" >&2
+start_etcd_retry || exit 2
 
 results=$work/results.tsv
 : >"$results"

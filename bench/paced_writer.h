@@ -1,164 +1,44 @@
-// The paced, pipelined Put writer of watch-latency, shared by discovery-bench (library side)
-// and discovery-raw-bench (raw side) so both offer the same load: header-only, generated etcd
-// stubs and gRPC only (the raw binary must not link the library).
-//
-// One thread issues Puts on a monotonic schedule (Put `seq` is due at t0 + seq / rate, slept
-// for with clock_nanosleep(TIMER_ABSTIME)); up to `inflight` Puts are outstanding on the
-// channel (gRPC callback API), so the offered rate does not depend on the round trip. A Put
-// that is due while all slots are busy waits for one and goes out late (schedule lag is
-// reported). Each Put records its send time (when issued) and its ack time (its completion),
-// indexed by the sequence number that the value carries in meta.seq.
+// The paced, pipelined etcd Put writer of watch-latency, shared by discovery-bench (library
+// side) and discovery-raw-bench (raw side) so both offer the same load: header-only, generated
+// etcd stubs and gRPC only (the raw binary must not link the library). The schedule and the
+// send/ack bookkeeping are bench/paced_core.h's (shared with the Redis writer); the Puts go out
+// on the channel with the gRPC callback API.
 #pragma once
 
-#include <time.h>
-
 #include <algorithm>
-#include <condition_variable>
-#include <cstdint>
-#include <cstdio>
+#include <chrono>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "paced_core.h"
 
 namespace bench_writer {
-
-// CLOCK_MONOTONIC nanoseconds: the one clock of both binaries' watch-latency timestamps.
-inline int64_t MonoNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
-inline void SleepUntilNs(int64_t due) {
-  timespec ts{};
-  ts.tv_sec = static_cast<time_t>(due / 1000000000);
-  ts.tv_nsec = static_cast<long>(due % 1000000000);
-  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) != 0) {
-    // EINTR: sleep again until the same absolute time.
-  }
-}
-
-// The instance id of key index i (ULID length, as the library's generated ids).
-inline std::string InstanceId(int i) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "01JCYFZQ7D4NB4MZ5S6Z%06d", i);
-  return buf;
-}
-
-// Key `prefix` + "world/" + id: the library's layout (prefix/type/instanceId).
-inline std::string SeqKey(const std::string& prefix, int i) {
-  return prefix + "world/" + InstanceId(i);
-}
-
-// A small valid instance (about 100 bytes; the library decodes it, instanceId and type are
-// all it requires) carrying the sequence number as meta.seq. Both sides write exactly this.
-inline std::string SeqValue(int i, int64_t seq) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf,
-                R"({"instanceId":"%s","type":"world","group":"kr-%d","meta":{"seq":"%lld"}})",
-                InstanceId(i).c_str(), i % 8, static_cast<long long>(seq));
-  return buf;
-}
-
-// The sequence number in a SeqValue (or any value with "seq":"N"), -1 if none.
-inline int64_t SeqOf(const std::string& v) {
-  size_t at = v.find("\"seq\":\"");
-  if (at == std::string::npos) return -1;
-  int64_t seq = 0;
-  bool any = false;
-  for (at += 7; at < v.size() && v[at] >= '0' && v[at] <= '9'; ++at) {
-    seq = seq * 10 + (v[at] - '0');
-    any = true;
-  }
-  return any && at < v.size() && v[at] == '"' ? seq : -1;
-}
-
-struct PacedResult {
-  std::vector<int64_t> sent;  // per seq: when the Put was issued (0: not issued / failed)
-  std::vector<int64_t> ack;   // per seq: when it completed OK (0: failed)
-  int errors = 0;
-  int64_t t0 = 0;                  // schedule start
-  int64_t last_ack = 0;            // last completion
-  int64_t max_lag_ns = 0;          // worst send - due
-  int max_inflight_reached = 0;    // most Puts outstanding at once
-  double achieved_rate_per_s = 0;  // OK puts / (last completion - t0)
-};
 
 // Writes `total` puts at `rate`/s over min(total, keys) keys: SeqKey(prefix, seq % keys),
 // SeqValue(seq % keys, seq). Blocks until every Put completed.
 inline PacedResult RunPacedWriter(const std::shared_ptr<grpc::Channel>& channel,
                                   const std::string& prefix, int rate, int total, int inflight,
                                   int keys = 1000) {
-  rate = std::max(1, rate);
-  total = std::max(1, total);
-  inflight = std::max(1, inflight);
-  keys = std::max(1, std::min(total, keys));
+  keys = std::max(1, std::min(std::max(1, total), keys));
   auto kv = etcdserverpb::KV::NewStub(channel);
-
   struct Slot {
     std::unique_ptr<grpc::ClientContext> ctx;
     etcdserverpb::PutRequest req;
     etcdserverpb::PutResponse resp;
-    int seq = -1;
   };
-  std::vector<Slot> slots(static_cast<size_t>(inflight));
-  std::vector<int> free_slots;
-  for (int i = inflight - 1; i >= 0; --i) free_slots.push_back(i);
-  std::mutex mu;
-  std::condition_variable cv;
-
-  PacedResult r;
-  r.sent.assign(static_cast<size_t>(total), 0);
-  r.ack.assign(static_cast<size_t>(total), 0);
-  const int64_t period = static_cast<int64_t>(1e9 / rate);
-  r.t0 = MonoNs();
-  for (int seq = 0; seq < total; ++seq) {
-    const int64_t due = r.t0 + period * seq;
-    if (MonoNs() < due) SleepUntilNs(due);
-    int s;
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      cv.wait(lock, [&] { return !free_slots.empty(); });
-      s = free_slots.back();
-      free_slots.pop_back();
-      r.max_inflight_reached =
-          std::max(r.max_inflight_reached, inflight - static_cast<int>(free_slots.size()));
-    }
+  std::vector<Slot> slots(static_cast<size_t>(std::max(1, inflight)));
+  return RunPaced(rate, total, inflight, [&](int s, int seq, std::function<void(bool)> done) {
     Slot& slot = slots[static_cast<size_t>(s)];
-    slot.seq = seq;
     slot.req.set_key(SeqKey(prefix, seq % keys));
     slot.req.set_value(SeqValue(seq % keys, seq));
     slot.ctx = std::make_unique<grpc::ClientContext>();
     slot.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    const int64_t now = MonoNs();
-    r.max_lag_ns = std::max(r.max_lag_ns, now - due);
-    r.sent[static_cast<size_t>(seq)] = now;
-    kv->async()->Put(slot.ctx.get(), &slot.req, &slot.resp, [&, s](grpc::Status st) {
-      const int64_t done = MonoNs();
-      std::lock_guard<std::mutex> lock(mu);
-      const size_t q = static_cast<size_t>(slots[static_cast<size_t>(s)].seq);
-      if (st.ok()) {
-        r.ack[q] = done;
-        r.last_ack = std::max(r.last_ack, done);
-      } else {
-        ++r.errors;
-        r.sent[q] = 0;
-      }
-      free_slots.push_back(s);
-      cv.notify_one();
-    });
-  }
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return static_cast<int>(free_slots.size()) == inflight; });
-  const int ok = total - r.errors;
-  if (ok > 0 && r.last_ack > r.t0) {
-    r.achieved_rate_per_s = ok / (static_cast<double>(r.last_ack - r.t0) / 1e9);
-  }
-  return r;
+    kv->async()->Put(slot.ctx.get(), &slot.req, &slot.resp,
+                     [done = std::move(done)](grpc::Status st) { done(st.ok()); });
+  });
 }
 
 }  // namespace bench_writer

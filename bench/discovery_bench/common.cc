@@ -24,6 +24,8 @@ const std::vector<std::string> kAllScenarios = {"keepalive", "register",        
                                                 "fanout",    "watch-throughput", "resync",
                                                 "pick",      "gateway",          "watcher-scale"};
 
+const std::vector<std::string> kBackendScenarios = {"register", "keepalive", "watch-latency"};
+
 ThreadCounts CountThreads() {
   ThreadCounts c;
   const std::string self = absl::StrCat(getpid());
@@ -81,6 +83,18 @@ std::string UniquePrefix(const std::string& scenario, const std::string& who) {
                          absl::ToUnixSeconds(absl::Now()), counter.fetch_add(1), who);
 }
 
+std::string Context::Backend() const {
+  if (!flags->gateway.empty()) return "gateway";
+  if (absl::StartsWith(flags->store, "redis://")) return "redis";
+  return "etcd";
+}
+
+std::string Context::Prefix(const std::string& scenario, const std::string& who) const {
+  // A gateway-mode client may use discoveryd's prefix only (kInvalidArgument otherwise).
+  if (Backend() == "gateway") return flags->gateway_prefix;
+  return UniquePrefix(scenario, who);
+}
+
 discovery::EtcdOptions Context::EtcdOpts() const {
   discovery::EtcdOptions o;
   o.endpoints = endpoints;
@@ -90,7 +104,10 @@ discovery::EtcdOptions Context::EtcdOpts() const {
 }
 
 std::shared_ptr<discovery::Connection> Context::Connect() const {
-  auto conn = discovery::Connection::Create(EtcdOpts());
+  // The same switch as examples/game_server (ConnectTo; the token from DISCOVERY_API_TOKEN).
+  auto conn = flags->gateway.empty() && flags->store.empty()
+                  ? discovery::Connection::Create(EtcdOpts())
+                  : discovery::ConnectTo(flags->gateway, flags->store);
   if (!conn.ok()) {
     std::cerr << "Connection::Create: " << conn.status() << "\n";
     std::exit(2);

@@ -37,6 +37,15 @@ struct Flags {
   bool smoke = false;
   std::string endpoints;
   std::string log_level = "warn";
+  // The backend of register, keepalive and watch-latency (one switch, as examples/game_server):
+  // a discoveryd URL list (gateway mode; watch-latency's writer still puts to --endpoints) or
+  // a store URL (redis://host:port; etcd://host:port). Empty: etcd at --endpoints directly.
+  std::string gateway;
+  std::string store;
+  std::string gateway_prefix = "/services/";  // discoveryd's --prefix (gateway mode only)
+  // "name=pid,..." of the servers whose CPU keepalive and register report (etcd, discoveryd,
+  // redis-server); bench/gateway_compare.sh passes them.
+  std::string peer_pids;
 
   int register_n = 5000;
   int register_inflight = 16;         // K registrations in flight
@@ -99,6 +108,8 @@ struct Flags {
 };
 
 extern const std::vector<std::string> kAllScenarios;
+// The scenarios that run over --gateway / --store too.
+extern const std::vector<std::string> kBackendScenarios;
 
 // ---------------------------------------------------------------------------------------------
 // Measurement helpers
@@ -143,6 +154,11 @@ struct Context {
   const Flags* flags = nullptr;
   std::vector<std::string> endpoints;
   std::shared_ptr<spdlog::logger> logger;
+
+  // "etcd", "gateway" or "redis": which backend Connect() reaches.
+  std::string Backend() const;
+  // The key prefix of a scenario run: unique on a store, discoveryd's own in gateway mode.
+  std::string Prefix(const std::string& scenario, const std::string& who) const;
 
   discovery::EtcdOptions EtcdOpts() const;
   std::shared_ptr<discovery::Connection> Connect() const;

@@ -11,6 +11,7 @@
 //   discovery-bench --smoke                 # every scenario, tiny sizes, < 60 s (CI)
 //
 // See bench/README.md for what each scenario measures and the latest results.
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -56,6 +57,15 @@ int main(int argc, char** argv) {
   app.add_option("--endpoints", f.endpoints,
                  "Existing etcd (comma list); default: start one per scenario on 127.0.0.1");
   app.add_option("--log-level", f.log_level, "Library log level (stderr)");
+  app.add_option("--gateway", f.gateway,
+                 "register, keepalive, watch-latency through discoveryd (URL list; the token "
+                 "from DISCOVERY_API_TOKEN); watch-latency's writer puts to --endpoints");
+  app.add_option("--store", f.store,
+                 "register, keepalive, watch-latency on this store: redis://host:port or "
+                 "etcd://host:port (default: etcd at --endpoints)");
+  app.add_option("--gateway-prefix", f.gateway_prefix, "gateway mode: discoveryd's --prefix");
+  app.add_option("--peer-pids", f.peer_pids,
+                 "register, keepalive: name=pid,... of servers whose CPU to report");
   app.add_option("--register-n", f.register_n, "register: instances");
   app.add_option("--register-inflight,--register-threads", f.register_inflight,
                  "register: registrations in flight");
@@ -105,7 +115,22 @@ int main(int argc, char** argv) {
     if (app.count("--scale-rate")) f.scale_rate = given.scale_rate;
     if (app.count("--scale-seconds")) f.scale_seconds = given.scale_seconds;
   }
-  if (f.scenarios.empty()) f.scenarios = kAllScenarios;
+  const bool other_backend = !f.gateway.empty() || !f.store.empty();
+  if (!f.gateway.empty() && !f.store.empty()) {
+    std::cerr << "--gateway and --store: choose one\n";
+    return 2;
+  }
+  if (f.scenarios.empty()) {
+    f.scenarios = other_backend ? kBackendScenarios : kAllScenarios;
+  }
+  for (const std::string& name : f.scenarios) {
+    if (other_backend && std::find(kBackendScenarios.begin(), kBackendScenarios.end(), name) ==
+                             kBackendScenarios.end()) {
+      std::cerr << "--gateway / --store run register, keepalive and watch-latency only, not "
+                << name << "\n";
+      return 2;
+    }
+  }
 
   auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
   auto logger = std::make_shared<spdlog::logger>("discovery.bench", sink);
@@ -119,7 +144,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<discovery::testing::EtcdCluster> cluster;
     if (!f.endpoints.empty()) {
       cx.endpoints = discovery::SplitEndpoints(f.endpoints);
-    } else if (name != "gateway" || !f.discoveryd.empty()) {
+    } else if (!other_backend && (name != "gateway" || !f.discoveryd.empty())) {
       auto c = discovery::testing::EtcdCluster::Start(
           {.members = 1, .extra_args = {"--quota-backend-bytes", "4294967296"}});
       if (!c.ok()) {

@@ -3,6 +3,8 @@
 // outstanding; many: one RegisterMany, 64 in flight); registrations/s and p50/p99 per
 // registration. The raw figure to compare with is
 // `discovery-raw-bench register --inflight K` (bench/compare.sh runs both alternately).
+// With --gateway / --store the same registrations go through discoveryd or to Redis
+// (bench/gateway_compare.sh); --peer-pids adds the servers' CPU over the registrations.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -120,6 +122,7 @@ Json RunRegister(const Context& cx) {
   Json out;
   out["scenario"] = "register";
   out["impl"] = "library";
+  out["backend"] = cx.Backend();
   out["api"] = api == "many"    ? "RegisterMany of N (64 in flight; p50/p99 = mean)"
                : api == "async" ? "RegisterAsync, K in flight"
                                 : "Register, K threads";
@@ -133,19 +136,22 @@ Json RunRegister(const Context& cx) {
     out["error"] = registrar.status().ToString();
     return out;
   }
-  const std::string prefix = UniquePrefix("register", "lib");
+  const std::string prefix = cx.Prefix("register", "lib");
   std::vector<Instance> instances;
   instances.reserve(n);
   for (int i = 0; i < n; ++i) {
     instances.push_back(MakeInstance(i));
     instances.back().instance_id.clear();  // the registrar generates a ULID
   }
+  bench_measure::PeerCpu peers(f.peer_pids);
+  peers.Begin();
   const int64_t t0 = NowNs();
   const discovery::RegistrationOptions options{.prefix = prefix};
   RegisterResult r = api == "many"    ? RegisterBatch(**registrar, std::move(instances), options)
                      : api == "async" ? RegisterAsync(**registrar, std::move(instances), options, k)
                                       : RegisterSync(**registrar, std::move(instances), options, k);
   const double secs = Seconds(NowNs() - t0);
+  for (const auto& [name, pct] : peers.End()) out[name] = pct;
   out["per_s"] = Round((n - r.errors) / secs, 1);
   out["p50_ms"] = Round(Percentile(r.latency_ns, 50) / 1e6);
   out["p99_ms"] = Round(Percentile(r.latency_ns, 99) / 1e6);

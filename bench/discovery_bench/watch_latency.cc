@@ -17,6 +17,7 @@
 #include "discovery/registrar.h"
 #include "discovery/watcher.h"
 #include "paced_writer.h"
+#include "redis_writer.h"
 
 namespace discovery_bench {
 
@@ -25,7 +26,10 @@ namespace discovery_bench {
 // --latency-inflight Puts outstanding on its own channel); latency from the put's answer (ack_*)
 // and from its send (send_*) to the Watcher's callback, to the last (and, fanout, the first)
 // subscriber. fanout also follows the prefix on an in-process bare Watch stream (inproc_raw_*, a
-// diagnostic only).
+// diagnostic only). --gateway: the Watcher follows discoveryd's SSE stream while the writer still
+// puts to etcd at --endpoints (the etcd behind discoveryd); --store redis://: the writer is
+// bench/redis_writer.h (the library's put script from raw hiredis connections) and the Watcher
+// reads Redis's change log.
 
 Json RunLatency(const Context& cx, const std::string& name, int rate, double seconds,
                 int subscribers) {
@@ -36,16 +40,33 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   out["rate_per_s"] = rate;
   out["seconds"] = seconds;
   out["subscribers"] = subscribers;
+  const std::string backend = cx.Backend();
+  out["backend"] = backend;
 
-  const std::string prefix = UniquePrefix(name, "lat");
-  Bare writer(cx.endpoints[0]);
-  Bare raw_bare(cx.endpoints[0]);
+  const std::string prefix = cx.Prefix(name, "lat");
+  const bool redis = backend == "redis";
+  if (!redis && cx.endpoints.empty()) {
+    out["error"] = "the writer puts to etcd: give --endpoints (the etcd behind --gateway)";
+    return out;
+  }
+  std::optional<Bare> writer, raw_bare;
+  std::optional<bench_writer::RedisPacedWriter> redis_writer;
+  if (redis) {
+    redis_writer.emplace(cx.flags->store);
+    if (!redis_writer->error().empty()) {
+      out["error"] = "redis writer: " + redis_writer->error();
+      return out;
+    }
+  } else {
+    writer.emplace(cx.endpoints[0]);
+    raw_bare.emplace(cx.endpoints[0]);
+  }
   auto conn = cx.Connect();
   auto watcher = cx.NewWatcher(conn, prefix);
 
   // The in-process bare Watch stream is a diagnostic of fanout only (it shares this process's
   // CPU); the raw figure to compare watch-latency with is `discovery-raw-bench watch-latency`.
-  const bool inproc_raw = subscribers > 1;
+  const bool inproc_raw = subscribers > 1 && !redis;
   std::vector<std::atomic<int64_t>> ack(total), lib_first(total), lib_last(total), raw_first(total),
       raw_last(total);
   for (int i = 0; i < total; ++i) {
@@ -70,16 +91,17 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
 
   std::vector<std::function<void(int64_t, int64_t)>> raw_callbacks(
       subscribers, [&](int64_t seq, int64_t now) { record(raw_first[seq], raw_last[seq], now); });
-  auto rev = writer.Revision();
   std::optional<RawWatch> raw;
-  if (inproc_raw)
-    raw.emplace(&raw_bare, prefix, rev.ok() ? *rev + 1 : 0,
+  if (inproc_raw) {
+    auto rev = writer->Revision();
+    raw.emplace(&*raw_bare, prefix, rev.ok() ? *rev + 1 : 0,
                 [&](const mvccpb::Event& ev, int64_t /*recv*/) {
                   // The bare stream's "logic": find the sequence number in the value.
                   const int64_t seq = bench_writer::SeqOf(ev.kv().value());
                   if (seq < 0 || seq >= total) return;
                   for (auto& cb : raw_callbacks) cb(seq, bench_writer::MonoNs());
                 });
+  }
   if (absl::Status s = raw ? raw->Start() : absl::OkStatus(); !s.ok()) {
     out["error"] = s.ToString();
     return out;
@@ -88,7 +110,9 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   // Writer: `rate` puts per second over 1,000 keys (first adds, then updates), pipelined
   // (bench/paced_writer.h, the same code and values as discovery-raw-bench watch-latency).
   bench_writer::PacedResult w =
-      bench_writer::RunPacedWriter(writer.channel, prefix, rate, total, cx.flags->latency_inflight);
+      redis ? redis_writer->Run(prefix, rate, total, cx.flags->latency_inflight)
+            : bench_writer::RunPacedWriter(writer->channel, prefix, rate, total,
+                                           cx.flags->latency_inflight);
   const std::vector<int64_t>& sent = w.sent;
   const int errors = w.errors;
   for (int i = 0; i < total; ++i) ack[i].store(w.ack[i]);
@@ -157,6 +181,10 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   const bool complete = lib_last_l.missing == 0 && errors == 0;
   if (subscribers > 1) {
     out["target"] = Target("report only (p99 to the last of the subscribers)", complete);
+  } else if (backend == "gateway") {
+    out["target"] = Target("ack p99 <= direct + 5 ms (bench/gateway_compare.sh)", complete);
+  } else if (redis) {
+    out["target"] = Target("report beside discovery-raw-redis-bench watch-latency", complete);
   } else {
     out["target"] =
         Target("ack p99 <= raw + 0.1 ms, send p50 <= raw + 20 us (discovery-raw-bench, compare.sh)",
@@ -165,6 +193,7 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   auto st = watcher->stats();
   out["watcher_events"] = st.events;
   out["watcher_invalid"] = st.invalid_values;
+  if (redis) redis_writer->Revoke();  // the writer's keys go with its lease
   return out;
 }
 
