@@ -23,6 +23,10 @@ namespace {
 
 using nlohmann::json;
 
+// Lease ids per heartbeat call: ~20 KB of JSON, well under discoveryd's limit (LeaseApi's
+// max_batch, 2,000; more is answered 413) and its 64 KiB default body limit.
+constexpr size_t kMaxHeartbeatBatch = 1000;
+
 std::string Hex(int64_t v) { return absl::StrFormat("%x", v); }
 
 int64_t ParseHexId(const json& j) {
@@ -102,8 +106,9 @@ class Heartbeats {
   };
 
   void Tick() {
-    json ids = json::array();
+    std::vector<int64_t> ids;
     absl::Duration period;
+    absl::Duration min_ttl;
     {
       util::MutexLock lock(&mu_);
       if (leases_.empty()) {
@@ -111,48 +116,73 @@ class Heartbeats {
         return;
       }
       period = absl::InfiniteDuration();
+      min_ttl = absl::InfiniteDuration();
+      ids.reserve(leases_.size());
       for (const auto& [id, e] : leases_) {
-        ids.push_back(Hex(id));
+        ids.push_back(id);
         period = std::min(period, e.interval);
+        min_ttl = std::min(min_ttl, e.ttl);
       }
       period_ = period;
     }
-    calls_.fetch_add(1);
-    auto r = JsonCall(*http_, "POST", "/sd/v1/heartbeat", json{{"leases", ids}}, period);
-    const absl::Time now = util::MonoNow();
+    const absl::Time started = util::MonoNow();
+    // Chunks of at most kMaxHeartbeatBatch ids, one after the other on the same keep-alive
+    // connection. Each chunk may take a third of the TTL (not of the interval: a first sight
+    // of many leases at a discoveryd costs it an etcd round trip); one chunk failing does not
+    // stop the others.
+    const absl::Duration chunk_timeout = std::max(period, min_ttl / 3);
+    bool failed = false;
     std::vector<Pending> events;
-    absl::Duration next = period;
-    {
+    for (size_t from = 0; from < ids.size(); from += kMaxHeartbeatBatch) {
+      // A gateway that fails slowly must not hold the at-risk check back for many chunks.
+      if (failed && util::MonoNow() - started >= min_ttl / 3) break;
+      const size_t to = std::min(ids.size(), from + kMaxHeartbeatBatch);
+      json chunk = json::array();
+      for (size_t i = from; i < to; ++i) chunk.push_back(Hex(ids[i]));
+      calls_.fetch_add(1);
+      auto r = JsonCall(*http_, "POST", "/sd/v1/heartbeat", json{{"leases", std::move(chunk)}},
+                        chunk_timeout);
+      const absl::Time now = util::MonoNow();
       util::MutexLock lock(&mu_);
-      if (r.ok()) {
-        backoff_.Reset();
-        if (auto g = r->find("gone"); g != r->end() && g->is_array()) {
-          for (const json& j : *g) {
-            auto it = leases_.find(ParseHexId(j));
-            if (it == leases_.end()) continue;
-            events.push_back(
-                {it->first, LeaseHolder::EventType::kLost, 0, std::move(it->second.listener)});
-            leases_.erase(it);
-          }
-        }
-        for (const json& j : ids) {
-          auto it = leases_.find(ParseHexId(j));
-          if (it == leases_.end()) continue;
-          it->second.last_ok = now;
-          if (it->second.at_risk) {
-            it->second.at_risk = false;
-            events.push_back(
-                {it->first, LeaseHolder::EventType::kAlive, it->second.generation, nullptr});
-          }
-        }
-      } else {
+      if (!r.ok()) {
+        failed = true;
         uint64_t n = failures_.fetch_add(1) + 1;
         if (n == 1 || n % 100 == 0) {
           SPDLOG_LOGGER_WARN(logger_, "gateway heartbeat failed ({} so far): {}", n,
                              r.status().ToString());
         }
+        continue;
+      }
+      if (auto g = r->find("gone"); g != r->end() && g->is_array()) {
+        for (const json& j : *g) {
+          auto it = leases_.find(ParseHexId(j));
+          if (it == leases_.end()) continue;
+          events.push_back(
+              {it->first, LeaseHolder::EventType::kLost, 0, std::move(it->second.listener)});
+          leases_.erase(it);
+        }
+      }
+      for (size_t i = from; i < to; ++i) {
+        auto it = leases_.find(ids[i]);
+        if (it == leases_.end()) continue;
+        it->second.last_ok = now;
+        if (it->second.at_risk) {
+          it->second.at_risk = false;
+          events.push_back(
+              {it->first, LeaseHolder::EventType::kAlive, it->second.generation, nullptr});
+        }
+      }
+    }
+    // The next round starts one period after this one started (not after it ended).
+    const absl::Time now = util::MonoNow();
+    absl::Duration next = std::max(absl::ZeroDuration(), period - (now - started));
+    {
+      util::MutexLock lock(&mu_);
+      if (!failed) {
+        backoff_.Reset();
+      } else {
         // Retry sooner than the interval (jittered, capped at it).
-        next = std::min(period, backoff_.Next());
+        next = std::min(next, backoff_.Next());
         for (auto& [id, e] : leases_) {
           if (!e.at_risk && now - e.last_ok > e.ttl * 2 / 3) {
             e.at_risk = true;

@@ -2,8 +2,9 @@
 // (store_backend.h), so the Registrar and the Watcher run unchanged over it. Public entry:
 // discovery/gateway_client.h (ConnectGateway).
 //
-//   lease holder  GatewayLeaseHolder -> the backend's Heartbeats: ONE batch POST /sd/v1/heartbeat
-//                 per interval for every lease of the process (gateway_backend.cc)
+//   lease holder  GatewayLeaseHolder -> the backend's Heartbeats: one round of batch
+//                 POST /sd/v1/heartbeat per interval for every lease of the process, in chunks
+//                 of at most 1,000 ids on one keep-alive connection (gateway_backend.cc)
 //   writer        POST /sd/v1/writes/{put-if-absent,put-if-unchanged,delete} (gateway_backend.cc)
 //   watch source  one SSE stream per Watcher (sse_source.cc)
 //

@@ -4,6 +4,8 @@
 
 #include <limits>
 #include <optional>
+#include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -76,6 +78,45 @@ bool IntField(const json& j, const char* name, int64_t* out, HttpResponse* err) 
 json CurrentJson(const std::optional<discovery::InstanceWriter::Current>& c) {
   if (!c) return nullptr;
   return {{"value", c->value}, {"leaseId", Hex(c->lease_id)}, {"modRevision", c->mod_revision}};
+}
+
+// First sight of many leases at once: ONE LeaseKeepAlive stream, every id written back to back
+// while a second thread reads the answers (etcd answers each in order), so adopting 2,000 leases
+// costs one round trip, not 2,000. Returns id -> TTL etcd reported (<= 0: the lease is gone);
+// an id without an answer (stream broke, deadline) is absent and the call's status says why.
+absl::Status KeepAliveMany(discovery::etcd::Client& client, const std::vector<int64_t>& ids,
+                           absl::Duration timeout, std::unordered_map<int64_t, int64_t>* ttls) {
+  int index = 0;
+  std::shared_ptr<discovery::etcd::Stubs> stubs = client.CurrentStubs(&index);
+  if (stubs == nullptr) return absl::UnavailableError("no etcd endpoint");
+  grpc::ClientContext ctx;
+  client.PrepareContext(&ctx, util::MonoNow() + timeout);
+  auto stream = stubs->lease->LeaseKeepAlive(&ctx);
+  size_t answered = 0;
+  std::thread reader([&] {
+    pb::LeaseKeepAliveResponse r;
+    while (answered < ids.size() && stream->Read(&r)) {
+      (*ttls)[r.id()] = r.ttl();
+      ++answered;
+    }
+  });
+  for (int64_t id : ids) {
+    pb::LeaseKeepAliveRequest req;
+    req.set_id(id);
+    if (!stream->Write(req)) break;
+  }
+  stream->WritesDone();
+  reader.join();
+  ctx.TryCancel();
+  grpc::Status st = stream->Finish();
+  if (answered >= ids.size()) return absl::OkStatus();
+  if (st.ok() || st.error_code() == grpc::StatusCode::CANCELLED) {
+    client.MarkFailed(index);
+    return absl::UnavailableError(
+        absl::StrCat("etcd answered ", answered, " of ", ids.size(), " first-sight keepalives"));
+  }
+  if (st.error_code() != grpc::StatusCode::UNAUTHENTICATED) client.MarkFailed(index);
+  return absl::UnavailableError(absl::StrCat("etcd keepalive stream: ", st.error_message()));
 }
 
 }  // namespace
@@ -209,7 +250,10 @@ HttpResponse LeaseApi::Heartbeat(const HttpRequest& req) {
     return Invalid("field \"leases\": expected an array of lease ids (hex)");
   }
   if (it->size() > static_cast<size_t>(options_.max_batch)) {
-    return Invalid(absl::StrCat("field \"leases\": at most ", options_.max_batch, " per call"));
+    return ErrorResponse(
+        413, "payload_too_large",
+        absl::StrCat("field \"leases\": at most ", options_.max_batch,
+                     " lease ids per heartbeat call, got ", it->size(), " (split the batch)"));
   }
   std::vector<int64_t> ids;
   ids.reserve(it->size());
@@ -240,31 +284,40 @@ HttpResponse LeaseApi::Heartbeat(const HttpRequest& req) {
     }
   }
   discovery::etcd::Client& client = *connection_->client();
-  for (int64_t id : unknown) {
-    // First heartbeat here: one refresh proves the lease exists (and tops it up at once, since
+  absl::Status adopt_status;
+  if (!unknown.empty()) {
+    // First heartbeat here: one refresh proves each lease exists (and tops it up at once, since
     // its last refresh may have come from a discoveryd that is gone), then the keeper's stream.
-    auto ttl = client.LeaseKeepAliveOnce(id);
-    if (!ttl.ok() && ttl.status().code() != absl::StatusCode::kNotFound) {
-      return StatusResponse(ttl.status());
+    // All first sights of the call share one pipelined stream (KeepAliveMany).
+    std::unordered_map<int64_t, int64_t> ttls;
+    adopt_status = KeepAliveMany(client, unknown, absl::Seconds(5), &ttls);
+    for (int64_t id : unknown) {
+      auto a = ttls.find(id);
+      if (a == ttls.end()) continue;  // no answer: adopt_status says why
+      if (a->second <= 0) {
+        gone.push_back(Hex(id));
+        continue;
+      }
+      absl::Duration lease_ttl = absl::Seconds(a->second);
+      {
+        util::MutexLock lock(&mu_);
+        if (!tracked_.emplace(id, Tracked{lease_ttl, now, false}).second) continue;  // duplicate
+      }
+      adopted_.fetch_add(1);
+      client.keeper().Add(id, lease_ttl, lease_ttl / 3,
+                          [this](const discovery::etcd::LeaseKeeper::Event& ev) {
+                            if (ev.type != discovery::etcd::LeaseKeeper::EventType::kLost) return;
+                            util::MutexLock lock(&mu_);
+                            if (auto t = tracked_.find(ev.lease_id); t != tracked_.end()) {
+                              t->second.gone = true;
+                            }
+                          });
     }
-    if (!ttl.ok() || *ttl <= 0) {
-      gone.push_back(Hex(id));
-      continue;
-    }
-    adopted_.fetch_add(1);
-    absl::Duration lease_ttl = absl::Seconds(*ttl);
-    {
-      util::MutexLock lock(&mu_);
-      tracked_[id] = Tracked{lease_ttl, now, false};
-    }
-    client.keeper().Add(id, lease_ttl, lease_ttl / 3,
-                        [this](const discovery::etcd::LeaseKeeper::Event& ev) {
-                          if (ev.type != discovery::etcd::LeaseKeeper::EventType::kLost) return;
-                          util::MutexLock lock(&mu_);
-                          if (auto t = tracked_.find(ev.lease_id); t != tracked_.end()) {
-                            t->second.gone = true;
-                          }
-                        });
+  }
+  if (!adopt_status.ok()) {
+    SPDLOG_LOGGER_WARN(logger_, "heartbeat: adopting {} lease(s): {}", unknown.size(),
+                       adopt_status.ToString());
+    return StatusResponse(adopt_status);
   }
   gone_.fetch_add(gone.size());
   Sweep(now);

@@ -22,6 +22,8 @@
 // every TTL/3 from then on; a lease not heartbeaten for a TTL is dropped from the keeper (its
 // client is gone: the lease runs out at most one TTL later). A lease etcd reports expired is
 // answered in "gone" (the client re-registers). Any discoveryd answers any heartbeat.
+// All first sights of one call share one pipelined keepalive stream (one round trip, not one
+// per lease). At most Options::max_batch ids per call: more is 413 with the limit.
 //
 // Keys must be `<prefix><type>/<instanceId>` with valid names under discoveryd's own prefix, and
 // values valid instances naming that key (kInvalidArgument otherwise): the write calls are not
@@ -57,7 +59,9 @@ class LeaseApi {
   struct Options {
     std::string prefix = "/services/";
     int max_ttl_seconds = 300;
-    int max_batch = 20000;  // leases per heartbeat call
+    // Lease ids per heartbeat call (413 above it). 2,000 hex ids are ~40 KB, under the server's
+    // default 64 KiB body limit; the client sends at most gateway::kMaxHeartbeatBatch (1,000).
+    int max_batch = 2000;
   };
   struct Stats {
     uint64_t heartbeat_calls = 0;
