@@ -115,7 +115,11 @@ absl::Status KeepAliveMany(discovery::etcd::Client& client, const std::vector<in
     return absl::UnavailableError(
         absl::StrCat("etcd answered ", answered, " of ", ids.size(), " first-sight keepalives"));
   }
-  if (st.error_code() != grpc::StatusCode::UNAUTHENTICATED) client.MarkFailed(index);
+  if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    (void)client.RefreshToken(index);  // the client's next heartbeat (its backoff) retries
+  } else {
+    client.MarkFailed(index);
+  }
   return absl::UnavailableError(absl::StrCat("etcd keepalive stream: ", st.error_message()));
 }
 
