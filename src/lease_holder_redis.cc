@@ -8,6 +8,9 @@
 // one next-burst time, one timer waits for the earliest, and a burst refreshes every group due
 // within half its interval in one EVALSHA (chunks of kMaxIdsPerCall ids above that), so 10,000
 // leases registered over several seconds still cost one script call per interval.
+#include "lease_holder_redis.h"
+
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -26,6 +29,8 @@
 
 namespace discovery {
 namespace {
+
+std::atomic<uint64_t> g_bursts{0}, g_calls{0}, g_failed_calls{0}, g_lost{0};
 
 class RedisLeaseHolder final : public LeaseHolder {
  public:
@@ -167,6 +172,7 @@ class RedisLeaseHolder final : public LeaseHolder {
       }
       if (ids.empty()) continue;
       in_flight_ = true;
+      g_bursts.fetch_add(1);
       l.unlock();
       // One call for every due lease of this process (chunked above kMaxIdsPerCall).
       std::set<int64_t> gone;
@@ -176,6 +182,7 @@ class RedisLeaseHolder final : public LeaseHolder {
                                        ids.begin() + std::min(ids.size(), i + kMaxIdsPerCall));
         auto r = store_->Eval(*ticker_, redis::kKeepAliveScript, std::move(chunk));
         ++calls_made_;
+        g_calls.fetch_add(1);
         if (!r.ok()) {
           failed = r.status();
           break;
@@ -190,6 +197,7 @@ class RedisLeaseHolder final : public LeaseHolder {
         // Redis unreachable: retry sooner than the interval, with a jittered backoff (the
         // client also waits for its own reconnect backoff).
         ++failed_calls_;
+        g_failed_calls.fetch_add(1);
         retry = backoff_.Next();
         SPDLOG_LOGGER_WARN(logger_,
                            "redis keepalive of {} leases failed ({} of {} calls): {}; "
@@ -214,6 +222,7 @@ class RedisLeaseHolder final : public LeaseHolder {
         Entry& e = it->second;
         if (failed.ok() && gone.count(id) != 0) {
           Emit(e.listener, EventType::kLost, id);
+          g_lost.fetch_add(1);
           Drop(id);
           continue;
         }
@@ -252,6 +261,10 @@ class RedisLeaseHolder final : public LeaseHolder {
 };
 
 }  // namespace
+
+RedisLeaseCounters GetRedisLeaseCounters() {
+  return {g_bursts.load(), g_calls.load(), g_failed_calls.load(), g_lost.load()};
+}
 
 std::unique_ptr<LeaseHolder> NewRedisLeaseHolder(std::shared_ptr<const redis::Store> store,
                                                  util::EventLoop* events,

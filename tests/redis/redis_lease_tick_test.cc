@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "harness_util.h"
 #include "lease_holder.h"
+#include "lease_holder_redis.h"
 #include "redis_harness.h"
 #include "redis_test_util.h"
 #include "store_backend.h"
@@ -93,15 +94,20 @@ TEST_F(RedisLeaseTickTest, LeasesAddedOverAnIntervalAreRefreshedInOneCallPerInte
 
   // Three intervals of keepalives: about one script call per interval for all 1,000 leases.
   ASSERT_TRUE(redis_->Cli({"CONFIG", "RESETSTAT"}).ok());
+  const RedisLeaseCounters before = GetRedisLeaseCounters();
   const absl::Time counted_from = util::MonoNow();
   WaitUntil([&] { return util::MonoNow() - counted_from >= 3 * interval; }, absl::Seconds(30),
             absl::Milliseconds(20));
   const int64_t calls = ScriptCalls(*redis_);
+  const RedisLeaseCounters after = GetRedisLeaseCounters();
   const absl::Duration elapsed = util::MonoNow() - counted_from;
   const int64_t intervals = absl::Ceil(elapsed, interval) / interval;
   std::cout << "keepalive script calls: " << calls << " in " << elapsed << "\n";
   EXPECT_GE(calls, 2) << "no keepalives at all?";
   EXPECT_LE(calls, intervals + 2) << "keepalive script calls in " << elapsed;
+  // The holder's own counters agree (a call in flight at either end may differ by one).
+  EXPECT_LE(after.bursts - before.bursts, static_cast<uint64_t>(intervals + 2));
+  EXPECT_NEAR(static_cast<double>(after.calls - before.calls), static_cast<double>(calls), 1.0);
 
   // Every lease is alive: its deadline lies in the future by Redis' clock.
   const int64_t now_ms = RedisNowMs(*redis_);
@@ -121,6 +127,7 @@ TEST_F(RedisLeaseTickTest, LeasesAddedOverAnIntervalAreRefreshedInOneCallPerInte
   EXPECT_TRUE(WaitUntil([&] { return log.Count(RegistrationEventType::kReRegistered) >= 1; },
                         3 * interval));
   EXPECT_EQ(log.Count(RegistrationEventType::kLeaseLost), 1);
+  EXPECT_EQ(GetRedisLeaseCounters().lost - before.lost, 1u);
   EXPECT_NE(regs[kPerGroup * 5 + 7].lease_id(), old_lease);
   auto score = redis_->Cli({"ZSCORE", "{sd}:dl", absl::StrCat(regs[kPerGroup * 5 + 7].lease_id())});
   ASSERT_TRUE(score.ok());
