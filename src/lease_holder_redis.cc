@@ -90,7 +90,7 @@ class RedisLeaseHolder final : public LeaseHolder {
       // A new group's first burst is one interval away; an existing group's next burst is
       // never later than that, so joining it refreshes the lease in time (early is harmless).
       if (g.ids.empty()) g.next = now + interval;
-      if (in_flight_) g.cap = std::min(g.cap, now + interval);
+      if (g.in_burst) g.cap = std::min(g.cap, now + interval);
       g.ids.insert(lease);
     }
     cv_.notify_all();
@@ -125,8 +125,9 @@ class RedisLeaseHolder final : public LeaseHolder {
   // All leases of one keepalive interval share one schedule: one burst per interval.
   struct Group {
     absl::Time next = absl::InfiniteFuture();
-    // Joined while a burst was in flight: the next burst must come by this time.
+    // Joined while this group's burst was in flight: its next burst must come by this time.
     absl::Time cap = absl::InfiniteFuture();
+    bool in_burst = false;
     std::set<int64_t> ids;
   };
 
@@ -168,10 +169,10 @@ class RedisLeaseHolder final : public LeaseHolder {
       for (auto& [interval, g] : groups_) {
         if (g.next > now + interval / 2) continue;
         burst.push_back(interval);
+        g.in_burst = true;
         for (int64_t id : g.ids) ids.push_back(absl::StrCat(id));
       }
       if (ids.empty()) continue;
-      in_flight_ = true;
       g_bursts.fetch_add(1);
       l.unlock();
       // One call for every due lease of this process (chunked above kMaxIdsPerCall).
@@ -190,7 +191,6 @@ class RedisLeaseHolder final : public LeaseHolder {
         for (const auto& g : r->elements) gone.insert(g.AsInt());
       }
       l.lock();
-      in_flight_ = false;
       const absl::Time after = util::MonoNow();
       absl::Duration retry = absl::ZeroDuration();
       if (!failed.ok()) {
@@ -211,8 +211,10 @@ class RedisLeaseHolder final : public LeaseHolder {
         auto git = groups_.find(interval);
         if (git == groups_.end()) continue;  // every lease forgotten meanwhile
         Group& g = git->second;
+        if (!g.in_burst) continue;  // emptied and created anew meanwhile: keeps its own next
         g.next = std::min(after + (failed.ok() ? interval : std::min(interval, retry)), g.cap);
         g.cap = absl::InfiniteFuture();
+        g.in_burst = false;
       }
       for (const std::string& s : ids) {
         int64_t id = 0;
@@ -251,7 +253,6 @@ class RedisLeaseHolder final : public LeaseHolder {
   std::condition_variable cv_;
   std::map<int64_t, Entry> leases_;
   std::map<absl::Duration, Group> groups_;  // by keepalive interval
-  bool in_flight_ = false;
   bool stopping_ = false;
   util::Backoff backoff_{absl::Milliseconds(100), absl::Seconds(1)};
   uint64_t calls_made_ = 0;
