@@ -176,7 +176,9 @@ absl::StatusOr<std::pair<std::string, int>> Client::AskSentinels() {
   std::string errors;
   for (size_t i = 0; i < all.size(); ++i) {
     const size_t idx = (next_sentinel_ + i) % all.size();
-    const auto& [host, port] = all[idx];
+    // Not a structured binding: clang 14 cannot capture one in the lambdas below.
+    const std::string& host = all[idx].first;
+    const int port = all[idx].second;
     g_lookups.fetch_add(1);
     std::unique_ptr<redisContext, void (*)(redisContext*)> c(
         redisConnectWithTimeout(host.c_str(), port, TimevalOf(options_.connect_timeout)),
