@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "mode_fixture.h"
+#include "registration_event_log.h"
 
 namespace discovery::testing {
 namespace {
@@ -30,23 +31,7 @@ Instance Make(const std::string& type, const std::string& group, const std::stri
   return in;
 }
 
-// Registrar events, counted by type.
-struct EventLog {
-  std::mutex mu;
-  std::vector<RegistrationEvent> events;
-  std::function<void(const RegistrationEvent&)> Callback() {
-    return [this](const RegistrationEvent& ev) {
-      std::lock_guard<std::mutex> lock(mu);
-      events.push_back(ev);
-    };
-  }
-  int Count(RegistrationEventType t) {
-    std::lock_guard<std::mutex> lock(mu);
-    int n = 0;
-    for (auto& e : events) n += e.type == t;
-    return n;
-  }
-};
+using EventLog = ::discovery::testing::RegistrationEventLog;
 
 using BothModesTest = ModeTest;
 

@@ -14,6 +14,7 @@
 #include "etcd/lease_keeper.h"
 #include "etcd_harness.h"
 #include "nlohmann/json.hpp"
+#include "registration_event_log.h"
 
 namespace discovery {
 namespace {
@@ -35,23 +36,7 @@ Instance World(const std::string& id = "") {
   return in;
 }
 
-// Records registrar events.
-struct EventLog {
-  std::mutex mu;
-  std::vector<RegistrationEvent> events;
-  std::function<void(const RegistrationEvent&)> Callback() {
-    return [this](const RegistrationEvent& ev) {
-      std::lock_guard<std::mutex> lock(mu);
-      events.push_back(ev);
-    };
-  }
-  int Count(RegistrationEventType t) {
-    std::lock_guard<std::mutex> lock(mu);
-    int n = 0;
-    for (auto& e : events) n += e.type == t;
-    return n;
-  }
-};
+using EventLog = ::discovery::testing::RegistrationEventLog;
 
 class RegistrarTest : public ::testing::Test {
  protected:

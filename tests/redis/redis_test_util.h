@@ -19,6 +19,7 @@
 #include "discovery/watcher.h"
 #include "harness_util.h"
 #include "redis_harness.h"
+#include "registration_event_log.h"
 
 namespace discovery {
 
@@ -34,22 +35,7 @@ inline Instance World(const std::string& id) {
   return in;
 }
 
-struct EventLog {
-  std::mutex mu;
-  std::vector<RegistrationEvent> events;
-  std::function<void(const RegistrationEvent&)> Callback() {
-    return [this](const RegistrationEvent& ev) {
-      std::lock_guard<std::mutex> lock(mu);
-      events.push_back(ev);
-    };
-  }
-  int Count(RegistrationEventType t) {
-    std::lock_guard<std::mutex> lock(mu);
-    int n = 0;
-    for (auto& e : events) n += e.type == t;
-    return n;
-  }
-};
+using EventLog = ::discovery::testing::RegistrationEventLog;
 
 class RedisTestBase : public ::testing::Test {
  protected:
