@@ -209,7 +209,10 @@ TEST_F(DiscoverHttpTest, BlockingQueryWakesOnItsGroupOnly) {
   EXPECT_EQ(r->Json()["instances"].size(), 2u);
   EXPECT_GT(IndexOf(*r), index);
   EXPECT_LT(absl::Now() - put_at, absl::Seconds(5));
-  EXPECT_EQ(Metric(gw.port, "discovery_http_blocking_changed_total"), 1);
+  // discoveryd counts the answer right after writing it: wait for the count, not the answer.
+  EXPECT_TRUE(
+      WaitUntil([&] { return Metric(gw.port, "discovery_http_blocking_changed_total") == 1; },
+                TimeScale(absl::Seconds(5))));
 }
 
 TEST_F(DiscoverHttpTest, BlockingQueryAnswersAtWaitUnchanged) {
@@ -225,7 +228,10 @@ TEST_F(DiscoverHttpTest, BlockingQueryAnswersAtWaitUnchanged) {
   EXPECT_GE(absl::Now() - start, absl::Milliseconds(900));
   EXPECT_EQ(IndexOf(r), index);
   EXPECT_EQ(r.body, first.body);
-  EXPECT_EQ(Metric(gw.port, "discovery_http_blocking_timeouts_total"), 1);
+  // discoveryd counts the answer right after writing it: wait for the count, not the answer.
+  EXPECT_TRUE(
+      WaitUntil([&] { return Metric(gw.port, "discovery_http_blocking_timeouts_total") == 1; },
+                TimeScale(absl::Seconds(5))));
   // A waitIndex the gateway has not reached (another history / replica): answered at once.
   Response ahead = Must(Http(gw.port, "GET", "/sd/v1/instances?type=world&waitIndex=999999"));
   EXPECT_EQ(ahead.status, 200);
