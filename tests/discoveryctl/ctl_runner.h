@@ -19,6 +19,7 @@
 #include "child_process.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "util/clock.h"
 
 namespace discovery::testing {
 
@@ -49,14 +50,14 @@ class CtlRunner {
   // Runs discoveryctl to completion (at most 20 s).
   CtlResult Run(const std::vector<std::string>& args) const {
     CtlResult r;
-    absl::Time start = absl::Now();
+    absl::Time start = ::discovery::util::MonoNow();
     auto child = ChildProcess::Spawn(Opts(Argv(args), false));
     if (!child.ok()) {
       r.err = child.status().ToString();
       return r;
     }
     auto code = (*child)->Wait(absl::Seconds(20));
-    r.took = absl::Now() - start;
+    r.took = ::discovery::util::MonoNow() - start;
     r.code = code.ok() ? *code : -1;
     r.out = (*child)->ReadStdout();
     r.err = (*child)->ReadStderr();

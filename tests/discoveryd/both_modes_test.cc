@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "mode_fixture.h"
 #include "registration_event_log.h"
+#include "util/clock.h"
 
 namespace discovery::testing {
 namespace {
@@ -159,12 +160,14 @@ TEST_P(BothModesTest, KilledProcessDisappearsAfterTtl) {
   ASSERT_TRUE(id.has_value()) << child->ReadStderr();
   const std::string key = "/services/world/" + *id;
   ASSERT_TRUE(WaitUntil([&] { return InEtcd(key); }, absl::Seconds(5)));
-  const absl::Time killed = absl::Now();
+  const absl::Time killed = ::discovery::util::MonoNow();
   ASSERT_TRUE(child->Signal(SIGKILL).ok());
   const absl::Duration bound = gateway() ? absl::Seconds(2 * 2 + 1) : absl::Seconds(2 + 1);
   ASSERT_TRUE(WaitUntil([&] { return !InEtcd(key); }, bound, absl::Milliseconds(50)))
-      << "still there " << absl::FormatDuration(absl::Now() - killed) << " after SIGKILL";
-  EXPECT_GT(absl::Now() - killed, absl::Seconds(1)) << "removed before its TTL could run out";
+      << "still there " << absl::FormatDuration(::discovery::util::MonoNow() - killed)
+      << " after SIGKILL";
+  EXPECT_GT(::discovery::util::MonoNow() - killed, absl::Seconds(1))
+      << "removed before its TTL could run out";
 }
 
 // SIGTERM: the process drains and deregisters; the key goes at once, not after its 10 s TTL.
@@ -192,10 +195,10 @@ TEST_P(BothModesTest, GracefulCloseRemovesKeyAndLeaseAtOnce) {
   const std::string key = reg->key();
   const int64_t lease = reg->lease_id();
   ASSERT_EQ(LeaseOf(key), lease);
-  const absl::Time start = absl::Now();
+  const absl::Time start = ::discovery::util::MonoNow();
   EXPECT_TRUE(reg->Close().ok());
   EXPECT_FALSE(InEtcd(key));
-  EXPECT_LT(absl::Now() - start, TimeScale(absl::Seconds(1)));
+  EXPECT_LT(::discovery::util::MonoNow() - start, TimeScale(absl::Seconds(1)));
   pb::LeaseTimeToLiveRequest t;
   t.set_id(lease);
   auto ttl = direct_->client()->LeaseTimeToLive(t);

@@ -23,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "mode_fixture.h"
+#include "util/clock.h"
 
 namespace discovery::testing {
 namespace {
@@ -313,9 +314,9 @@ TEST_F(GatewayChaosTest, EtcdWipedBehindDiscoverydEveryoneConverges) {
       << diff;
   std::vector<uint64_t> resyncs_before;
   for (auto& w : watchers_) resyncs_before.push_back(w.watcher->stats().resyncs);
-  const absl::Time wiped_at = absl::Now();
+  const absl::Time wiped_at = ::discovery::util::MonoNow();
   ASSERT_TRUE(cluster_->WipeAndRestartSameIdentity().ok());
-  const absl::Time restarted_at = absl::Now();
+  const absl::Time restarted_at = ::discovery::util::MonoNow();
   EXPECT_TRUE(WaitUntil(
       [&] {
         return EtcdCount() == static_cast<size_t>(kRegistrations) &&
@@ -324,7 +325,7 @@ TEST_F(GatewayChaosTest, EtcdWipedBehindDiscoverydEveryoneConverges) {
       absl::Seconds(TtlSeconds() + 10)))
       << "etcd holds " << EtcdCount() << ", re_registered "
       << Events(RegistrationEventType::kReRegistered);
-  const absl::Duration back = absl::Now() - restarted_at;
+  const absl::Duration back = ::discovery::util::MonoNow() - restarted_at;
   EXPECT_TRUE(WaitUntil([&] { return AllConverged(&diff); }, absl::Seconds(15))) << diff;
   std::cout << "(c) wipe took " << absl::FormatDuration(restarted_at - wiped_at)
             << ", all 100 back " << absl::FormatDuration(back) << " after the restart\n";
