@@ -26,6 +26,7 @@
 namespace discovery {
 namespace {
 
+using testing::EtcdCluster;
 using testing::Make;
 using testing::StoreKind;
 using testing::StoreView;
