@@ -200,7 +200,7 @@ class RedisStoreView : public StoreView {
       : StoreView(StoreKind::kRedis),
         server_(std::move(server)),
         keys_(redis::Keys("sd")),
-        client_(redis::ClientOptions{*redis::ParseUrl(server_->Url())}) {}
+        client_(ClientOptionsFor(server_->Url())) {}
   absl::Status Init() {
     if (auto s = StoreView::Init(); !s.ok()) return s;
     auto w = Watcher::Create({.connection = Connect()});
@@ -287,6 +287,11 @@ class RedisStoreView : public StoreView {
   absl::Status Thaw() override { return server_->Resume(); }
 
  private:
+  static redis::ClientOptions ClientOptionsFor(const std::string& url) {
+    redis::ClientOptions o;
+    o.url = *redis::ParseUrl(url);
+    return o;
+  }
   const std::string& Inst() const { return keys_[1]; }
   absl::StatusOr<redis::Reply> Command(const std::vector<std::string>& argv) {
     auto r = client_.Command(argv);
