@@ -177,6 +177,7 @@ TEST_P(BothModesTest, GracefulCloseRemovesKeyAndLeaseAtOnce) {
   const std::string key = reg->key();
   const int64_t lease = reg->lease_id();
   ASSERT_EQ(LeaseOf(key), lease);
+  EXPECT_TRUE(store_->LeaseExists(lease));
   const absl::Time start = ::discovery::util::MonoNow();
   EXPECT_TRUE(reg->Close().ok());
   EXPECT_FALSE(InStore(key));

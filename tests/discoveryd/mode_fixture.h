@@ -42,6 +42,10 @@ inline std::string ModeName(const ::testing::TestParamInfo<Mode>& info) {
   return "Redis";
 }
 
+inline void PrintTo(Mode mode, std::ostream* os) {
+  *os << ModeName(::testing::TestParamInfo<Mode>(mode, 0));
+}
+
 inline std::string GatewayUrl(const GatewayProc& gw) {
   return absl::StrCat("http://127.0.0.1:", gw.port);
 }

@@ -203,6 +203,7 @@ TEST_P(RegistrarTest, GracefulCloseRemovesKeyAndLeaseAtOnce) {
   ASSERT_TRUE(reg.ok());
   std::string key = reg->key();
   int64_t lease = reg->lease_id();
+  EXPECT_TRUE(store_->LeaseExists(lease));
   const absl::Time start = util::MonoNow();
   EXPECT_TRUE(reg->Close().ok());
   EXPECT_FALSE(KeyExists(key));

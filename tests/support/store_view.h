@@ -27,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -48,6 +49,9 @@ enum class StoreKind { kEtcd, kRedis };
 
 inline std::string StoreName(const ::testing::TestParamInfo<StoreKind>& info) {
   return info.param == StoreKind::kEtcd ? "Etcd" : "Redis";
+}
+inline void PrintTo(StoreKind kind, std::ostream* os) {
+  *os << (kind == StoreKind::kEtcd ? "etcd" : "redis");
 }
 
 class StoreView {
