@@ -85,31 +85,7 @@ inline std::map<std::string, std::string> EtcdState(Connection& direct) {
 
 // True when the watcher's cache holds exactly etcd's valid instances, values included.
 inline bool CacheEqualsEtcd(Connection& direct, const Watcher& w, std::string* diff = nullptr) {
-  std::map<std::string, std::string> want;
-  for (auto& [k, v] : EtcdState(direct)) {
-    auto in = DecodeInstance(v);
-    if (in.ok()) want["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
-  }
-  std::map<std::string, std::string> have;
-  for (const auto& in : w.snapshot()->All()) {
-    have["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
-  }
-  if (want == have) return true;
-  if (diff != nullptr) {
-    *diff = absl::StrCat("etcd has ", want.size(), ", cache has ", have.size());
-    for (const auto& [k, v] : want) {
-      auto it = have.find(k);
-      if (it == have.end()) {
-        absl::StrAppend(diff, "; missing ", k);
-      } else if (it->second != v) {
-        absl::StrAppend(diff, "; differs ", k);
-      }
-    }
-    for (const auto& [k, v] : have) {
-      if (want.count(k) == 0) absl::StrAppend(diff, "; ghost ", k);
-    }
-  }
-  return false;
+  return CacheEquals(ValidInstances(EtcdState(direct)), w, diff);
 }
 
 // One test per mode: Direct (etcd), Gateway (a discoveryd in front of etcd) and Redis (the

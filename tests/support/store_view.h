@@ -99,15 +99,6 @@ class StoreView {
     auto v = Get(key);
     return v ? nlohmann::json::parse(*v, nullptr, false) : nlohmann::json();
   }
-  // The store's valid instances, "/services/<type>/<id>" -> canonical encoding.
-  std::map<std::string, std::string> Instances() {
-    std::map<std::string, std::string> out;
-    for (auto& [k, v] : All()) {
-      auto in = DecodeInstance(v);
-      if (in.ok()) out["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
-    }
-    return out;
-  }
 
  protected:
   explicit StoreView(StoreKind kind) : kind_(kind) {}

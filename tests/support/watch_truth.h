@@ -77,10 +77,22 @@ inline std::map<std::string, std::string> CacheByKey(const Watcher& w) {
   return out;
 }
 
-// True when the watcher's cache holds exactly the store's valid instances, values included;
+// The valid instances among raw key -> value pairs, "/services/<type>/<id>" -> canonical
+// encoding (what a watcher's cache must hold).
+inline std::map<std::string, std::string> ValidInstances(
+    const std::map<std::string, std::string>& raw) {
+  std::map<std::string, std::string> out;
+  for (const auto& [k, v] : raw) {
+    auto in = DecodeInstance(v);
+    if (in.ok()) out["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
+  }
+  return out;
+}
+
+// True when the watcher's cache holds exactly `want` (ValidInstances), values included;
 // `diff` says what differs.
-inline bool CacheEqualsStore(StoreView& store, const Watcher& w, std::string* diff = nullptr) {
-  const std::map<std::string, std::string> want = store.Instances();
+inline bool CacheEquals(const std::map<std::string, std::string>& want, const Watcher& w,
+                        std::string* diff = nullptr) {
   std::map<std::string, std::string> have;
   for (const auto& in : w.snapshot()->All()) {
     have["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
@@ -101,6 +113,11 @@ inline bool CacheEqualsStore(StoreView& store, const Watcher& w, std::string* di
     }
   }
   return false;
+}
+
+// True when the watcher's cache holds exactly the store's valid instances.
+inline bool CacheEqualsStore(StoreView& store, const Watcher& w, std::string* diff = nullptr) {
+  return CacheEquals(ValidInstances(store.All()), w, diff);
 }
 
 }  // namespace discovery::testing
