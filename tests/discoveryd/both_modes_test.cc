@@ -1,7 +1,8 @@
-// The watcher truth suite and the registrar suite (issue 16), run from ONE parameterised suite
-// in both modes: direct (gRPC to etcd) and gateway (through a discoveryd process). The code
-// under test is the same Registrar and Watcher; only the Connection differs (mode_fixture.h).
-// etcd is the truth in both, read with a direct Connection (label etcd).
+// The watcher truth suite and the registrar suite (issues 16 and 17), run from ONE
+// parameterised suite in every mode: direct (gRPC to etcd), gateway (through a discoveryd
+// process in front of etcd) and Redis (the Redis backend). The code under test is the same
+// Registrar and Watcher; only the Connection differs (mode_fixture.h). The store is the truth,
+// read directly (store_view.h). Direct and Gateway carry the label etcd, Redis the label redis.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -11,7 +12,6 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "mode_fixture.h"
 #include "registration_event_log.h"
 #include "util/clock.h"
@@ -19,28 +19,15 @@
 namespace discovery::testing {
 namespace {
 
-namespace pb = ::etcdserverpb;
-
-Instance Make(const std::string& type, const std::string& group, const std::string& id = "") {
-  Instance in;
-  in.instance_id = id;
-  in.type = type;
-  in.group = group;
-  in.hostname = "h";
-  in.private_ip = "127.0.0.1";
-  in.ports = {{"game", 7000}};
-  return in;
-}
-
 using EventLog = ::discovery::testing::RegistrationEventLog;
 
 using BothModesTest = ModeTest;
 
 // Random ops from several registrars (register, status change, close), a registrar process
-// SIGKILLed and keys on a lease nobody keeps alive: the watcher's cache ends equal to etcd,
+// SIGKILLed and keys on a lease nobody keeps alive: the watcher's cache ends equal to the store,
 // and its event log, replayed from the first snapshot, gives the same set (nothing lost,
 // nothing delivered twice).
-TEST_P(BothModesTest, WatcherCacheEqualsEtcdAfterRandomOpsAndExpiry) {
+TEST_P(BothModesTest, WatcherCacheEqualsStoreAfterRandomOpsAndExpiry) {
   // Some state before the watcher starts: its first snapshot is not empty.
   auto pre = Registrar::Create({.connection = Conn()});
   ASSERT_TRUE(pre.ok()) << pre.status();
@@ -53,7 +40,7 @@ TEST_P(BothModesTest, WatcherCacheEqualsEtcdAfterRandomOpsAndExpiry) {
   // A registrar process with 5 instances on a 2 s TTL: SIGKILLed below, its keys expire.
   auto child = SpawnGameServer({"--ttl", "2", "--count", "5", "--id", "victim"});
   ASSERT_NE(child, nullptr);
-  ASSERT_TRUE(WaitUntil([&] { return InEtcd("/services/world/victim-4"); }, absl::Seconds(10)))
+  ASSERT_TRUE(WaitUntil([&] { return InStore("/services/world/victim-4"); }, absl::Seconds(10)))
       << child->ReadStderr();
   auto w = NewWatcher();
   ASSERT_NE(w, nullptr);
@@ -111,17 +98,11 @@ TEST_P(BothModesTest, WatcherCacheEqualsEtcdAfterRandomOpsAndExpiry) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(failed.load(), 0);
   // Lease expiry of keys written behind everyone's back: 10 keys on a 1 s lease.
-  pb::LeaseGrantRequest g;
-  g.set_ttl(1);
-  auto lease = direct_->client()->LeaseGrant(g);
+  auto lease = store_->Grant(absl::Seconds(1));
   ASSERT_TRUE(lease.ok()) << lease.status();
   for (int i = 0; i < 10; ++i) {
     Instance in = Make("world", "exp", absl::StrCat("exp", i));
-    pb::PutRequest p;
-    p.set_key("/services/world/" + in.instance_id);
-    p.set_value(EncodeInstance(in));
-    p.set_lease(lease->id());
-    ASSERT_TRUE(direct_->client()->Put(p).ok());
+    ASSERT_TRUE(store_->Put("/services/world/" + in.instance_id, EncodeInstance(in), *lease).ok());
   }
   ASSERT_TRUE(
       WaitUntil([&] { return w->snapshot()->Find("world", "exp9") != nullptr; }, absl::Seconds(5)));
@@ -134,7 +115,7 @@ TEST_P(BothModesTest, WatcherCacheEqualsEtcdAfterRandomOpsAndExpiry) {
       },
       absl::Seconds(8)));
   std::string diff;
-  EXPECT_TRUE(WaitUntil([&] { return CacheEqualsEtcd(*direct_, *w, &diff); }, absl::Seconds(5)))
+  EXPECT_TRUE(WaitUntil([&] { return CacheEqualsStore(*store_, *w, &diff); }, absl::Seconds(5)))
       << diff;
   EXPECT_EQ(w->snapshot()->size(), survivors.size() + before.size());
   std::vector<std::string> errors;
@@ -152,18 +133,19 @@ TEST_P(BothModesTest, WatcherCacheEqualsEtcdAfterRandomOpsAndExpiry) {
 
 // A registrar process SIGKILLed: its registration goes when the TTL runs out (not at once,
 // not never). In gateway mode discoveryd stops refreshing a lease nobody heartbeats: the key
-// may live up to one more TTL.
+// may live up to one more TTL. On Redis a watcher's reaper (here the store view's) removes it
+// at TTL + at most one reaper period (0.5 s).
 TEST_P(BothModesTest, KilledProcessDisappearsAfterTtl) {
   auto child = SpawnGameServer({"--ttl", "2", "--type", "world"});
   ASSERT_NE(child, nullptr);
   auto id = child->ReadLine(absl::Seconds(10));
   ASSERT_TRUE(id.has_value()) << child->ReadStderr();
   const std::string key = "/services/world/" + *id;
-  ASSERT_TRUE(WaitUntil([&] { return InEtcd(key); }, absl::Seconds(5)));
+  ASSERT_TRUE(WaitUntil([&] { return InStore(key); }, absl::Seconds(5)));
   const absl::Time killed = ::discovery::util::MonoNow();
   ASSERT_TRUE(child->Signal(SIGKILL).ok());
   const absl::Duration bound = gateway() ? absl::Seconds(2 * 2 + 1) : absl::Seconds(2 + 1);
-  ASSERT_TRUE(WaitUntil([&] { return !InEtcd(key); }, bound, absl::Milliseconds(50)))
+  ASSERT_TRUE(WaitUntil([&] { return !InStore(key); }, bound, absl::Milliseconds(50)))
       << "still there " << absl::FormatDuration(::discovery::util::MonoNow() - killed)
       << " after SIGKILL";
   EXPECT_GT(::discovery::util::MonoNow() - killed, absl::Seconds(1))
@@ -183,7 +165,7 @@ TEST_P(BothModesTest, SigtermDeregistersAtOnce) {
   auto rc = child->Wait(absl::Seconds(5));
   ASSERT_TRUE(rc.ok()) << rc.status();
   EXPECT_EQ(*rc, 0) << child->ReadStderr();
-  EXPECT_FALSE(InEtcd(key));
+  EXPECT_FALSE(InStore(key));
 }
 
 // Close: shutting_down, then the key and its lease are gone at once.
@@ -195,22 +177,20 @@ TEST_P(BothModesTest, GracefulCloseRemovesKeyAndLeaseAtOnce) {
   const std::string key = reg->key();
   const int64_t lease = reg->lease_id();
   ASSERT_EQ(LeaseOf(key), lease);
+  EXPECT_TRUE(store_->LeaseExists(lease));
   const absl::Time start = ::discovery::util::MonoNow();
   EXPECT_TRUE(reg->Close().ok());
-  EXPECT_FALSE(InEtcd(key));
+  EXPECT_FALSE(InStore(key));
   EXPECT_LT(::discovery::util::MonoNow() - start, TimeScale(absl::Seconds(1)));
-  pb::LeaseTimeToLiveRequest t;
-  t.set_id(lease);
-  auto ttl = direct_->client()->LeaseTimeToLive(t);
-  ASSERT_TRUE(ttl.ok()) << ttl.status();
-  EXPECT_EQ(ttl->ttl(), -1);  // no such lease
+  EXPECT_FALSE(store_->LeaseExists(lease));
   EXPECT_TRUE(reg->closed());
   EXPECT_EQ((*registrar)->size(), 0u);
   EXPECT_TRUE(absl::IsFailedPrecondition(reg->SetStatus(InstanceStatus::kReady)));
 }
 
-// The lease revoked behind the registrar's back (etcdctl): lease_lost, then re_registered with
-// the same id, a new lease and the latest state.
+// The lease revoked behind the registrar's back (as etcdctl lease revoke does; on Redis the
+// revoke script: the lease, its deadline and its keys go, logged): lease_lost, then re_registered
+// with the same id, a new lease and the latest state.
 TEST_P(BothModesTest, ReRegistersAfterTheLeaseIsRevokedBehindItsBack) {
   EventLog log;
   auto registrar = Registrar::Create({.connection = Conn(), .on_event = log.Callback()});
@@ -219,11 +199,11 @@ TEST_P(BothModesTest, ReRegistersAfterTheLeaseIsRevokedBehindItsBack) {
   ASSERT_TRUE(reg.ok()) << reg.status();
   ASSERT_TRUE(reg->SetStatus(InstanceStatus::kReady, "open").ok());
   const int64_t old_lease = reg->lease_id();
-  ASSERT_TRUE(cluster_->Etcdctl({"lease", "revoke", absl::StrFormat("%x", old_lease)}).ok());
+  ASSERT_TRUE(store_->Revoke(old_lease).ok());
   ASSERT_TRUE(WaitUntil([&] { return log.Count(RegistrationEventType::kReRegistered) >= 1; },
                         absl::Seconds(3 + 2)))
       << "not re-registered within TTL + 2 s";
-  ASSERT_TRUE(WaitUntil([&] { return InEtcd(reg->key()); }, absl::Seconds(2)));
+  ASSERT_TRUE(WaitUntil([&] { return InStore(reg->key()); }, absl::Seconds(2)));
   EXPECT_GE(log.Count(RegistrationEventType::kLeaseLost), 1);
   json v = StoredJson(reg->key());
   EXPECT_EQ(v.value("instanceId", ""), "phoenix");
@@ -233,7 +213,7 @@ TEST_P(BothModesTest, ReRegistersAfterTheLeaseIsRevokedBehindItsBack) {
   EXPECT_EQ(LeaseOf(reg->key()), reg->lease_id());
 }
 
-// An operator's status (written straight to etcd, same lease) is kept by the game server's
+// An operator's status (written straight to the store, same lease) is kept by the game server's
 // background writes, and kept again when the registration is re-created after its lease was
 // revoked.
 TEST_P(BothModesTest, OperatorsStatusIsKeptAcrossReRegistration) {
@@ -246,11 +226,7 @@ TEST_P(BothModesTest, OperatorsStatusIsKeptAcrossReRegistration) {
   Instance theirs = reg->instance();
   theirs.status = InstanceStatus::kError;
   theirs.custom_state = "maintenance";
-  pb::PutRequest put;
-  put.set_key(reg->key());
-  put.set_value(EncodeInstance(theirs));
-  put.set_lease(reg->lease_id());
-  ASSERT_TRUE(direct_->client()->Put(put).ok());
+  ASSERT_TRUE(store_->Put(reg->key(), EncodeInstance(theirs), reg->lease_id()).ok());
   // The next background write keeps the operator's status.
   ASSERT_TRUE(reg->UpdatePerformance({{"tps", 42}}).ok());
   ASSERT_TRUE(WaitUntil(
@@ -264,10 +240,10 @@ TEST_P(BothModesTest, OperatorsStatusIsKeptAcrossReRegistration) {
   EXPECT_EQ(reg->instance().status, InstanceStatus::kError);
   // Lease gone: re-created with the operator's status, not the game server's old one.
   const int64_t old_lease = reg->lease_id();
-  ASSERT_TRUE(cluster_->Etcdctl({"lease", "revoke", absl::StrFormat("%x", old_lease)}).ok());
+  ASSERT_TRUE(store_->Revoke(old_lease).ok());
   ASSERT_TRUE(WaitUntil([&] { return log.Count(RegistrationEventType::kReRegistered) >= 1; },
                         absl::Seconds(3 + 2)));
-  ASSERT_TRUE(WaitUntil([&] { return InEtcd(reg->key()); }, absl::Seconds(2)));
+  ASSERT_TRUE(WaitUntil([&] { return InStore(reg->key()); }, absl::Seconds(2)));
   v = StoredJson(reg->key());
   EXPECT_EQ(v.value("status", ""), "error");
   EXPECT_EQ(v.value("customState", ""), "maintenance");
@@ -280,8 +256,8 @@ TEST_P(BothModesTest, OperatorsStatusIsKeptAcrossReRegistration) {
   EXPECT_EQ(v.value("customState", ""), "open");
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, BothModesTest, ::testing::Values(Mode::kDirect, Mode::kGateway),
-                         ModeName);
+INSTANTIATE_TEST_SUITE_P(Modes, BothModesTest,
+                         ::testing::Values(Mode::kDirect, Mode::kGateway, Mode::kRedis), ModeName);
 
 }  // namespace
 }  // namespace discovery::testing

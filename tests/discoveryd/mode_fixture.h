@@ -1,7 +1,9 @@
-// The two ways a Registrar or Watcher reaches instance state, for suites that run once per
-// mode: direct (a gRPC Connection to etcd) and gateway (discovery::ConnectGateway through a
-// discoveryd process spawned by gateway_fixture.h). etcd stays the truth in both: the fixture
-// always holds a direct Connection to compare with.
+// The ways a Registrar or Watcher reaches instance state, for suites that run once per mode:
+// direct (a gRPC Connection to etcd), gateway (discovery::ConnectGateway through a discoveryd
+// process spawned by gateway_fixture.h, etcd behind it) and Redis (discovery::ConnectRedis).
+// The store is the truth in every mode, read directly (tests/support/store_view.h). The
+// etcd-only helpers below (DirectConnection, EtcdState, CacheEqualsEtcd) serve the gateway
+// chaos suite.
 #ifndef DISCOVERY_TESTS_DISCOVERYD_MODE_FIXTURE_H_
 #define DISCOVERY_TESTS_DISCOVERYD_MODE_FIXTURE_H_
 
@@ -21,13 +23,27 @@
 #include "discovery/watcher.h"
 #include "etcd/client.h"
 #include "gateway_fixture.h"
+#include "store_view.h"
+#include "watch_truth.h"
 
 namespace discovery::testing {
 
-enum class Mode { kDirect, kGateway };
+enum class Mode { kDirect, kGateway, kRedis };
 
 inline std::string ModeName(const ::testing::TestParamInfo<Mode>& info) {
-  return info.param == Mode::kDirect ? "Direct" : "Gateway";
+  switch (info.param) {
+    case Mode::kDirect:
+      return "Direct";
+    case Mode::kGateway:
+      return "Gateway";
+    case Mode::kRedis:
+      break;
+  }
+  return "Redis";
+}
+
+inline void PrintTo(Mode mode, std::ostream* os) {
+  *os << ModeName(::testing::TestParamInfo<Mode>(mode, 0));
 }
 
 inline std::string GatewayUrl(const GatewayProc& gw) {
@@ -69,104 +85,39 @@ inline std::map<std::string, std::string> EtcdState(Connection& direct) {
 
 // True when the watcher's cache holds exactly etcd's valid instances, values included.
 inline bool CacheEqualsEtcd(Connection& direct, const Watcher& w, std::string* diff = nullptr) {
-  std::map<std::string, std::string> want;
-  for (auto& [k, v] : EtcdState(direct)) {
-    auto in = DecodeInstance(v);
-    if (in.ok()) want["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
-  }
-  std::map<std::string, std::string> have;
-  for (const auto& in : w.snapshot()->All()) {
-    have["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
-  }
-  if (want == have) return true;
-  if (diff != nullptr) {
-    *diff = absl::StrCat("etcd has ", want.size(), ", cache has ", have.size());
-    for (const auto& [k, v] : want) {
-      auto it = have.find(k);
-      if (it == have.end()) {
-        absl::StrAppend(diff, "; missing ", k);
-      } else if (it->second != v) {
-        absl::StrAppend(diff, "; differs ", k);
-      }
-    }
-    for (const auto& [k, v] : have) {
-      if (want.count(k) == 0) absl::StrAppend(diff, "; ghost ", k);
-    }
-  }
-  return false;
+  return CacheEquals(ValidInstances(EtcdState(direct)), w, diff);
 }
 
-// The events of one subscription, and their replay: applying them in order from empty must
-// give the cache (nothing lost, nothing added twice, no change of an unknown instance).
-struct EventRecorder {
-  std::mutex mu;
-  std::vector<ChangeEvent> events;
-  std::function<void(const ChangeEvent&)> Callback() {
-    return [this](const ChangeEvent& ev) {
-      std::lock_guard<std::mutex> lock(mu);
-      events.push_back(ev);
-    };
-  }
-  std::vector<ChangeEvent> Take() {
-    std::lock_guard<std::mutex> lock(mu);
-    return events;
-  }
-  // "<type>/<id>" -> value after replaying every event; `errors` collects what went wrong.
-  std::map<std::string, std::string> Replay(std::vector<std::string>* errors) {
-    std::map<std::string, std::string> out;
-    for (const ChangeEvent& ev : Take()) {
-      const std::string key = ev.instance->type + "/" + ev.instance->instance_id;
-      if (ev.type == ChangeType::kAdded && out.count(key) != 0) {
-        errors->push_back("added twice: " + key);
-      } else if (ev.type != ChangeType::kAdded && out.count(key) == 0) {
-        errors->push_back("change of unknown: " + key);
-      }
-      if (ev.type == ChangeType::kRemoved) {
-        out.erase(key);
-      } else {
-        out[key] = EncodeInstance(*ev.instance);
-      }
-    }
-    return out;
-  }
-};
-
-inline std::map<std::string, std::string> CacheByKey(const Watcher& w) {
-  std::map<std::string, std::string> out;
-  for (const auto& in : w.snapshot()->All()) {
-    out[in->type + "/" + in->instance_id] = EncodeInstance(*in);
-  }
-  return out;
-}
-
-// DiscoverydTest (one etcd member) plus, in gateway mode, one discoveryd in front of it.
-class ModeTest : public DiscoverydTest, public ::testing::WithParamInterface<Mode> {
+// One test per mode: Direct (etcd), Gateway (a discoveryd in front of etcd) and Redis (the
+// Redis backend, issue 17). store_ is the truth of every mode (store_view.h: etcd Range or
+// Redis HGETALL, raw writes, revokes behind the registrar's back).
+class ModeTest : public ::testing::Test, public ::testing::WithParamInterface<Mode> {
  protected:
   void SetUp() override {
-    DiscoverydTest::SetUp();
-    if (HasFatalFailure()) return;
-    direct_ = DirectConnection(*cluster_);
-    ASSERT_NE(direct_, nullptr);
+    auto s = StoreView::Start(redis() ? StoreKind::kRedis : StoreKind::kEtcd);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
     if (gateway()) {
-      gw_ = StartGateway();
+      gw_ = SpawnGateway(store_->etcd()->EndpointsCsv());
       ASSERT_GT(gw_.port, 0);
     }
   }
   bool gateway() const { return GetParam() == Mode::kGateway; }
+  bool redis() const { return GetParam() == Mode::kRedis; }
 
   // A new Connection in this test's mode.
   std::shared_ptr<Connection> Conn() {
-    return gateway() ? GatewayConnection({GatewayUrl(gw_)}) : DirectConnection(*cluster_);
+    return gateway() ? GatewayConnection({GatewayUrl(gw_)}) : store_->Connect();
   }
-  // example_game_server in this test's mode (--gateway URL, or ETCD_ENDPOINTS), its ids on
-  // stdout.
+  // example_game_server in this test's mode (--gateway URL, or the store's ETCD_ENDPOINTS /
+  // DISCOVERY_STORE), its ids on stdout.
   std::unique_ptr<ChildProcess> SpawnGameServer(std::vector<std::string> args) {
     std::vector<std::string> argv = {EXAMPLE_GAME_SERVER};
     std::vector<std::pair<std::string, std::string>> env;
     if (gateway()) {
       argv.insert(argv.end(), {"--gateway", GatewayUrl(gw_)});
     } else {
-      env.emplace_back("ETCD_ENDPOINTS", cluster_->EndpointsCsv());
+      env = store_->ChildEnv();
     }
     argv.insert(argv.end(), args.begin(), args.end());
     auto child = ChildProcess::Spawn({.argv = argv,
@@ -184,30 +135,13 @@ class ModeTest : public DiscoverydTest, public ::testing::WithParamInterface<Mod
     EXPECT_TRUE((*w)->WaitForSync(TimeScale(absl::Seconds(5))).ok());
     return *std::move(w);
   }
-  // The lease of `key` in etcd; 0 when the key is missing (or has none); -1 on an error.
-  int64_t LeaseOf(const std::string& key) {
-    ::etcdserverpb::RangeRequest rr;
-    rr.set_key(key);
-    auto r = direct_->client()->Range(rr);
-    if (!r.ok()) return -1;
-    return r->kvs_size() == 0 ? 0 : r->kvs(0).lease();
-  }
-  bool InEtcd(const std::string& key) {
-    ::etcdserverpb::RangeRequest rr;
-    rr.set_key(key);
-    auto r = direct_->client()->Range(rr);
-    return r.ok() && r->kvs_size() > 0;
-  }
+  // The lease of `key` in the store; 0 when the key is missing; -1 on an error.
+  int64_t LeaseOf(const std::string& key) { return store_->LeaseOf(key); }
+  bool InStore(const std::string& key) { return store_->Has(key); }
   // The stored value of `key` as JSON (null when missing), read directly.
-  json StoredJson(const std::string& key) {
-    ::etcdserverpb::RangeRequest rr;
-    rr.set_key(key);
-    auto r = direct_->client()->Range(rr);
-    if (!r.ok() || r->kvs_size() == 0) return json();
-    return json::parse(r->kvs(0).value(), nullptr, false);
-  }
+  json StoredJson(const std::string& key) { return store_->StoredJson(key); }
 
-  std::shared_ptr<Connection> direct_;
+  std::unique_ptr<StoreView> store_;
   GatewayProc gw_;
 };
 

@@ -1,25 +1,32 @@
-// Registrar against a real etcd: registration layout, crash and graceful stop, status
-// transitions, re-registration after etcd loses its data, leader failover, and 1,000
-// registrations over one keepalive stream.
+// Registrar against a real store: registration layout, crash and graceful stop, status
+// transitions, re-registration after the store loses its data. The tests that use only the
+// public API through a Connection run on etcd and on Redis from one parameterised fixture
+// (`Stores/RegistrarTest.*/Etcd`, `…/Redis`; the store's truth through
+// tests/support/store_view.h); leader failover in a 3-member cluster and 1,000 registrations over
+// one keepalive stream are etcd's own (RegistrarEtcdTest; Redis: RedisFailoverTest,
+// RedisLeaseTickTest).
 #include "discovery/registrar.h"
 
 #include <gtest/gtest.h>
 
 #include <csignal>
 #include <mutex>
+#include <thread>
 
-#include "absl/strings/str_split.h"
 #include "child_process.h"
 #include "etcd/client.h"
 #include "etcd/lease_keeper.h"
 #include "etcd_harness.h"
 #include "nlohmann/json.hpp"
 #include "registration_event_log.h"
+#include "store_view.h"
+#include "util/clock.h"
 
 namespace discovery {
 namespace {
 
-using testing::EtcdCluster;
+using testing::StoreKind;
+using testing::StoreView;
 using testing::TimeScale;
 using testing::WaitUntil;
 namespace pb = ::etcdserverpb;
@@ -38,54 +45,60 @@ Instance World(const std::string& id = "") {
 
 using EventLog = ::discovery::testing::RegistrationEventLog;
 
-class RegistrarTest : public ::testing::Test {
+class RegistrarFixture : public ::testing::Test {
  protected:
-  void Start(int members = 1) {
-    auto c = EtcdCluster::Start({.members = members});
-    ASSERT_TRUE(c.ok()) << c.status();
-    cluster_ = *std::move(c);
-    EtcdOptions o;
-    o.endpoints = cluster_->ClientEndpoints();
-    o.call_timeout = TimeScale(absl::Seconds(3));
-    auto conn = Connection::Create(o);
-    ASSERT_TRUE(conn.ok());
-    conn_ = *conn;
+  void Start(StoreKind kind, int members = 1) {
+    auto s = StoreView::Start(kind, members);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
+    conn_ = store_->Connect();
+    ASSERT_NE(conn_, nullptr);
     auto r = Registrar::Create({.connection = conn_, .on_event = log_.Callback()});
     ASSERT_TRUE(r.ok()) << r.status();
     registrar_ = *std::move(r);
   }
   absl::StatusOr<std::string> Get(const std::string& key) {
-    return cluster_->Etcdctl({"get", key, "--print-value-only"});
+    auto v = store_->Get(key);
+    return v ? *v : std::string();
   }
-  bool KeyExists(const std::string& key) {
-    auto v = Get(key);
-    return v.ok() && !v->empty();
-  }
-  int64_t LeaseOf(const std::string& key) {
-    pb::RangeRequest rr;
-    rr.set_key(key);
-    auto r = conn_->client()->Range(rr);
-    if (!r.ok() || r->kvs_size() == 0) return 0;
-    return r->kvs(0).lease();
+  bool KeyExists(const std::string& key) { return store_->Has(key); }
+  int64_t LeaseOf(const std::string& key) { return store_->LeaseOf(key); }
+  // example_game_server pointed at the store.
+  std::unique_ptr<testing::ChildProcess> SpawnGameServer(std::vector<std::string> args) {
+    args.insert(args.begin(), EXAMPLE_GAME_SERVER);
+    auto child = testing::ChildProcess::Spawn({.argv = args,
+                                               .env = store_->ChildEnv(),
+                                               .unset_env_prefixes = {"ETCD_", "DISCOVERY_"},
+                                               .stdout_to_pipe = true});
+    EXPECT_TRUE(child.ok()) << child.status();
+    return child.ok() ? *std::move(child) : nullptr;
   }
 
   EventLog log_;
-  std::unique_ptr<EtcdCluster> cluster_;
+  std::unique_ptr<StoreView> store_;
   std::shared_ptr<Connection> conn_;
   std::unique_ptr<Registrar> registrar_;
 };
 
-TEST_F(RegistrarTest, RegisterWritesJsonUnderLease) {
+// The same tests on etcd and on Redis.
+class RegistrarTest : public RegistrarFixture, public ::testing::WithParamInterface<StoreKind> {
+ protected:
+  void Start() { RegistrarFixture::Start(GetParam()); }
+};
+
+// etcd only: a 3-member cluster, the etcd keepalive stream.
+class RegistrarEtcdTest : public RegistrarFixture {
+ protected:
+  void Start(int members = 1) { RegistrarFixture::Start(StoreKind::kEtcd, members); }
+};
+
+TEST_P(RegistrarTest, RegisterWritesJsonUnderLease) {
   Start();
   auto reg = registrar_->Register(World(), {.ttl = absl::Seconds(3)});
   ASSERT_TRUE(reg.ok()) << reg.status();
   EXPECT_EQ(reg->instance_id().size(), 26u);  // ULID
   EXPECT_EQ(reg->key(), "/services/world/" + reg->instance_id());
-  auto out = cluster_->Etcdctl({"get", reg->key(), "-w", "json"});
-  ASSERT_TRUE(out.ok()) << out.status();
-  auto j = nlohmann::json::parse(*out);
-  ASSERT_EQ(j["kvs"].size(), 1u);
-  EXPECT_EQ(j["kvs"][0]["lease"].get<int64_t>(), reg->lease_id());
+  EXPECT_EQ(LeaseOf(reg->key()), reg->lease_id());
   auto value = Get(reg->key());
   ASSERT_TRUE(value.ok());
   auto v = nlohmann::json::parse(*value);
@@ -99,7 +112,7 @@ TEST_F(RegistrarTest, RegisterWritesJsonUnderLease) {
                         absl::Seconds(2)));
 }
 
-TEST_F(RegistrarTest, StatusTransitionsAndDuplicateIds) {
+TEST_P(RegistrarTest, StatusTransitionsAndDuplicateIds) {
   Start();
   auto reg = registrar_->Register(World("srv-1"), {.ttl = absl::Seconds(3)});
   ASSERT_TRUE(reg.ok()) << reg.status();
@@ -131,14 +144,13 @@ TEST_F(RegistrarTest, StatusTransitionsAndDuplicateIds) {
   EXPECT_TRUE(absl::IsInvalidArgument(registrar_->Register(badname).status()));
 }
 
-TEST_F(RegistrarTest, PerformanceWritesAreCoalesced) {
+TEST_P(RegistrarTest, PerformanceWritesAreCoalesced) {
   Start();
   auto reg = registrar_->Register(World(), {.ttl = absl::Seconds(3)});
   ASSERT_TRUE(reg.ok());
-  pb::RangeRequest rr;
-  rr.set_key(reg->key());
-  int64_t v0 = conn_->client()->Range(rr)->kvs(0).version();
-  absl::Time start = absl::Now();
+  const int64_t v0 = store_->Versions(reg->key());
+  ASSERT_GE(v0, 1);
+  const absl::Time start = util::MonoNow();
   for (int i = 0; i < 200; ++i) ASSERT_TRUE(reg->UpdatePerformance({{"tps", i}}).ok());
   // The last value arrives...
   ASSERT_TRUE(WaitUntil(
@@ -147,15 +159,15 @@ TEST_F(RegistrarTest, PerformanceWritesAreCoalesced) {
         return v.ok() && nlohmann::json::parse(*v)["performance"]["tps"] == 199;
       },
       absl::Seconds(3)));
-  absl::Duration took = absl::Now() - start;
+  const absl::Duration took = util::MonoNow() - start;
   // ...with at most one write per elapsed second (+1 for the first immediate write).
-  int64_t writes = conn_->client()->Range(rr)->kvs(0).version() - v0;
+  const int64_t writes = store_->Versions(reg->key()) - v0;
   EXPECT_LE(writes, 1 + absl::ToInt64Seconds(took) + 1);
   EXPECT_GE(writes, 1);
   EXPECT_TRUE(absl::IsInvalidArgument(reg->UpdatePerformance(nlohmann::json::array())));
 }
 
-TEST_F(RegistrarTest, KeepsAnOperatorsStatusChange) {
+TEST_P(RegistrarTest, KeepsAnOperatorsStatusChange) {
   Start();
   auto reg = registrar_->Register(World(), {.ttl = absl::Seconds(5)});
   ASSERT_TRUE(reg.ok());
@@ -164,11 +176,7 @@ TEST_F(RegistrarTest, KeepsAnOperatorsStatusChange) {
   Instance theirs = reg->instance();
   theirs.status = InstanceStatus::kError;
   theirs.custom_state = "maintenance";
-  pb::PutRequest put;
-  put.set_key(reg->key());
-  put.set_value(EncodeInstance(theirs));
-  put.set_lease(reg->lease_id());
-  ASSERT_TRUE(conn_->client()->Put(put).ok());
+  ASSERT_TRUE(store_->Put(reg->key(), EncodeInstance(theirs), reg->lease_id()).ok());
   // The game server's next background write keeps the operator's status...
   ASSERT_TRUE(reg->UpdatePerformance({{"tps", 42}}).ok());
   ASSERT_TRUE(WaitUntil(
@@ -189,27 +197,24 @@ TEST_F(RegistrarTest, KeepsAnOperatorsStatusChange) {
   EXPECT_EQ(LeaseOf(reg->key()), reg->lease_id());
 }
 
-TEST_F(RegistrarTest, GracefulCloseRemovesKeyAndLeaseAtOnce) {
+TEST_P(RegistrarTest, GracefulCloseRemovesKeyAndLeaseAtOnce) {
   Start();
   auto reg = registrar_->Register(World(), {.ttl = absl::Seconds(10)});
   ASSERT_TRUE(reg.ok());
   std::string key = reg->key();
   int64_t lease = reg->lease_id();
-  absl::Time start = absl::Now();
+  EXPECT_TRUE(store_->LeaseExists(lease));
+  const absl::Time start = util::MonoNow();
   EXPECT_TRUE(reg->Close().ok());
   EXPECT_FALSE(KeyExists(key));
-  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
-  pb::LeaseTimeToLiveRequest t;
-  t.set_id(lease);
-  auto ttl = conn_->client()->LeaseTimeToLive(t);
-  ASSERT_TRUE(ttl.ok());
-  EXPECT_EQ(ttl->ttl(), -1);  // no such lease
+  EXPECT_LT(util::MonoNow() - start, absl::Seconds(1));
+  EXPECT_FALSE(store_->LeaseExists(lease));
   EXPECT_TRUE(reg->closed());
   EXPECT_EQ(registrar_->size(), 0u);
   EXPECT_TRUE(absl::IsFailedPrecondition(reg->SetStatus(InstanceStatus::kReady)));
 }
 
-TEST_F(RegistrarTest, DrainShowsShuttingDownBeforeRevoke) {
+TEST_P(RegistrarTest, DrainShowsShuttingDownBeforeRevoke) {
   Start();
   auto reg = registrar_->Register(World(), {.ttl = absl::Seconds(10)});
   ASSERT_TRUE(reg.ok());
@@ -226,32 +231,28 @@ TEST_F(RegistrarTest, DrainShowsShuttingDownBeforeRevoke) {
   EXPECT_FALSE(KeyExists(key));
 }
 
-TEST_F(RegistrarTest, KilledProcessDisappearsAfterTtl) {
+TEST_P(RegistrarTest, KilledProcessDisappearsAfterTtl) {
   Start();
-  auto child =
-      testing::ChildProcess::Spawn({.argv = {EXAMPLE_GAME_SERVER, "--ttl", "2", "--type", "world"},
-                                    .env = {{"ETCD_ENDPOINTS", cluster_->EndpointsCsv()}},
-                                    .stdout_to_pipe = true});
-  ASSERT_TRUE(child.ok()) << child.status();
-  auto id = (*child)->ReadLine(absl::Seconds(10));
-  ASSERT_TRUE(id.has_value()) << (*child)->ReadStderr();
+  auto child = SpawnGameServer({"--ttl", "2", "--type", "world"});
+  ASSERT_NE(child, nullptr);
+  auto id = child->ReadLine(absl::Seconds(10));
+  ASSERT_TRUE(id.has_value()) << child->ReadStderr();
   std::string key = "/services/world/" + *id;
   ASSERT_TRUE(WaitUntil([&] { return KeyExists(key); }, absl::Seconds(5)));
-  absl::Time killed = absl::Now();
-  ASSERT_TRUE((*child)->Signal(SIGKILL).ok());
+  const absl::Time killed = util::MonoNow();
+  ASSERT_TRUE(child->Signal(SIGKILL).ok());
+  // etcd: at the TTL; Redis: at the next reaper run after it (0.5 s, the store view's watcher).
   ASSERT_TRUE(WaitUntil([&] { return !KeyExists(key); }, absl::Seconds(3 + 1)));
   // Not before the TTL could have run out (keepalive kept it until the kill).
-  EXPECT_GT(absl::Now() - killed, absl::Seconds(1));
+  EXPECT_GT(util::MonoNow() - killed, absl::Seconds(1));
 }
 
-TEST_F(RegistrarTest, SigtermDeregistersGracefully) {
+TEST_P(RegistrarTest, SigtermDeregistersGracefully) {
   Start();
-  auto child = testing::ChildProcess::Spawn({.argv = {EXAMPLE_GAME_SERVER, "--ttl", "10"},
-                                             .env = {{"ETCD_ENDPOINTS", cluster_->EndpointsCsv()}},
-                                             .stdout_to_pipe = true});
-  ASSERT_TRUE(child.ok());
-  auto id = (*child)->ReadLine(absl::Seconds(10));
-  ASSERT_TRUE(id.has_value()) << (*child)->ReadStderr();
+  auto child = SpawnGameServer({"--ttl", "10"});
+  ASSERT_NE(child, nullptr);
+  auto id = child->ReadLine(absl::Seconds(10));
+  ASSERT_TRUE(id.has_value()) << child->ReadStderr();
   std::string key = "/services/world/" + *id;
   ASSERT_TRUE(WaitUntil(
       [&] {
@@ -259,24 +260,25 @@ TEST_F(RegistrarTest, SigtermDeregistersGracefully) {
         return v.ok() && !v->empty() && nlohmann::json::parse(*v)["status"] == "ready";
       },
       absl::Seconds(5)));
-  ASSERT_TRUE((*child)->Signal(SIGTERM).ok());
-  auto rc = (*child)->Wait(absl::Seconds(5));
+  ASSERT_TRUE(child->Signal(SIGTERM).ok());
+  auto rc = child->Wait(absl::Seconds(5));
   ASSERT_TRUE(rc.ok());
-  EXPECT_EQ(*rc, 0) << (*child)->ReadStderr();
+  EXPECT_EQ(*rc, 0) << child->ReadStderr();
   EXPECT_FALSE(KeyExists(key));  // gone at once, not after the 10 s TTL
 }
 
-TEST_F(RegistrarTest, ReRegistersAfterEtcdLosesItsData) {
+TEST_P(RegistrarTest, ReRegistersAfterTheStoreLosesItsData) {
   Start();
   auto reg = registrar_->Register(World("phoenix"), {.ttl = absl::Seconds(2)});
   ASSERT_TRUE(reg.ok());
   ASSERT_TRUE(reg->SetStatus(InstanceStatus::kReady, "open").ok());
   int64_t old_lease = reg->lease_id();
-  ASSERT_TRUE(cluster_->WipeAndRestartAll().ok());
-  absl::Time restarted = absl::Now();
+  // etcd: wiped and restarted (a new cluster); Redis: restarted without persistence.
+  ASSERT_TRUE(store_->LoseAllData().ok());
+  const absl::Time restarted = util::MonoNow();
   ASSERT_TRUE(WaitUntil([&] { return KeyExists(reg->key()); }, absl::Seconds(2 + 2)))
       << "not re-registered within TTL + 2 s";
-  EXPECT_LE(absl::Now() - restarted, TimeScale(absl::Seconds(4)));
+  EXPECT_LE(util::MonoNow() - restarted, TimeScale(absl::Seconds(4)));
   auto v = nlohmann::json::parse(*Get(reg->key()));
   EXPECT_EQ(v["instanceId"], "phoenix");
   EXPECT_EQ(v["status"], "ready");
@@ -288,20 +290,20 @@ TEST_F(RegistrarTest, ReRegistersAfterEtcdLosesItsData) {
   EXPECT_EQ(LeaseOf(reg->key()), reg->lease_id());
 }
 
-TEST_F(RegistrarTest, LeaseAtRiskWhenEtcdFreezes) {
+TEST_P(RegistrarTest, LeaseAtRiskWhenTheStoreFreezes) {
   Start();
   auto reg = registrar_->Register(World(), {.ttl = absl::Seconds(3)});
   ASSERT_TRUE(reg.ok());
-  ASSERT_TRUE(cluster_->Stop(0).ok());
+  ASSERT_TRUE(store_->Freeze().ok());  // SIGSTOP
   EXPECT_TRUE(WaitUntil([&] { return log_.Count(RegistrationEventType::kLeaseAtRisk) >= 1; },
                         absl::Seconds(4)));
-  ASSERT_TRUE(cluster_->Cont(0).ok());
+  ASSERT_TRUE(store_->Thaw().ok());
   // The lease survives a freeze shorter than its TTL... or is re-registered if it did not;
   // either way the key is back and healthy.
   EXPECT_TRUE(WaitUntil([&] { return KeyExists(reg->key()); }, absl::Seconds(6)));
 }
 
-TEST_F(RegistrarTest, LeaderKillLosesNothingInAThreeNodeCluster) {
+TEST_F(RegistrarEtcdTest, LeaderKillLosesNothingInAThreeNodeCluster) {
   Start(3);
   std::vector<Registration> regs;
   std::map<std::string, int64_t> leases;
@@ -311,12 +313,12 @@ TEST_F(RegistrarTest, LeaderKillLosesNothingInAThreeNodeCluster) {
     leases[reg->key()] = reg->lease_id();
     regs.push_back(*std::move(reg));
   }
-  auto leader = cluster_->LeaderIndex();
+  auto leader = store_->etcd()->LeaderIndex();
   ASSERT_TRUE(leader.ok());
-  ASSERT_TRUE(cluster_->Kill(*leader).ok());
+  ASSERT_TRUE(store_->etcd()->Kill(*leader).ok());
   // Over 3 TTLs every key stays, with the same lease (never re-created).
-  absl::Time until = absl::Now() + absl::Seconds(6);
-  while (absl::Now() < until) {
+  const absl::Time until = util::MonoNow() + absl::Seconds(6);
+  while (util::MonoNow() < until) {
     for (auto& [key, lease] : leases) {
       ASSERT_EQ(LeaseOf(key), lease) << key << " lost or re-created";
     }
@@ -326,7 +328,7 @@ TEST_F(RegistrarTest, LeaderKillLosesNothingInAThreeNodeCluster) {
   EXPECT_EQ(log_.Count(RegistrationEventType::kReRegistered), 0);
 }
 
-TEST_F(RegistrarTest, ThousandRegistrationsShareOneKeepAliveStream) {
+TEST_F(RegistrarEtcdTest, ThousandRegistrationsShareOneKeepAliveStream) {
   Start();
   std::vector<Registration> regs;
   regs.reserve(1000);
@@ -356,6 +358,10 @@ TEST_F(RegistrarTest, ThousandRegistrationsShareOneKeepAliveStream) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->kvs_size(), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Stores, RegistrarTest,
+                         ::testing::Values(StoreKind::kEtcd, StoreKind::kRedis),
+                         testing::StoreName);
 
 }  // namespace
 }  // namespace discovery

@@ -1,6 +1,9 @@
-// Watcher against a real etcd: the cache equals etcd after churn, resume after a broken
-// stream without loss or duplicates, resync after compaction and after etcd loses its data,
-// garbage values, Poll() delivery, pickers following the cache, and mass-expiry protection.
+// Watcher against a real store: the cache equals the store after churn, resync after the store
+// loses its data, garbage values, Poll() delivery, pickers following the cache, and mass-expiry
+// protection run on etcd and on Redis from one parameterised fixture (`Stores/WatcherTest.*/Etcd`,
+// `…/Redis`; the store's truth through tests/support/store_view.h). Resume after a broken
+// stream in a 3-member cluster and resync after compaction are etcd's own (WatcherEtcdTest;
+// Redis: RedisBackendTest.LogTrimmedUnderAStalledWatcherResyncsWithOnlyTheDifferences).
 #include "discovery/watcher.h"
 
 #include <gtest/gtest.h>
@@ -17,57 +20,35 @@
 #include "etcd/watch_hub.h"
 #include "etcd_harness.h"
 #include "nlohmann/json.hpp"
+#include "store_view.h"
+#include "watch_truth.h"
 
 namespace discovery {
 namespace {
 
 using testing::EtcdCluster;
+using testing::Make;
+using testing::StoreKind;
+using testing::StoreView;
 using testing::TimeScale;
 using testing::WaitUntil;
+using Recorder = testing::EventRecorder;
 namespace pb = ::etcdserverpb;
 
-Instance Make(const std::string& type, const std::string& group, const std::string& id = "") {
-  Instance in;
-  in.instance_id = id;
-  in.type = type;
-  in.group = group;
-  in.hostname = "h";
-  in.private_ip = "127.0.0.1";
-  in.ports = {{"game", 7000}};
-  return in;
-}
-
-// Collects events of one subscription.
-struct Recorder {
-  std::mutex mu;
-  std::vector<ChangeEvent> events;
-  std::function<void(const ChangeEvent&)> Callback() {
-    return [this](const ChangeEvent& ev) {
-      std::lock_guard<std::mutex> lock(mu);
-      events.push_back(ev);
-    };
-  }
-  size_t size() {
-    std::lock_guard<std::mutex> lock(mu);
-    return events.size();
-  }
-  std::vector<ChangeEvent> Take() {
-    std::lock_guard<std::mutex> lock(mu);
-    return events;
-  }
-};
-
-class WatcherTest : public ::testing::Test {
+class WatcherFixture : public ::testing::Test {
  protected:
-  void Start(int members = 1) {
-    auto c = EtcdCluster::Start({.members = members});
-    ASSERT_TRUE(c.ok()) << c.status();
-    cluster_ = *std::move(c);
+  void Start(StoreKind kind, int members = 1) {
+    auto s = StoreView::Start(kind, members);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *std::move(s);
     conn_ = NewConnection();
+    ASSERT_NE(conn_, nullptr);
   }
+  // A new direct Connection; on etcd to `endpoints` when given.
   std::shared_ptr<Connection> NewConnection(std::vector<std::string> endpoints = {}) {
+    if (endpoints.empty()) return store_->Connect();
     EtcdOptions o;
-    o.endpoints = endpoints.empty() ? cluster_->ClientEndpoints() : endpoints;
+    o.endpoints = endpoints;
     o.call_timeout = TimeScale(absl::Seconds(3));
     auto conn = Connection::Create(o);
     EXPECT_TRUE(conn.ok());
@@ -80,47 +61,32 @@ class WatcherTest : public ::testing::Test {
     EXPECT_TRUE((*w)->WaitForSync(TimeScale(absl::Seconds(5))).ok());
     return *std::move(w);
   }
-  // etcd's view: key -> value of every valid-looking key under /services/.
-  std::map<std::string, std::string> EtcdState() {
-    pb::RangeRequest rr;
-    rr.set_key("/services/");
-    rr.set_range_end("/services0");
-    auto r = conn_->client()->Range(rr);
-    EXPECT_TRUE(r.ok()) << r.status();
-    std::map<std::string, std::string> out;
-    if (!r.ok()) return out;
-    for (const auto& kv : r->kvs()) out[kv.key()] = kv.value();
-    return out;
+  bool CacheEqualsStore(const Watcher& w, std::string* diff = nullptr) {
+    return testing::CacheEqualsStore(*store_, w, diff);
   }
-  // True when the watcher's cache holds exactly etcd's valid instances.
-  bool CacheEqualsEtcd(const Watcher& w, std::string* diff = nullptr) {
-    std::map<std::string, std::string> want;
-    for (auto& [k, v] : EtcdState()) {
-      auto in = DecodeInstance(v);
-      if (in.ok()) want["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
-    }
-    std::map<std::string, std::string> have;
-    for (const auto& in : w.snapshot()->All()) {
-      have["/services/" + in->type + "/" + in->instance_id] = EncodeInstance(*in);
-    }
-    if (want == have) return true;
-    if (diff != nullptr) {
-      *diff = absl::StrCat("etcd has ", want.size(), ", cache has ", have.size());
-    }
-    return false;
-  }
+  // A value written behind everyone's back (no lease on etcd).
   absl::Status PutRaw(const std::string& key, const std::string& value) {
-    pb::PutRequest p;
-    p.set_key(key);
-    p.set_value(value);
-    return conn_->client()->Put(p).status();
+    return store_->Put(key, value);
   }
+  EtcdCluster* cluster() { return store_->etcd(); }
 
-  std::unique_ptr<EtcdCluster> cluster_;
+  std::unique_ptr<StoreView> store_;
   std::shared_ptr<Connection> conn_;
 };
 
-TEST_F(WatcherTest, InitialSyncQueriesAndTypedEvents) {
+// The same tests on etcd and on Redis.
+class WatcherTest : public WatcherFixture, public ::testing::WithParamInterface<StoreKind> {
+ protected:
+  void Start() { WatcherFixture::Start(GetParam()); }
+};
+
+// etcd only: a 3-member cluster, the etcd watch stream's internals, compaction.
+class WatcherEtcdTest : public WatcherFixture {
+ protected:
+  void Start(int members = 1) { WatcherFixture::Start(StoreKind::kEtcd, members); }
+};
+
+TEST_P(WatcherTest, InitialSyncQueriesAndTypedEvents) {
   Start();
   auto reg = Registrar::Create({.connection = conn_});
   ASSERT_TRUE(reg.ok());
@@ -179,7 +145,7 @@ TEST_F(WatcherTest, InitialSyncQueriesAndTypedEvents) {
   EXPECT_EQ(world.size(), 5u);
 }
 
-TEST_F(WatcherTest, CacheEqualsEtcdAfterRandomChurn) {
+TEST_P(WatcherTest, CacheEqualsStoreAfterRandomChurn) {
   Start();
   auto w = NewWatcher();
   Recorder all;
@@ -226,24 +192,18 @@ TEST_F(WatcherTest, CacheEqualsEtcdAfterRandomChurn) {
   }
   for (auto& th : threads) th.join();
   // Lease expiry too: 10 keys on a lease that nobody keeps alive.
-  pb::LeaseGrantRequest g;
-  g.set_ttl(1);
-  auto lease = conn_->client()->LeaseGrant(g);
-  ASSERT_TRUE(lease.ok());
+  auto lease = store_->Grant(absl::Seconds(1));
+  ASSERT_TRUE(lease.ok()) << lease.status();
   for (int i = 0; i < 10; ++i) {
     Instance in = Make("world", "exp", absl::StrCat("exp", i));
-    pb::PutRequest p;
-    p.set_key("/services/world/" + in.instance_id);
-    p.set_value(EncodeInstance(in));
-    p.set_lease(lease->id());
-    ASSERT_TRUE(conn_->client()->Put(p).ok());
+    ASSERT_TRUE(store_->Put("/services/world/" + in.instance_id, EncodeInstance(in), *lease).ok());
   }
   ASSERT_TRUE(
       WaitUntil([&] { return w->snapshot()->Find("world", "exp9") != nullptr; }, absl::Seconds(5)));
   ASSERT_TRUE(
       WaitUntil([&] { return w->snapshot()->Find("world", "exp0") == nullptr; }, absl::Seconds(5)));
   std::string diff;
-  EXPECT_TRUE(WaitUntil([&] { return CacheEqualsEtcd(*w, &diff); }, absl::Seconds(5))) << diff;
+  EXPECT_TRUE(WaitUntil([&] { return CacheEqualsStore(*w, &diff); }, absl::Seconds(5))) << diff;
   // Replaying the events from empty yields the same set (nothing lost, nothing twice).
   std::map<std::string, InstancePtr> replay;
   int64_t last = 0;
@@ -266,7 +226,7 @@ TEST_F(WatcherTest, CacheEqualsEtcdAfterRandomChurn) {
   EXPECT_EQ(w->stats().resyncs, 0u);
 }
 
-TEST_F(WatcherTest, ResumesWithoutLossWhenItsMemberDies) {
+TEST_F(WatcherEtcdTest, ResumesWithoutLossWhenItsMemberDies) {
   Start(3);
   auto w = NewWatcher();
   Recorder rec;
@@ -276,7 +236,7 @@ TEST_F(WatcherTest, ResumesWithoutLossWhenItsMemberDies) {
   // The writer talks to the other members only.
   std::vector<std::string> others;
   for (int i = 0; i < 3; ++i) {
-    if (i != watched) others.push_back(cluster_->ClientEndpoint(i));
+    if (i != watched) others.push_back(cluster()->ClientEndpoint(i));
   }
   auto writer_conn = NewConnection(others);
   auto writer = [&](int from, int to) {
@@ -290,7 +250,7 @@ TEST_F(WatcherTest, ResumesWithoutLossWhenItsMemberDies) {
   };
   writer(0, 50);
   ASSERT_TRUE(WaitUntil([&] { return rec.size() == 50; }, absl::Seconds(5)));
-  ASSERT_TRUE(cluster_->Kill(watched).ok());
+  ASSERT_TRUE(cluster()->Kill(watched).ok());
   writer(50, 150);
   ASSERT_TRUE(WaitUntil([&] { return rec.size() >= 150; }, absl::Seconds(15)))
       << "got " << rec.size();
@@ -303,7 +263,7 @@ TEST_F(WatcherTest, ResumesWithoutLossWhenItsMemberDies) {
   EXPECT_EQ(w->stats().resyncs, 0u);
 }
 
-TEST_F(WatcherTest, ResyncAfterCompactionEmitsOnlyDifferences) {
+TEST_F(WatcherEtcdTest, ResyncAfterCompactionEmitsOnlyDifferences) {
   Start();
   auto reg = Registrar::Create({.connection = conn_});
   ASSERT_TRUE(reg.ok());
@@ -330,7 +290,7 @@ TEST_F(WatcherTest, ResyncAfterCompactionEmitsOnlyDifferences) {
   conn_->client()->watch_hub().SetPausedForTest(false);
   ASSERT_TRUE(WaitUntil([&] { return w->stats().resyncs == 1; }, absl::Seconds(10)));
   std::string diff;
-  EXPECT_TRUE(WaitUntil([&] { return CacheEqualsEtcd(*w, &diff); }, absl::Seconds(5))) << diff;
+  EXPECT_TRUE(WaitUntil([&] { return CacheEqualsStore(*w, &diff); }, absl::Seconds(5))) << diff;
   // Exactly the differences: change (status), gone (removed), added (added).
   ASSERT_TRUE(WaitUntil([&] { return rec.size() >= 3; }, absl::Seconds(5)));
   std::map<std::string, ChangeType> got;
@@ -342,7 +302,7 @@ TEST_F(WatcherTest, ResyncAfterCompactionEmitsOnlyDifferences) {
   EXPECT_EQ(got.count("stay"), 0u);
 }
 
-TEST_F(WatcherTest, ConvergesAfterEtcdIsWipedAndRestarted) {
+TEST_P(WatcherTest, ConvergesAfterTheStoreLosesItsData) {
   Start();
   auto reg = Registrar::Create({.connection = conn_});
   ASSERT_TRUE(reg.ok());
@@ -355,7 +315,8 @@ TEST_F(WatcherTest, ConvergesAfterEtcdIsWipedAndRestarted) {
   }
   auto w = NewWatcher({.protect_threshold = 0});
   ASSERT_EQ(w->snapshot()->size(), 6u);
-  ASSERT_TRUE(cluster_->WipeAndRestartAll().ok());
+  // etcd: wiped and restarted (a new cluster); Redis: restarted without persistence.
+  ASSERT_TRUE(store_->LoseAllData().ok());
   ASSERT_TRUE(WaitUntil(
       [&] {
         auto s = w->snapshot();
@@ -364,20 +325,20 @@ TEST_F(WatcherTest, ConvergesAfterEtcdIsWipedAndRestarted) {
       absl::Seconds(15)))
       << "cache has " << w->snapshot()->size();
   std::string diff;
-  EXPECT_TRUE(CacheEqualsEtcd(*w, &diff)) << diff;
+  EXPECT_TRUE(CacheEqualsStore(*w, &diff)) << diff;
   EXPECT_GE(w->stats().resyncs, 1u);
-  EXPECT_EQ(w->stats().history_resets, 1u);  // a new cluster id is a new history
+  EXPECT_EQ(w->stats().history_resets, 1u);  // a new cluster id / epoch is a new history
   EXPECT_EQ(w->snapshot()->history(), 2u);
 }
 
-TEST_F(WatcherTest, GarbageValuesAreSkippedAndCounted) {
+TEST_P(WatcherTest, GarbageValuesAreSkippedAndCounted) {
   Start();
   auto reg = Registrar::Create({.connection = conn_});
   ASSERT_TRUE(reg.ok());
   auto good = (*reg)->Register(Make("world", "g", "good"));
   ASSERT_TRUE(good.ok());
   // Some garbage before the watcher starts, some after.
-  ASSERT_TRUE(cluster_->Etcdctl({"put", "/services/world/junk1", "not json"}).ok());
+  ASSERT_TRUE(PutRaw("/services/world/junk1", "not json").ok());
   auto w = NewWatcher();
   Recorder rec;
   auto sub = w->Subscribe({}, rec.Callback());
@@ -405,7 +366,7 @@ TEST_F(WatcherTest, GarbageValuesAreSkippedAndCounted) {
   EXPECT_NE(w->snapshot()->Find("world", "good"), nullptr);
 }
 
-TEST_F(WatcherTest, PollDeliversOnTheCallingThreadInRevisionOrder) {
+TEST_P(WatcherTest, PollDeliversOnTheCallingThreadInRevisionOrder) {
   Start();
   auto w = NewWatcher({.delivery = Delivery::kPoll});
   std::vector<int64_t> revisions;
@@ -445,7 +406,7 @@ TEST_F(WatcherTest, PollDeliversOnTheCallingThreadInRevisionOrder) {
   EXPECT_FALSE(wrong_thread);
 }
 
-TEST_F(WatcherTest, PickersFollowTheCacheAndSkipNonReady) {
+TEST_P(WatcherTest, PickersFollowTheCacheAndSkipNonReady) {
   Start();
   auto w = NewWatcher();
   auto picker = w->NewPicker("world", "kr-1", {.kind = PickerKind::kRoundRobin});
@@ -470,7 +431,7 @@ TEST_F(WatcherTest, PickersFollowTheCacheAndSkipNonReady) {
   for (int i = 0; i < 10; ++i) EXPECT_EQ(picker->Pick()->instance_id, "a");
 }
 
-TEST_F(WatcherTest, MassExpiryKeepsLastGoodSetThenFollowsTruth) {
+TEST_P(WatcherTest, MassExpiryKeepsLastGoodSetThenFollowsTruth) {
   Start();
   std::atomic<int> activations{0}, deactivations{0};
   auto w = NewWatcher({.protect_threshold = 0.5,
@@ -488,7 +449,8 @@ TEST_F(WatcherTest, MassExpiryKeepsLastGoodSetThenFollowsTruth) {
         {.argv = {EXAMPLE_GAME_SERVER, "--ttl",
                   absl::StrCat(absl::ToInt64Seconds(TimeScale(absl::Seconds(1)))), "--count", "5",
                   "--id", absl::StrCat("p", p)},
-         .env = {{"ETCD_ENDPOINTS", cluster_->EndpointsCsv()}}});
+         .env = store_->ChildEnv(),
+         .unset_env_prefixes = {"ETCD_", "DISCOVERY_"}});
     ASSERT_TRUE(child.ok());
     procs.push_back(*std::move(child));
   }
@@ -508,6 +470,10 @@ TEST_F(WatcherTest, MassExpiryKeepsLastGoodSetThenFollowsTruth) {
   EXPECT_EQ(deactivations.load(), 1);
   for (int i = 0; i < 20; ++i) EXPECT_EQ(picker->Pick()->instance_id.substr(0, 2), "p0");
 }
+
+INSTANTIATE_TEST_SUITE_P(Stores, WatcherTest,
+                         ::testing::Values(StoreKind::kEtcd, StoreKind::kRedis),
+                         testing::StoreName);
 
 }  // namespace
 }  // namespace discovery
