@@ -18,8 +18,13 @@ constexpr absl::Duration kProbeTimeout = absl::Seconds(3);
 // A Read that returns sooner than this after the previous response was handled found its
 // response already received: the reader is behind (see OnResponse).
 constexpr absl::Duration kBehind = absl::Microseconds(20);
-// When the reader thread last returned from OnResponse (one reader per thread).
+// This many such Reads in a row (a backlog, not a moment's preemption) hand the drain to the
+// loop thread.
+constexpr int kBehindStreak = 4;
+// When the reader thread last returned from OnResponse, and its Reads in a row that returned
+// within kBehind (one reader per thread).
 thread_local absl::Time reader_returned_at = absl::InfinitePast();
+thread_local int reader_behind_streak = 0;
 }  // namespace
 
 WatchHub::WatchHub(Client* client)
@@ -225,6 +230,7 @@ void WatchHub::Break(WatchId id, const absl::Status& why) {
 // object may be gone when Dispatch returns (a listener destroyed the client): touch nothing.
 void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse& resp) {
   const absl::Time arrived = util::MonoNow();
+  reader_behind_streak = arrived - reader_returned_at < kBehind ? reader_behind_streak + 1 : 0;
   bool wake = false;
   {
     util::MutexLock lock(&inbox_mu_);
@@ -237,10 +243,12 @@ void WatchHub::OnResponse(uint64_t generation, pb::WatchResponse& resp) {
     reader_returned_at = util::MonoNow();
     return;
   }
-  // A Read that returned at once found this response already waiting: the reader is behind
+  // Reads that returned at once found their responses already waiting: the reader is behind
   // the stream. Then the loop thread drains (in batches, while this thread keeps reading);
   // otherwise this thread drains at once (no hop).
-  if (arrived - reader_returned_at < kBehind) {
+  // (One such Read alone is the reader thread having been preempted on a busy host: handed to
+  // the loop thread, it would pay a wake-up of that thread on the same busy host.)
+  if (reader_behind_streak >= kBehindStreak) {
     loop_.Post([this] { DrainResponses(); });
   } else {
     loop_.Dispatch([this] { DrainResponses(); });

@@ -5,9 +5,9 @@
 // hop through gRPC's callback thread). The reader appends each response to an inbox and, when
 // the inbox was empty, has the client loop drain it with EventLoop::Dispatch: when the loop is
 // idle the reader thread itself takes the loop's strand and drains at once (no thread hop);
-// when the loop is busy the drain is its next task. When the reader is behind (its Read
-// returned at once: the response was already waiting), the drain is posted to the loop thread
-// instead, so that this thread keeps reading while the loop handles the backlog in batches. A drain
+// when the loop is busy the drain is its next task. When the reader is behind (4 Reads in a row
+// returned at once: a backlog; see OnResponse), the drain is posted to the loop thread instead,
+// so that this thread keeps reading while the loop handles the backlog in batches. A drain
 // takes every response received so far in one turn, hands their events to the listeners (on_events,
 // in order) and then calls on_batch_end once per listener that got events. So a quiet stream costs
 // no thread hop, and a burst is handled in batches whose size follows the backlog.

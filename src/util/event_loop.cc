@@ -27,7 +27,27 @@ EventLoop::TimerId EventLoop::PostAt(absl::Time when, Task task) {
   TimerId id = next_id_++;
   tasks_.emplace(std::make_pair(when, id), std::move(task));
   when_.emplace(id, when);
+  WakeIfNeededLocked();
   return id;
+}
+
+void EventLoop::WakeIfNeededLocked() {
+  if (!sleeping_) return;
+  // A strand holder elsewhere wakes the loop when it gives the strand back (Release).
+  if (!stopping_ && (running_ || tasks_.empty() || tasks_.begin()->first.first >= sleep_until_)) {
+    return;
+  }
+  sleeping_ = false;
+  MutexLock lock(&wake_mu_);  // (its unlock wakes the loop thread)
+  wake_ = true;
+}
+
+void EventLoop::Sleep(absl::Time until) {
+  MutexLock lock(&wake_mu_);
+  wake_mu_.AwaitWithDeadline([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wake_mu_) { return wake_; },
+                             until);
+  wake_ = false;
+  wakeups_.fetch_add(1, std::memory_order_relaxed);
 }
 
 bool EventLoop::DueLocked(absl::Time now) const {
@@ -44,6 +64,7 @@ void EventLoop::Dispatch(Task task) {
       TimerId id = next_id_++;
       tasks_.emplace(std::make_pair(absl::InfinitePast(), id), std::move(task));
       when_.emplace(id, absl::InfinitePast());
+      WakeIfNeededLocked();
       return;
     }
     // Idle: take the strand. (The mutex orders everything the previous holder did before this.)
@@ -66,10 +87,11 @@ bool EventLoop::Idle() {
 }
 
 void EventLoop::Release() {
-  MutexLock lock(&mu_);  // unlocking wakes the loop thread if something became due meanwhile
+  MutexLock lock(&mu_);
   running_ = false;
   owner_.store(std::thread::id(), std::memory_order_release);
   destroyed_ = nullptr;
+  WakeIfNeededLocked();  // something became due meanwhile (queued behind an inline task)
 }
 
 bool EventLoop::Cancel(TimerId id) {
@@ -102,6 +124,7 @@ void EventLoop::Stop() {
   {
     MutexLock lock(&mu_);
     stopping_ = true;
+    WakeIfNeededLocked();
     // A task running inline on another thread finishes first ("no task runs after Stop()").
     if (!InLoopThread()) {
       mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !running_; });
@@ -124,41 +147,35 @@ void EventLoop::Run() {
     bool destroyed = false;
     {
       Task task;
+      bool have = false;
+      absl::Time until = absl::InfiniteFuture();
       {
         MutexLock lock(&mu_);
-        for (;;) {
-          if (stopping_) return;
-          if (running_) {
-            // A task runs inline elsewhere (Dispatch): wait until it gave the strand back.
-            mu_.Await([this]()
-                          ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !running_; });
-            continue;
+        sleeping_ = false;
+        if (stopping_) return;
+        const absl::Time now = tasks_.empty() ? absl::InfinitePast() : util::MonoNow();
+        if (!running_ && DueLocked(now)) {
+          auto it = tasks_.begin();
+          task = std::move(it->second);
+          when_.erase(it->first.second);
+          tasks_.erase(it);
+          have = true;
+          running_ = true;
+          owner_.store(std::this_thread::get_id(), std::memory_order_release);
+          destroyed_ = &destroyed;
+        } else {
+          // Sleep until the first task is due; while a task runs inline elsewhere and one is
+          // due already, until that strand holder gives the strand back (Release wakes us).
+          if (!tasks_.empty() && tasks_.begin()->first.first > now) {
+            until = tasks_.begin()->first.first;
           }
-          if (!tasks_.empty()) {
-            auto it = tasks_.begin();
-            absl::Time now = util::MonoNow();
-            if (it->first.first <= now) {
-              task = std::move(it->second);
-              when_.erase(it->first.second);
-              tasks_.erase(it);
-              running_ = true;
-              owner_.store(std::this_thread::get_id(), std::memory_order_release);
-              destroyed_ = &destroyed;
-              break;
-            }
-            // Wake up at the due time, or earlier when an earlier task is posted.
-            wait_until_ = it->first.first;
-            mu_.AwaitWithDeadline(
-                [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                  return stopping_ || tasks_.empty() || tasks_.begin()->first.first < wait_until_;
-                },
-                wait_until_);
-          } else {
-            mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-              return stopping_ || !tasks_.empty();
-            });
-          }
+          sleeping_ = true;
+          sleep_until_ = until;
         }
+      }
+      if (!have) {
+        Sleep(until);
+        continue;
       }
       task();
     }  // the task and its captures are destroyed here: that too may destroy the loop

@@ -13,6 +13,14 @@
 // otherwise it is queued like Post. Post never runs inline (callers may hold locks the task
 // takes). Everything posted while a task runs inline waits for it, timers included.
 //
+// Wake-ups: the loop thread sleeps on its own wake mutex (wake_mu_), not on mu_, and is woken
+// only when it has to act sooner than it planned: a task posted due before its sleep ends, a
+// strand holder that gives the strand back while a task is due, Stop(). Taking or giving back
+// the strand inline (Dispatch on an idle loop), a timer posted after the next wake-up, Cancel
+// and Idle() do not wake it (util::Mutex wakes every waiter at each unlock: a loop thread
+// waiting on mu_ itself was woken twice per inline task, two context switches on the watch
+// path).
+//
 // A task may destroy the loop that runs it (e.g. it drops the last reference to the object that
 // owns the loop): Stop() then detaches the loop thread (when the task runs there) or joins it
 // (when it runs inline elsewhere), and the strand holder leaves Run() / Dispatch() as soon as
@@ -65,6 +73,8 @@ class EventLoop {
   bool Idle();
   // Tasks run inline by Dispatch (for stats and tests).
   int64_t inline_runs() const { return inline_runs_.load(std::memory_order_relaxed); }
+  // Times the loop thread woke from a sleep (another thread woke it, or its deadline came).
+  int64_t wakeups() const { return wakeups_.load(std::memory_order_relaxed); }
 
  private:
   void Run();
@@ -72,6 +82,10 @@ class EventLoop {
   bool DueLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Gives the strand back (after the task and its captures are gone).
   void Release();
+  // Wakes the sleeping loop thread when it must act before its planned wake-up (see above).
+  void WakeIfNeededLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Loop thread: sleeps until woken or `until` (mu_ not held).
+  void Sleep(absl::Time until) ABSL_LOCKS_EXCLUDED(mu_);
 
   Mutex mu_;
   // Keyed by (time, sequence) so equal times run in post order.
@@ -80,7 +94,13 @@ class EventLoop {
   TimerId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool running_ ABSL_GUARDED_BY(mu_) = false;  // the strand is held
-  absl::Time wait_until_ ABSL_GUARDED_BY(mu_);
+  // The loop thread sleeps (or is about to) until sleep_until_ unless woken (wake_).
+  bool sleeping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time sleep_until_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Only the loop thread waits on wake_mu_ and only a thread that must wake it takes it
+  // (inside mu_: lock order mu_ -> wake_mu_), so no unlock of mu_ wakes the loop thread.
+  Mutex wake_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  bool wake_ ABSL_GUARDED_BY(wake_mu_) = false;
   std::string name_;
   std::thread thread_;
   // The strand holder's thread (default id when nobody holds it). Written under mu_.
@@ -91,6 +111,7 @@ class EventLoop {
   bool* destroyed_ = nullptr;
   std::thread::id loop_thread_id_;  // stays valid after Stop() detached or joined thread_
   std::atomic<int64_t> inline_runs_{0};
+  std::atomic<int64_t> wakeups_{0};
 };
 
 }  // namespace discovery::util

@@ -117,6 +117,30 @@ TEST(EventLoopTest, TimersAndPostsWaitForAnInlineTask) {
   EXPECT_EQ(order.Get(), (std::vector<std::string>{"inline", "posted", "timer"}));
 }
 
+TEST(EventLoopTest, InlineTasksAndLaterTimersDoNotWakeTheLoopThread) {
+  EventLoop loop("test-loop");
+  loop.PostAfter(absl::Hours(1), [] {});  // the loop thread sleeps until then
+  ASSERT_TRUE(WaitUntil([&] { return loop.Idle(); }, absl::Seconds(5)));
+  const int64_t before = loop.wakeups();
+  int ran = 0;
+  for (int i = 0; i < 1000; ++i) {
+    loop.Dispatch([&] { ++ran; });  // takes and gives back the strand on this thread
+    // A timer due after the loop's planned wake-up needs no wake-up either.
+    loop.Cancel(loop.PostAfter(absl::Hours(2), [] {}));
+  }
+  EXPECT_EQ(ran, 1000);
+  EXPECT_EQ(loop.inline_runs(), 1000);
+  // (At most the wake-up for the first timer, had the loop thread not slept yet.)
+  EXPECT_LE(loop.wakeups() - before, 1);
+  // A timer due sooner than the planned wake-up, and a Post, do wake it.
+  util::Notification timer_ran, posted_ran;
+  loop.PostAfter(absl::Milliseconds(10), [&] { timer_ran.Notify(); });
+  EXPECT_TRUE(timer_ran.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  loop.Post([&] { posted_ran.Notify(); });
+  EXPECT_TRUE(posted_ran.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_GE(loop.wakeups() - before, 2);
+}
+
 TEST(EventLoopTest, RunSyncAndStopFromOtherThreadsWaitForAnInlineTask) {
   auto loop = std::make_unique<EventLoop>("test-loop");
   ASSERT_TRUE(WaitUntil([&] { return loop->Idle(); }, absl::Seconds(5)));
