@@ -168,4 +168,57 @@ end
 return {redis.call('HGET', meta, 'epoch'), store_seq(), removed, shifted}
 )lua";
 
+const std::string kReadScript = kPrelude + R"lua(
+local key = ARGV[4]
+local v = redis.call('HGET', inst, key)
+if not v then return {0, store_seq()} end
+return {1, store_seq(), v, tonumber(redis.call('HGET', owner, key) or '0'),
+        tonumber(redis.call('HGET', mod, key) or '0')}
+)lua";
+
+const std::string kRefreshScript = kPrelude + R"lua(
+local now = now_ms()
+local out = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local ttl = redis.call('HGET', ttls, id)
+  if ttl and alive(id) then
+    redis.call('ZADD', dl, 'XX', now + tonumber(ttl), id)
+    out[#out + 1] = tonumber(ttl)
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+)lua";
+
+const std::string kRevokeIfUnusedScript = kPrelude + R"lua(
+local lease = ARGV[4]
+if not alive(lease) then return -1 end
+if redis.call('SCARD', base .. 'lk:' .. lease) > 0 then return 0 end
+drop_lease(lease)
+return 1
+)lua";
+
+const std::string kRecordReadScript = kPrelude + R"lua(
+local h = base .. 'records'
+local e = redis.call('HGET', meta, 'epoch')
+local v = redis.call('HGET', h, ARGV[4])
+if not v then return {0, e} end
+return {1, e, v, tonumber(redis.call('HGET', h, ARGV[4] .. '#mod') or '1')}
+)lua";
+
+const std::string kRecordWriteScript = kPrelude + R"lua(
+local h = base .. 'records'
+local e = redis.call('HGET', meta, 'epoch')
+local field, expected, value = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local cur = 0
+if redis.call('HEXISTS', h, field) == 1 then
+  cur = tonumber(redis.call('HGET', h, field .. '#mod') or '1')
+end
+if cur ~= expected then return {0, e} end
+redis.call('HSET', h, field, value, field .. '#mod', cur + 1)
+return {1, e, cur + 1}
+)lua";
+
 }  // namespace discovery::redis
