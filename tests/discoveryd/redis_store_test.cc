@@ -182,18 +182,20 @@ TEST_F(DiscoverydRedisTest, DiscoverAndSseFollowRegistrationsRemovalsAndTtlExpir
     std::set<std::string> out;
     auto l = Http(gw.port, "GET", "/sd/v1/instances?type=world");
     if (!l.ok() || l->status != 200) return out;
-    for (const json& in : l->Json()["instances"]) out.insert(in.value("instanceId", ""));
+    const json body = l->Json();  // (a temporary's element would dangle in the loop)
+    for (const json& in : body["instances"]) out.insert(in.value("instanceId", ""));
     return out;
   };
   EXPECT_TRUE(
-      WaitUntil([&] { return ids() == std::set<std::string>{"direct-1"}; }, absl::Seconds(5)));
+      WaitUntil([&] { return ids() == std::set<std::string>{"direct-1"}; }, absl::Seconds(5)))
+      << Must(Http(gw.port, "GET", "/sd/v1/instances?type=world")).body;
   ASSERT_TRUE(reg->Close().ok());
   EXPECT_TRUE((*sse)->WaitFor(
       [](const std::vector<SseEvent>& ev) { return HasEvent(ev, "remove", IdIs("direct-1")); },
       absl::Seconds(5)));
   EXPECT_TRUE(WaitUntil([&] { return ids().empty(); }, absl::Seconds(5)));
   std::string epoch;
-  int64_t last = 0;
+  int64_t last = -1;
   for (const SseEvent& e : (*sse)->Events()) {
     if (e.id.empty()) continue;
     if (epoch.empty()) epoch = EpochOfId(e.id);
