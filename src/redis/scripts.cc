@@ -59,6 +59,13 @@ end
 local function alive(lease)
   return redis.call('ZSCORE', dl, lease) ~= false
 end
+-- Moves a live lease's deadline to now + its ttl; its ttl (ms), or nil when it is gone.
+local function refresh(id, now)
+  local ttl = redis.call('HGET', ttls, id)
+  if not (ttl and alive(id)) then return nil end
+  redis.call('ZADD', dl, 'XX', now + tonumber(ttl), id)
+  return tonumber(ttl)
+end
 local function drop_lease(lease)
   local lk = base .. 'lk:' .. lease
   for _, key in ipairs(redis.call('SMEMBERS', lk)) do
@@ -90,13 +97,7 @@ const std::string kKeepAliveScript = kPrelude + R"lua(
 local now = now_ms()
 local gone = {}
 for i = 4, #ARGV do
-  local id = ARGV[i]
-  local ttl = redis.call('HGET', ttls, id)
-  if ttl and alive(id) then
-    redis.call('ZADD', dl, 'XX', now + tonumber(ttl), id)
-  else
-    gone[#gone + 1] = id
-  end
+  if not refresh(ARGV[i], now) then gone[#gone + 1] = ARGV[i] end
 end
 return gone
 )lua";
@@ -180,14 +181,7 @@ const std::string kRefreshScript = kPrelude + R"lua(
 local now = now_ms()
 local out = {}
 for i = 4, #ARGV do
-  local id = ARGV[i]
-  local ttl = redis.call('HGET', ttls, id)
-  if ttl and alive(id) then
-    redis.call('ZADD', dl, 'XX', now + tonumber(ttl), id)
-    out[#out + 1] = tonumber(ttl)
-  else
-    out[#out + 1] = 0
-  end
+  out[#out + 1] = refresh(ARGV[i], now) or 0
 end
 return out
 )lua";
