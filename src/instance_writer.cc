@@ -1,5 +1,8 @@
 #include "instance_writer.h"
 
+#include <limits>
+
+#include "absl/strings/str_cat.h"
 #include "etcd/client.h"
 
 namespace discovery {
@@ -45,6 +48,14 @@ class EtcdInstanceWriter : public InstanceWriter {
  public:
   EtcdInstanceWriter(std::shared_ptr<etcd::Client> client, absl::Duration timeout)
       : client_(std::move(client)), timeout_(timeout) {}
+
+  absl::StatusOr<std::optional<Current>> Read(const std::string& key) override {
+    pb::RangeRequest rr;
+    rr.set_key(key);
+    auto r = client_->Range(rr, timeout_);
+    if (!r.ok()) return r.status();
+    return CurrentOf(*r);
+  }
 
   absl::StatusOr<int64_t> PutIfAbsent(const std::string& key, const std::string& value,
                                       int64_t lease) override {
@@ -128,6 +139,14 @@ class EtcdInstanceWriter : public InstanceWriter {
 };
 
 }  // namespace
+
+absl::StatusOr<std::optional<InstanceWriter::Current>> InstanceWriter::Read(
+    const std::string& key) {
+  auto r = Delete(key, {.mod_revision = std::numeric_limits<int64_t>::max()});
+  if (!r.ok()) return r.status();
+  if (r->deleted) return absl::InternalError(absl::StrCat(key, ": read probe deleted the key"));
+  return r->current;
+}
 
 std::unique_ptr<InstanceWriter> NewEtcdInstanceWriter(std::shared_ptr<etcd::Client> client,
                                                       absl::Duration timeout) {

@@ -67,6 +67,10 @@ class InstanceWriter {
   // Deletes the key when every condition of `guard` holds. Not deleted with `current` unset:
   // the key is absent.
   virtual absl::StatusOr<DeleteResult> Delete(const std::string& key, DeleteGuard guard) = 0;
+  // The key as it is now (nullopt: absent): what an update reads before PutIfUnchanged. The
+  // default asks Delete with a mod revision no key reaches (it never deletes, it answers the
+  // key); etcd (Range) and Redis (a read script) override it with a plain read.
+  virtual absl::StatusOr<std::optional<Current>> Read(const std::string& key);
 };
 
 // `timeout` bounds every call (zero: the client's call timeout).

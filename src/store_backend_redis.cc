@@ -59,6 +59,16 @@ class RedisInstanceWriter final : public InstanceWriter {
     return r->elements[1].AsInt();
   }
 
+  absl::StatusOr<std::optional<Current>> Read(const std::string& key) override {
+    auto r = store_->Eval(*client_, redis::kReadScript, {key});
+    if (!r.ok()) return r.status();
+    if (r->elements.empty()) return absl::InternalError("redis read: malformed script reply");
+    if (r->elements[0].AsInt() == 0) return std::optional<Current>();
+    if (r->elements.size() < 5) return absl::InternalError("redis read: malformed script reply");
+    return std::optional<Current>(
+        Current{r->elements[2].str, r->elements[3].AsInt(), r->elements[4].AsInt()});
+  }
+
   absl::StatusOr<int64_t> PutIfAbsent(const std::string& key, const std::string& value,
                                       int64_t lease) override {
     return DoPut(*store_, *client_, key, value, lease);
@@ -138,6 +148,7 @@ class RedisBackend final : public StoreBackend {
     auto r = ping_->Command({"PING"}, timeout);
     return r.status();
   }
+  const std::shared_ptr<const redis::Store>& store() const { return store_; }
 
  private:
   std::shared_ptr<const redis::Store> store_;
@@ -147,6 +158,13 @@ class RedisBackend final : public StoreBackend {
 };
 
 }  // namespace
+
+namespace redis {
+std::shared_ptr<const Store> StoreOf(const StoreBackend& backend) {
+  const auto* redis = dynamic_cast<const RedisBackend*>(&backend);
+  return redis != nullptr ? redis->store() : nullptr;
+}
+}  // namespace redis
 
 RedisOptions RedisOptions::FromEnv() {
   RedisOptions out;

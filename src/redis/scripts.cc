@@ -59,6 +59,13 @@ end
 local function alive(lease)
   return redis.call('ZSCORE', dl, lease) ~= false
 end
+-- Moves a live lease's deadline to now + its ttl; its ttl (ms), or nil when it is gone.
+local function refresh(id, now)
+  local ttl = redis.call('HGET', ttls, id)
+  if not (ttl and alive(id)) then return nil end
+  redis.call('ZADD', dl, 'XX', now + tonumber(ttl), id)
+  return tonumber(ttl)
+end
 local function drop_lease(lease)
   local lk = base .. 'lk:' .. lease
   for _, key in ipairs(redis.call('SMEMBERS', lk)) do
@@ -90,13 +97,7 @@ const std::string kKeepAliveScript = kPrelude + R"lua(
 local now = now_ms()
 local gone = {}
 for i = 4, #ARGV do
-  local id = ARGV[i]
-  local ttl = redis.call('HGET', ttls, id)
-  if ttl and alive(id) then
-    redis.call('ZADD', dl, 'XX', now + tonumber(ttl), id)
-  else
-    gone[#gone + 1] = id
-  end
+  if not refresh(ARGV[i], now) then gone[#gone + 1] = ARGV[i] end
 end
 return gone
 )lua";
@@ -166,6 +167,52 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', dl, '-inf', now, 'LIMIT', 0, lim
   removed = removed + 1
 end
 return {redis.call('HGET', meta, 'epoch'), store_seq(), removed, shifted}
+)lua";
+
+const std::string kReadScript = kPrelude + R"lua(
+local key = ARGV[4]
+local v = redis.call('HGET', inst, key)
+if not v then return {0, store_seq()} end
+return {1, store_seq(), v, tonumber(redis.call('HGET', owner, key) or '0'),
+        tonumber(redis.call('HGET', mod, key) or '0')}
+)lua";
+
+const std::string kRefreshScript = kPrelude + R"lua(
+local now = now_ms()
+local out = {}
+for i = 4, #ARGV do
+  out[#out + 1] = refresh(ARGV[i], now) or 0
+end
+return out
+)lua";
+
+const std::string kRevokeIfUnusedScript = kPrelude + R"lua(
+local lease = ARGV[4]
+if not alive(lease) then return -1 end
+if redis.call('SCARD', base .. 'lk:' .. lease) > 0 then return 0 end
+drop_lease(lease)
+return 1
+)lua";
+
+const std::string kRecordReadScript = kPrelude + R"lua(
+local h = base .. 'records'
+local e = redis.call('HGET', meta, 'epoch')
+local v = redis.call('HGET', h, ARGV[4])
+if not v then return {0, e} end
+return {1, e, v, tonumber(redis.call('HGET', h, ARGV[4] .. '#mod') or '1')}
+)lua";
+
+const std::string kRecordWriteScript = kPrelude + R"lua(
+local h = base .. 'records'
+local e = redis.call('HGET', meta, 'epoch')
+local field, expected, value = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local cur = 0
+if redis.call('HEXISTS', h, field) == 1 then
+  cur = tonumber(redis.call('HGET', h, field .. '#mod') or '1')
+end
+if cur ~= expected then return {0, e} end
+redis.call('HSET', h, field, value, field .. '#mod', cur + 1)
+return {1, e, cur + 1}
 )lua";
 
 }  // namespace discovery::redis

@@ -10,7 +10,8 @@
 //   7 {ns}:log    STREAM change log, entry id <seq>-0, fields op (put|del), key, value, n (a
 //                 random nonce of the script call: (seq, n) names a record across histories,
 //                 so a watcher can tell whether the record at its seq is still the one it read)
-// and {ns}:lk:<lease> (SET of the lease's keys), derived from KEYS[1] inside the scripts.
+// and {ns}:lk:<lease> (SET of the lease's keys) and {ns}:records (HASH, see kRecordReadScript),
+// derived from KEYS[1] inside the scripts.
 // ARGV 1..3 of every script: epoch candidate (used once, HSETNX), stream MAXLEN (~), first
 // lease id candidate (HSETNX: lease ids of a recreated store do not restart at 1, so a lease of
 // the old store never names a lease of the new one). Script arguments follow from ARGV[4].
@@ -40,5 +41,19 @@ extern const std::string kPutIfUnchangedScript;
 extern const std::string kDeleteScript;
 // ARGV 4 grace_ms, 5 limit -> {epoch, seq, removed leases, shifted by ms}
 extern const std::string kReapScript;
+
+// ARGV 4 key -> {0, store_seq} absent | {1, store_seq, value, owner, mod}
+extern const std::string kReadScript;
+// ARGV 4..: lease ids -> one ttl_ms per id (0: gone); the live ones are refreshed
+extern const std::string kRefreshScript;
+// ARGV 4: lease -> 1 revoked, 0 kept (keys still attached), -1 gone already
+extern const std::string kRevokeIfUnusedScript;
+// Small named records beside the instances ({ns}:records HASH: field -> value, field#mod ->
+// its modification counter), for discoveryd's SSE epoch. Both answer the store's epoch (meta)
+// too, so a reader can tell a record of another history from a newer one of the same.
+// ARGV 4 field -> {0, epoch} absent | {1, epoch, value, mod}
+extern const std::string kRecordReadScript;
+// ARGV 4 field, 5 expected mod (0: absent), 6 value -> {1, epoch, mod} | {0, epoch}
+extern const std::string kRecordWriteScript;
 
 }  // namespace discovery::redis

@@ -41,6 +41,15 @@ struct Store {
 };
 
 }  // namespace redis
+}  // namespace discovery
+
+namespace discovery {
+class StoreBackend;
+namespace redis {
+// The store of a Redis backend (null for another backend): for tools that need more than the
+// StoreBackend seam gives (discoveryd's lease API and SSE epoch, tools/discoveryd/store_ops.h).
+std::shared_ptr<const Store> StoreOf(const StoreBackend& backend);
+}  // namespace redis
 
 class LeaseHolder;
 std::unique_ptr<LeaseHolder> NewRedisLeaseHolder(std::shared_ptr<const redis::Store> store,

@@ -79,8 +79,9 @@ inline std::string EpochOfId(const std::string& id) {
   return dot == std::string::npos ? std::string() : id.substr(0, dot);
 }
 
-// Spawns discoveryd (the DISCOVERYD binary) against `endpoints_csv` and waits up to `timeout`
-// for its "serving http://127.0.0.1:PORT/" line. On failure (non-fatal) the returned port is 0.
+// Spawns discoveryd (the DISCOVERYD binary) against `endpoints_csv` (etcd endpoints, or a
+// redis:// URL: then --store) and waits up to `timeout` for its "serving
+// http://127.0.0.1:PORT/" line. On failure (non-fatal) the returned port is 0.
 inline GatewayProc SpawnGateway(const std::string& endpoints_csv,
                                 std::vector<std::string> extra = {},
                                 std::vector<std::pair<std::string, std::string>> env = {},
@@ -89,8 +90,9 @@ inline GatewayProc SpawnGateway(const std::string& endpoints_csv,
                                 std::vector<std::string> launcher = {}) {
   // `launcher`: a command that execs discoveryd, e.g. {"prlimit", "--nofile=64:64", "--"}.
   std::vector<std::string> argv = std::move(launcher);
+  const bool redis = absl::StartsWith(endpoints_csv, "redis");
   for (const std::string& a : {std::string(DISCOVERYD), std::string("--listen"), listen,
-                               std::string("--endpoints"), endpoints_csv}) {
+                               std::string(redis ? "--store" : "--endpoints"), endpoints_csv}) {
     argv.push_back(a);
   }
   argv.insert(argv.end(), extra.begin(), extra.end());

@@ -8,28 +8,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "discovery/instance.h"
-#include "etcd/client.h"
 #include "instance_writer.h"
+#include "store_backend.h"
+#include "store_ops.h"
 
 namespace discoveryd {
 namespace {
 
-namespace pb = ::etcdserverpb;
 using nlohmann::json;
 
 constexpr int kUpdateAttempts = 5;
 
 std::string LeaseHex(int64_t lease) { return absl::StrFormat("%x", lease); }
-
-absl::StatusOr<std::optional<mvccpb::KeyValue>> ReadKey(discovery::etcd::Client& client,
-                                                        const std::string& key) {
-  pb::RangeRequest rr;
-  rr.set_key(key);
-  auto r = client.Range(rr);
-  if (!r.ok()) return r.status();
-  if (r->kvs_size() == 0) return std::optional<mvccpb::KeyValue>();
-  return std::optional<mvccpb::KeyValue>(r->kvs(0));
-}
 
 // The instance stored at `key` (`<prefix><type>/<id>`, built from validated names), under the
 // watcher's rules: it decodes, and its type/instanceId are the ones the key names (a value
@@ -50,21 +40,21 @@ absl::StatusOr<discovery::Instance> DecodeStored(const std::string& key, const s
 // Read-modify-write of one instance under its current lease, retried when another writer
 // got in between. kNotFound when the key (or its lease) is gone.
 absl::StatusOr<discovery::Instance> Update(
-    discovery::etcd::Client& client, discovery::InstanceWriter& writer, const std::string& key,
+    discovery::InstanceWriter& writer, const std::string& key,
     const std::function<absl::Status(discovery::Instance*)>& mutate) {
   for (int attempt = 0; attempt < kUpdateAttempts; ++attempt) {
-    auto kv = ReadKey(client, key);
+    auto kv = writer.Read(key);
     if (!kv.ok()) return kv.status();
     if (!kv->has_value()) return absl::NotFoundError(absl::StrCat("no instance at ", key));
-    const mvccpb::KeyValue& cur = **kv;
-    auto in = DecodeStored(key, cur.value());
+    const discovery::InstanceWriter::Current& cur = **kv;
+    auto in = DecodeStored(key, cur.value);
     if (!in.ok()) return in.status();
     if (absl::Status s = mutate(&*in); !s.ok()) return s;
     in->updated_at = absl::Now();
-    in->lease_id = cur.lease();
+    in->lease_id = cur.lease_id;
     absl::StatusOr<std::string> value = EncodeStorable(*in);
     if (!value.ok()) return value.status();
-    auto r = writer.PutIfUnchanged(key, *value, cur.lease(), cur.mod_revision());
+    auto r = writer.PutIfUnchanged(key, *value, cur.lease_id, cur.mod_revision);
     if (!r.ok()) return r.status();
     if (r->written) return *std::move(in);
   }
@@ -88,10 +78,11 @@ bool SameRegistration(const discovery::Instance& in, const std::string& key,
 
 }  // namespace
 
-InstanceApi::InstanceApi(std::shared_ptr<discovery::Connection> connection,
+InstanceApi::InstanceApi(std::shared_ptr<discovery::Connection> connection, StoreOps* ops,
                          discovery::Watcher* watcher, TcpHealthChecker* checker, Options options)
     : connection_(std::move(connection)),
-      writer_(discovery::NewEtcdInstanceWriter(connection_->client())),
+      ops_(ops),
+      writer_(connection_->backend()->NewInstanceWriter(absl::ZeroDuration())),
       watcher_(watcher),
       checker_(checker),
       options_(std::move(options)) {}
@@ -102,7 +93,7 @@ absl::StatusOr<std::string> InstanceApi::KeyFor(const InstanceRef& ref) const {
   const std::string& id = ref.id;
   std::string type = ref.type;
   if (type.empty()) {
-    // Convenience: find the type in the cache. Pass ?type= to go to etcd directly.
+    // Convenience: find the type in the cache. Pass ?type= to go to the store directly.
     discovery::SnapshotPtr snap = watcher_->snapshot();
     for (const std::string& t : snap->Types()) {
       if (snap->Find(t, id) != nullptr) {
@@ -112,7 +103,7 @@ absl::StatusOr<std::string> InstanceApi::KeyFor(const InstanceRef& ref) const {
     }
     if (type.empty()) {
       return absl::NotFoundError(
-          absl::StrCat("instance ", id, " not found (pass ?type=T to look it up in etcd)"));
+          absl::StrCat("instance ", id, " not found (pass ?type=T to look it up in the store)"));
     }
   }
   if (absl::Status s = discovery::ValidateName("type", type); !s.ok()) return s;
@@ -121,17 +112,12 @@ absl::StatusOr<std::string> InstanceApi::KeyFor(const InstanceRef& ref) const {
 
 HttpResponse InstanceApi::Register(const RegisterCall& call) {
   discovery::Instance in = call.instance;
-  discovery::etcd::Client& client = *connection_->client();
-  absl::StatusOr<pb::LeaseGrantResponse> lease = client.GrantOwnLease(call.ttl_seconds);
+  absl::StatusOr<StoreOps::Granted> lease = ops_->Grant(call.ttl_seconds);
   if (!lease.ok()) return StatusResponse(lease.status());
-  const int64_t own = lease->id();
+  const int64_t own = lease->id;
   in.lease_id = own;
   std::string key = absl::StrCat(options_.prefix, in.type, "/", in.instance_id);
-  auto revoke_own = [&] {
-    pb::LeaseRevokeRequest revoke;
-    revoke.set_id(own);
-    (void)client.LeaseRevoke(revoke);
-  };
+  auto revoke_own = [&] { (void)ops_->Revoke(own); };
   auto created = [&](int64_t lease_id, int64_t ttl, int64_t revision, int status) {
     return JsonResponse(status, {{"instanceId", in.instance_id},
                                  {"type", in.type},
@@ -149,16 +135,16 @@ HttpResponse InstanceApi::Register(const RegisterCall& call) {
     revoke_own();
     return StatusResponse(r.status());
   }
-  if (r->written) return created(own, lease->ttl(), r->revision, 201);
+  if (r->written) return created(own, lease->ttl_seconds, r->revision, 201);
 
   if (r->current.has_value()) {
     const discovery::InstanceWriter::Current& kv = *r->current;
     // The client retried this Txn after its first attempt was applied: our own write.
-    if (kv.lease_id == own) return created(own, lease->ttl(), kv.mod_revision, 201);
+    if (kv.lease_id == own) return created(own, lease->ttl_seconds, kv.mod_revision, 201);
     // A retried POST (the client never saw the first answer): the same instance is registered
     // under the lease of the first attempt. Answer with that registration, not 409.
     if (kv.lease_id != 0 && SameRegistration(in, key, kv.value)) {
-      absl::StatusOr<int64_t> ttl = client.LeaseKeepAliveOnce(kv.lease_id);
+      absl::StatusOr<int64_t> ttl = ops_->KeepAliveOnce(kv.lease_id);
       if (ttl.ok()) {
         revoke_own();
         return created(kv.lease_id, *ttl, r->store_revision, 200);
@@ -178,19 +164,18 @@ HttpResponse InstanceApi::Heartbeat(const HeartbeatCall& call) {
   absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
 
-  discovery::etcd::Client& client = *connection_->client();
-  auto kv = ReadKey(client, *key);
+  auto kv = writer_->Read(*key);
   if (!kv.ok()) return StatusResponse(kv.status());
   if (!kv->has_value()) {
     return StatusResponse(
         absl::NotFoundError(absl::StrCat("instance ", id, " not found (expired or deregistered)")));
   }
-  int64_t lease = (*kv)->lease();
+  int64_t lease = (*kv)->lease_id;
   if (lease == 0) {
     return StatusResponse(absl::FailedPreconditionError(
         absl::StrCat("instance ", id, " is not attached to a lease")));
   }
-  absl::StatusOr<int64_t> ttl = client.LeaseKeepAliveOnce(lease);
+  absl::StatusOr<int64_t> ttl = ops_->KeepAliveOnce(lease);
   if (!ttl.ok()) {
     if (absl::IsNotFound(ttl.status())) {
       return StatusResponse(absl::NotFoundError(
@@ -200,8 +185,8 @@ HttpResponse InstanceApi::Heartbeat(const HeartbeatCall& call) {
   }
   json out = {{"ttlSeconds", *ttl}, {"leaseId", LeaseHex(lease)}};
   if (!changes.empty()) {
-    auto updated = Update(client, *writer_, *key,
-                          [&](discovery::Instance* in) { return ApplyChanges(changes, in); });
+    auto updated =
+        Update(*writer_, *key, [&](discovery::Instance* in) { return ApplyChanges(changes, in); });
     if (!updated.ok()) return StatusResponse(updated.status());
     out["instance"] = discovery::InstanceToJson(*updated);
   }
@@ -244,20 +229,20 @@ HttpResponse InstanceApi::Get(const GetCall& call) {
   const std::string& id = call.ref.id;
   absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
-  auto kv = ReadKey(*connection_->client(), *key);
+  auto kv = writer_->Read(*key);
   if (!kv.ok()) return StatusResponse(kv.status());
   if (!kv->has_value())
     return StatusResponse(absl::NotFoundError(absl::StrCat("instance ", id, " not found")));
-  auto in = DecodeStored(*key, (*kv)->value());
+  auto in = DecodeStored(*key, (*kv)->value);
   if (!in.ok()) return StatusResponse(in.status());
-  in->lease_id = (*kv)->lease();
+  in->lease_id = (*kv)->lease_id;
   return JsonResponse(200, discovery::InstanceToJson(*in));
 }
 
 HttpResponse InstanceApi::Patch(const PatchCall& call) {
   absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
-  auto updated = Update(*connection_->client(), *writer_, *key,
+  auto updated = Update(*writer_, *key,
                         [&](discovery::Instance* in) { return ApplyChanges(call.changes, in); });
   if (!updated.ok()) return StatusResponse(updated.status());
   return JsonResponse(200, discovery::InstanceToJson(*updated));
@@ -267,7 +252,6 @@ HttpResponse InstanceApi::Delete(const DeleteCall& call) {
   const std::string& id = call.ref.id;
   absl::StatusOr<std::string> key = KeyFor(call.ref);
   if (!key.ok()) return StatusResponse(key.status());
-  discovery::etcd::Client& client = *connection_->client();
   // Guarded by the named lease (?leaseId= / If-Match) when there is one.
   auto r = writer_->Delete(*key, {.lease = call.lease_id});
   if (!r.ok()) return StatusResponse(r.status());
@@ -282,19 +266,9 @@ HttpResponse InstanceApi::Delete(const DeleteCall& call) {
   }
   int64_t lease = r->lease_id;
   bool revoked = false;
-  if (lease != 0) {
-    // Revoke only when nothing else lives on the lease (a registrar may share one lease
-    // between the instances of a process).
-    pb::LeaseTimeToLiveRequest ttl;
-    ttl.set_id(lease);
-    ttl.set_keys(true);
-    auto t = client.LeaseTimeToLive(ttl);
-    if (t.ok() && t->ttl() > 0 && t->keys_size() == 0) {
-      pb::LeaseRevokeRequest revoke;
-      revoke.set_id(lease);
-      revoked = client.LeaseRevoke(revoke).ok();
-    }
-  }
+  // Revoke only when nothing else lives on the lease (a registrar may share one lease
+  // between the instances of a process).
+  if (lease != 0) revoked = ops_->RevokeIfUnused(lease);
   return JsonResponse(200, {{"instanceId", id},
                             {"deleted", true},
                             {"leaseId", LeaseHex(lease)},

@@ -1,8 +1,9 @@
 // File: tools/discoveryd/api.h
 //
 // The REST half of discoveryd: `/sd/v1/instances` register / heartbeat / discover / get /
-// patch / delete, on the etcd client for leases and reads and on the library's instance
-// writer seam (src/instance_writer.h) for every write of an instance record (no Registrar:
+// patch / delete, on discoveryd's StoreOps (store_ops.h: etcd or Redis) for leases and on the
+// library's instance writer seam (src/instance_writer.h) for every read and write of an
+// instance record (no Registrar:
 // the gateway keeps no per-instance state, so a heartbeat may reach any gateway of the fleet).
 //
 //   register  = LeaseGrant(ttl, id chosen here) + PutIfUnchanged(key, value, lease, absent)
@@ -11,8 +12,8 @@
 //               retried POST with the same instance (all fields but startedAt/updatedAt/leaseId)
 //               finds the first attempt's registration, refreshes its lease and answers 200 with
 //               its leaseId; other fields -> 409.
-//   heartbeat = Range(key) -> its lease -> LeaseKeepAliveOnce (+ optional value update)
-//   update    = Range(key) + PutIfUnchanged(key, value, same lease, seen mod revision),
+//   heartbeat = Read(key) -> its lease -> KeepAliveOnce (+ optional value update)
+//   update    = Read(key) + PutIfUnchanged(key, value, same lease, seen mod revision),
 //               retried on a concurrent write
 //   delete    = writer Delete (guarded by lease(key) == named lease when one is named) +
 //   LeaseRevoke
@@ -47,13 +48,15 @@ class InstanceWriter;
 
 namespace discoveryd {
 
+class StoreOps;
+
 class InstanceApi {
  public:
   struct Options {
     std::string prefix = "/services/";
   };
-  InstanceApi(std::shared_ptr<discovery::Connection> connection, discovery::Watcher* watcher,
-              TcpHealthChecker* checker, Options options);
+  InstanceApi(std::shared_ptr<discovery::Connection> connection, StoreOps* ops,
+              discovery::Watcher* watcher, TcpHealthChecker* checker, Options options);
   ~InstanceApi();
 
   HttpResponse Register(const RegisterCall& call);
@@ -70,7 +73,8 @@ class InstanceApi {
   absl::StatusOr<std::string> KeyFor(const InstanceRef& ref) const;
 
   std::shared_ptr<discovery::Connection> connection_;
-  std::unique_ptr<discovery::InstanceWriter> writer_;  // on connection_'s client
+  StoreOps* ops_;
+  std::unique_ptr<discovery::InstanceWriter> writer_;  // the backend's
   discovery::Watcher* watcher_;
   TcpHealthChecker* checker_;
   Options options_;

@@ -2,19 +2,17 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cctype>
 #include <random>
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "etcd/client.h"
-#include "etcd/watch_hub.h"
 #include "nlohmann/json.hpp"
 #include "util/clock.h"
 #include "util/logging.h"
 
 namespace discoveryd {
 
-namespace pb = ::etcdserverpb;
 namespace util = discovery::util;
 
 std::string EpochKey(const std::string& prefix) {
@@ -46,9 +44,8 @@ bool ParseRecord(const std::string& value, std::string* epoch, std::string* repl
 
 }  // namespace
 
-EpochKeeper::EpochKeeper(std::shared_ptr<discovery::etcd::Client> client, Options options,
-                         OnEpoch on_epoch)
-    : client_(std::move(client)),
+EpochKeeper::EpochKeeper(std::unique_ptr<EpochStore> store, Options options, OnEpoch on_epoch)
+    : store_(std::move(store)),
       options_(std::move(options)),
       on_epoch_(std::move(on_epoch)),
       logger_(util::ComponentLogger(options_.logger, "discoveryd")) {}
@@ -72,7 +69,7 @@ void EpochKeeper::Stop() {
     watch_id_ = 0;
   }
   if (thread_.joinable()) thread_.join();
-  if (watch != 0) client_->watch_hub().Remove(watch);
+  if (watch != 0) store_->Unwatch(watch);
 }
 
 void EpochKeeper::Urgent() {
@@ -162,7 +159,7 @@ void EpochKeeper::Run() {
       util::MutexLock lock(&mu_);
       ++stats_.failures;
     }
-    SPDLOG_LOGGER_WARN(logger_, "SSE epoch at {}: {}; retry in {}", options_.key, s.ToString(),
+    SPDLOG_LOGGER_WARN(logger_, "SSE epoch at {}: {}; retry in {}", store_->name(), s.ToString(),
                        absl::FormatDuration(delay));
     failed_before = true;
     // Serving goes on meanwhile under a provisional epoch of our own.
@@ -186,46 +183,31 @@ bool EpochKeeper::NeedProvisional() const {
 
 void EpochKeeper::ReportProvisional(Why why) {
   std::string mine = RandomEpoch();
-  SPDLOG_LOGGER_WARN(logger_, "SSE epoch: serving under provisional epoch {} until etcd answers",
-                     mine);
+  SPDLOG_LOGGER_WARN(logger_,
+                     "SSE epoch: serving under provisional epoch {} until the store answers", mine);
   Report(mine, why, true);
 }
 
 absl::StatusOr<EpochKeeper::Record> EpochKeeper::Read() {
-  pb::RangeRequest req;
-  req.set_key(options_.key);
-  auto resp = client_->Range(req, options_.call_timeout);
-  if (!resp.ok()) return resp.status();
+  auto stored = store_->Read(options_.call_timeout);
+  if (!stored.ok()) return stored.status();
   Record r;
-  r.store_revision = resp->header().revision();
-  if (resp->kvs_size() > 0) {
+  r.store_revision = stored->store_revision;
+  if (stored->exists) {
     r.exists = true;
-    r.mod_revision = resp->kvs(0).mod_revision();
-    r.valid = ParseRecord(resp->kvs(0).value(), &r.epoch, &r.replaces);
+    r.mod_revision = stored->mod_revision;
+    r.valid = ParseRecord(stored->value, &r.epoch, &r.replaces);
   }
   return r;
 }
 
 absl::StatusOr<bool> EpochKeeper::Write(const Record& seen, const std::string& fresh,
                                         const std::string& replaces, int64_t* store_revision) {
-  pb::TxnRequest txn;
-  auto* cmp = txn.add_compare();
-  cmp->set_key(options_.key);
-  cmp->set_result(pb::Compare::EQUAL);
-  if (seen.exists) {
-    cmp->set_target(pb::Compare::MOD);
-    cmp->set_mod_revision(seen.mod_revision);
-  } else {
-    cmp->set_target(pb::Compare::CREATE);
-    cmp->set_create_revision(0);
-  }
-  auto* put = txn.add_success()->mutable_request_put();
-  put->set_key(options_.key);
-  put->set_value(nlohmann::json({{"epoch", fresh}, {"replaces", replaces}}).dump());
-  auto resp = client_->Txn(txn, options_.call_timeout);
-  if (!resp.ok()) return resp.status();
-  *store_revision = resp->header().revision();
-  return resp->succeeded();
+  EpochStore::Record stored;
+  stored.exists = seen.exists;
+  stored.mod_revision = seen.mod_revision;
+  return store_->Write(stored, nlohmann::json({{"epoch", fresh}, {"replaces", replaces}}).dump(),
+                       options_.call_timeout, store_revision);
 }
 
 absl::Status EpochKeeper::DoRead(bool defer_adoption, bool answer_reset) {
@@ -241,7 +223,7 @@ absl::Status EpochKeeper::DoRead(bool defer_adoption, bool answer_reset) {
       // Missing (first start, or wiped), or not ours (garbage): write one.
       if (r->exists) {
         SPDLOG_LOGGER_WARN(logger_, "SSE epoch: {} holds no valid epoch; replacing it",
-                           options_.key);
+                           store_->name());
       }
       std::string fresh = RandomEpoch();
       int64_t rev = 0;
@@ -252,7 +234,7 @@ absl::Status EpochKeeper::DoRead(bool defer_adoption, bool answer_reset) {
         util::MutexLock lock(&mu_);
         ++stats_.created;
       }
-      SPDLOG_LOGGER_INFO(logger_, "SSE epoch {} created at {}", fresh, options_.key);
+      SPDLOG_LOGGER_INFO(logger_, "SSE epoch {} created at {}", fresh, store_->name());
       const bool first = epoch().empty();
       Report(fresh, answer_reset ? Why::kReset : first ? Why::kInitial : Why::kReplaced, false);
       EnsureWatch(rev + 1);
@@ -269,9 +251,9 @@ absl::Status EpochKeeper::DoRead(bool defer_adoption, bool answer_reset) {
     } else if (r->epoch != current) {
       if (defer_adoption) {
         SPDLOG_LOGGER_INFO(logger_,
-                           "SSE epoch {} at {} (ours {}): etcd changed cluster; the local history "
-                           "reset decides",
-                           r->epoch, options_.key, current);
+                           "SSE epoch {} at {} (ours {}): the store changed history; the local "
+                           "history reset decides",
+                           r->epoch, store_->name(), current);
       } else {
         {
           util::MutexLock lock(&mu_);
@@ -311,7 +293,7 @@ absl::Status EpochKeeper::DoReset(const std::string& previous) {
       util::MutexLock lock(&mu_);
       ++stats_.created;
     }
-    SPDLOG_LOGGER_WARN(logger_, "etcd history was replaced: SSE epoch {} replaces {}", fresh,
+    SPDLOG_LOGGER_WARN(logger_, "store history was replaced: SSE epoch {} replaces {}", fresh,
                        previous);
     Report(fresh, Why::kReset, false);
     EnsureWatch(rev + 1);
@@ -325,25 +307,18 @@ void EpochKeeper::EnsureWatch(int64_t from_revision) {
     util::MutexLock lock(&mu_);
     if (stop_ || watch_id_ != 0) return;
   }
-  discovery::etcd::WatchHub::Spec spec;
-  spec.key = options_.key;
-  spec.start_revision = from_revision;
-  discovery::etcd::WatchHub::Listener listener;
-  listener.on_events = [this](const pb::WatchResponse& resp) {
-    for (const auto& ev : resp.events()) {
-      if (ev.type() == mvccpb::Event::PUT) OnWatchValue(ev.kv().value());
-    }
-  };
+  EpochStore::Listener listener;
+  listener.on_value = [this](const std::string& value) { OnWatchValue(value); };
   listener.on_broken = [this](const absl::Status& why) {
     util::MutexLock lock(&mu_);
     watch_id_ = 0;
     read_pending_ = true;
-    // Another cluster, or etcd's history went back (wiped / restored with the same cluster
-    // id): the watcher's own history reset follows and decides the new epoch; writing one
-    // here first would make subscribers see two resets.
+    // Another cluster, or the store's history went back (etcd wiped / restored with the same
+    // cluster id, the Redis record vanished): the watcher's own history reset follows and
+    // decides the new epoch; writing one here first would make subscribers see two resets.
     read_defer_ = absl::IsFailedPrecondition(why) || absl::IsDataLoss(why);
   };
-  uint64_t id = client_->watch_hub().Add(std::move(spec), std::move(listener));
+  uint64_t id = store_->Watch(from_revision, std::move(listener));
   bool remove = false;
   {
     util::MutexLock lock(&mu_);
@@ -353,7 +328,7 @@ void EpochKeeper::EnsureWatch(int64_t from_revision) {
       watch_id_ = id;
     }
   }
-  if (remove) client_->watch_hub().Remove(id);
+  if (remove) store_->Unwatch(id);
 }
 
 void EpochKeeper::OnWatchValue(const std::string& value) {

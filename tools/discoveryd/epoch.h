@@ -1,13 +1,16 @@
 // File: tools/discoveryd/epoch.h
 //
-// The SSE epoch every discoveryd replica of one etcd agrees on (sse.h puts it in event ids as
-// `<epoch>.<revision>`). It lives in etcd BESIDE the watched prefix, at EpochKey(prefix)
-// ("/services/" -> "/services.epoch"), so the watcher of the prefix never sees it:
+// The SSE epoch every discoveryd replica of one store agrees on (sse.h puts it in event ids as
+// `<epoch>.<revision>`). It is a record of the store BESIDE the watched prefix, named
+// EpochKey(prefix) ("/services/" -> "/services.epoch"), so the watcher of the prefix never sees
+// it. Where it lives is the EpochStore's business (store_ops.h): an etcd key, or a field of
+// {ns}:records on Redis. Either way it reads:
 //
 //   {"epoch":"<8 hex>","replaces":"<the epoch it replaced, or empty>"}
 //
 //  - start: read the key; when missing, create it with a Txn guarded by create_revision == 0
-//    (the first replica wins, the others read the winner's value);
+//    (the first replica wins, the others read the winner's value; on Redis a script guarded by
+//    the record's modification counter);
 //  - the local watcher replaced its history (etcd wiped / restored: revisions went back)
 //    while epoch P was in force: read the key; if it `replaces` P another replica already
 //    handled the same reset: adopt it; otherwise write a new epoch replacing P with a Txn
@@ -18,12 +21,12 @@
 //    local history reset that follows (else the replica would adopt, then replace, the new
 //    epoch).
 //
-// etcd trouble never blocks serving: a failed step is logged, counted (stats().failures) and
+// Store trouble never blocks serving: a failed step is logged, counted (stats().failures) and
 // retried with util::Backoff; when a reset (or, once Urgent() was called, the first read) has
 // failed, the keeper reports a provisional random epoch, and reports the agreed one as
 // "replaced" once it gets it.
 //
-// Thread-safety: thread-safe. `on_epoch` runs on the keeper's thread or the etcd client loop;
+// Thread-safety: thread-safe. `on_epoch` runs on the keeper's thread or the store's watch thread;
 // it must not block (discoveryd's hub only posts to its loop).
 #pragma once
 
@@ -36,13 +39,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "store_ops.h"
 #include "util/sync.h"
 
 namespace spdlog {
 class logger;
-}
-namespace discovery::etcd {
-class Client;
 }
 
 namespace discoveryd {
@@ -61,20 +62,19 @@ class EpochKeeper {
   };
   using OnEpoch = std::function<void(const std::string& epoch, Why why)>;
   struct Options {
-    std::string key;
     absl::Duration call_timeout = absl::Seconds(3);
     absl::Duration backoff_initial = absl::Milliseconds(200);
     absl::Duration backoff_max = absl::Seconds(30);
     std::shared_ptr<spdlog::logger> logger{};
   };
   struct Stats {
-    uint64_t failures = 0;  // etcd steps that failed (each retried with backoff)
+    uint64_t failures = 0;  // store steps that failed (each retried with backoff)
     uint64_t created = 0;   // epochs this replica wrote (first one, or replacing one)
     uint64_t adopted = 0;   // epochs another replica wrote that this one took over
     bool provisional = false;
   };
 
-  EpochKeeper(std::shared_ptr<discovery::etcd::Client> client, Options options, OnEpoch on_epoch);
+  EpochKeeper(std::unique_ptr<EpochStore> store, Options options, OnEpoch on_epoch);
   ~EpochKeeper();  // Stop()
   EpochKeeper(const EpochKeeper&) = delete;
   EpochKeeper& operator=(const EpochKeeper&) = delete;
@@ -87,7 +87,7 @@ class EpochKeeper {
   // by one on_epoch(..., kReset).
   void HistoryReset(const std::string& previous);
 
-  // Someone is waiting for an epoch right now (discoveryd's cache synced): while etcd keeps
+  // Someone is waiting for an epoch right now (discoveryd's cache synced): while the store keeps
   // failing, report a provisional one instead of waiting for the next successful read.
   void Urgent();
 
@@ -117,7 +117,7 @@ class EpochKeeper {
   bool NeedProvisional() const;
   void ReportProvisional(Why why);
 
-  std::shared_ptr<discovery::etcd::Client> client_;
+  std::unique_ptr<EpochStore> store_;
   Options options_;
   OnEpoch on_epoch_;
   std::shared_ptr<spdlog::logger> logger_;

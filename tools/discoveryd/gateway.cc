@@ -17,14 +17,16 @@
 #include "api.h"
 #include "auth.h"
 #include "discover_http.h"
+#include "discovery/redis.h"
 #include "discovery/watcher.h"
-#include "etcd/client.h"
 #include "health_check.h"
 #include "http_server.h"
 #include "lease_api.h"
 #include "metrics.h"
 #include "router.h"
 #include "sse.h"
+#include "store_backend.h"
+#include "store_ops.h"
 #include "util/clock.h"
 #include "util/logging.h"
 #include "util/sync.h"
@@ -51,11 +53,20 @@ absl::Status ParseListen(const std::string& listen, std::string* host, int* port
   return absl::OkStatus();
 }
 
+// A store URL without its password (for the log).
+static std::string RedactedUrl(const std::string& url) {
+  size_t at = url.rfind('@');
+  size_t scheme = url.find("://");
+  if (at == std::string::npos || scheme == std::string::npos || at < scheme) return url;
+  return absl::StrCat(url.substr(0, scheme + 3), "***", url.substr(at));
+}
+
 struct Gateway::Impl {
   GatewayOptions options;
   std::shared_ptr<spdlog::logger> logger;
   std::optional<RequestRouter> router;  // routing, auth and validation (no I/O)
   std::shared_ptr<discovery::Connection> connection;
+  std::unique_ptr<StoreOps> ops;  // leases and the epoch record on etcd or Redis (store_ops.h)
   std::unique_ptr<discovery::Watcher> watcher;
   std::unique_ptr<TcpHealthChecker> checker;
   std::unique_ptr<InstanceApi> api;
@@ -294,9 +305,13 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
     SPDLOG_LOGGER_WARN(impl->logger, "--protect-dashboard without any API token: nothing to check");
   }
   if (options.etcd.logger == nullptr) options.etcd.logger = options.logger;
-  auto conn = discovery::Connection::Create(options.etcd);
+  auto conn = options.redis.has_value() ? discovery::ConnectRedis(*options.redis)
+                                        : discovery::Connection::Create(options.etcd);
   if (!conn.ok()) return conn.status();
   impl->connection = *std::move(conn);
+  auto ops = NewStoreOps(impl->connection);
+  if (!ops.ok()) return ops.status();
+  impl->ops = *std::move(ops);
   discovery::WatcherOptions wo;
   wo.connection = impl->connection;
   wo.prefix = options.prefix;
@@ -309,17 +324,17 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
                        std::string(s.message()));
   }
   impl->checker = std::make_unique<TcpHealthChecker>(TcpHealthChecker::Options{});
-  impl->api =
-      std::make_unique<InstanceApi>(impl->connection, impl->watcher.get(), impl->checker.get(),
-                                    InstanceApi::Options{.prefix = options.prefix});
+  impl->api = std::make_unique<InstanceApi>(impl->connection, impl->ops.get(), impl->watcher.get(),
+                                            impl->checker.get(),
+                                            InstanceApi::Options{.prefix = options.prefix});
   impl->hub = std::make_unique<EventHub>(
-      impl->watcher.get(),
+      impl->watcher.get(), impl->ops->NewEpochStore(EpochKey(options.prefix)),
       EventHub::Options{.ring_capacity = std::max<size_t>(1, options.sse_ring_events),
                         .prefix = options.prefix,
                         .logger = options.logger});
   impl->hub->Start();
   impl->lease_api = std::make_unique<LeaseApi>(
-      impl->connection, &impl->router->options().tokens,
+      impl->connection, impl->ops.get(), &impl->router->options().tokens,
       LeaseApi::Options{.prefix = options.prefix, .max_ttl_seconds = 300}, impl->logger);
   impl->workers.emplace(static_cast<size_t>(std::max(1, options.worker_threads)));
   {
@@ -365,17 +380,19 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
                            impl->server->port(), "/");
   impl->options = std::move(options);
   impl->server->Start();
-  SPDLOG_LOGGER_INFO(impl->logger,
-                     "discoveryd serving {} ({}; etcd {}, prefix {}, max {} connections, {} API "
-                     "token(s){})",
-                     impl->url,
-                     !impl->server->tls() ? "plain http"
-                     : impl->options.tls.client_ca_file.empty()
-                         ? "https"
-                         : "https, client certificates required",
-                     absl::StrJoin(impl->options.etcd.endpoints, ","), impl->options.prefix,
-                     impl->server->stats().max_connections, token_store.size(),
-                     impl->options.protect_dashboard ? ", dashboard protected" : "");
+  SPDLOG_LOGGER_INFO(
+      impl->logger,
+      "discoveryd serving {} ({}; {} {}, prefix {}, max {} connections, {} API "
+      "token(s){})",
+      impl->url,
+      !impl->server->tls()                       ? "plain http"
+      : impl->options.tls.client_ca_file.empty() ? "https"
+                                                 : "https, client certificates required",
+      impl->connection->backend()->kind(),
+      impl->options.redis.has_value() ? RedactedUrl(impl->options.redis->url)
+                                      : absl::StrJoin(impl->options.etcd.endpoints, ","),
+      impl->options.prefix, impl->server->stats().max_connections, token_store.size(),
+      impl->options.protect_dashboard ? ", dashboard protected" : "");
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }
 

@@ -1,9 +1,9 @@
 // File: tools/discoveryd/gateway.h
 //
-// discoveryd wired together: one etcd Connection, one Watcher over the whole prefix, the SSE
-// hub on top of it, the REST API, metrics, and the HTTP server. Every request goes through
-// RequestRouter (router.h: routing, auth, validation, no I/O); the gateway runs the validated
-// calls it returns, on the io thread when they only read memory, else on a worker pool.
+// discoveryd wired together: one store Connection (etcd or Redis), one Watcher over the whole
+// prefix, the SSE hub on top of it, the REST API, metrics, and the HTTP server. Every request goes
+// through RequestRouter (router.h: routing, auth, validation, no I/O); the gateway runs the
+// validated calls it returns, on the io thread when they only read memory, else on a worker pool.
 // `main.cc` only fills GatewayOptions from flags and environment.
 //
 //   GatewayOptions o;
@@ -25,11 +25,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "discovery/etcd.h"
+#include "discovery/redis.h"
 #include "http_server.h"
 
 namespace spdlog {
@@ -41,6 +43,8 @@ namespace discoveryd {
 struct GatewayOptions {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; port 0 picks a free one
   discovery::EtcdOptions etcd{};
+  // Set: the store is Redis (--store redis://...), `etcd` is not used.
+  std::optional<discovery::RedisOptions> redis{};
   std::string prefix = "/services/";
   std::string api_token_file{};    // TOKEN [rw|ro] per line
   std::string api_token{};         // one more rw token (DISCOVERY_API_TOKEN)

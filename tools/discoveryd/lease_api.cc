@@ -4,7 +4,6 @@
 
 #include <limits>
 #include <optional>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -13,16 +12,17 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "discovery/instance.h"
-#include "etcd/client.h"
-#include "etcd/lease_keeper.h"
 #include "instance_writer.h"
+#include "lease_holder.h"
 #include "router.h"
+#include "store_backend.h"
+#include "store_ops.h"
 #include "util/clock.h"
+#include "util/event_loop.h"
 
 namespace discoveryd {
 namespace {
 
-namespace pb = ::etcdserverpb;
 using nlohmann::json;
 namespace util = discovery::util;
 
@@ -80,65 +80,24 @@ json CurrentJson(const std::optional<discovery::InstanceWriter::Current>& c) {
   return {{"value", c->value}, {"leaseId", Hex(c->lease_id)}, {"modRevision", c->mod_revision}};
 }
 
-// First sight of many leases at once: ONE LeaseKeepAlive stream, every id written back to back
-// while a second thread reads the answers (etcd answers each in order), so adopting 2,000 leases
-// costs one round trip, not 2,000. Returns id -> TTL etcd reported (<= 0: the lease is gone);
-// an id without an answer (stream broke, deadline) is absent and the call's status says why.
-absl::Status KeepAliveMany(discovery::etcd::Client& client, const std::vector<int64_t>& ids,
-                           absl::Duration timeout, std::unordered_map<int64_t, int64_t>* ttls) {
-  int index = 0;
-  std::shared_ptr<discovery::etcd::Stubs> stubs = client.CurrentStubs(&index);
-  if (stubs == nullptr) return absl::UnavailableError("no etcd endpoint");
-  grpc::ClientContext ctx;
-  client.PrepareContext(&ctx, util::MonoNow() + timeout);
-  auto stream = stubs->lease->LeaseKeepAlive(&ctx);
-  size_t answered = 0;
-  std::thread reader([&] {
-    pb::LeaseKeepAliveResponse r;
-    while (answered < ids.size() && stream->Read(&r)) {
-      (*ttls)[r.id()] = r.ttl();
-      ++answered;
-    }
-  });
-  for (int64_t id : ids) {
-    pb::LeaseKeepAliveRequest req;
-    req.set_id(id);
-    if (!stream->Write(req)) break;
-  }
-  stream->WritesDone();
-  reader.join();
-  ctx.TryCancel();
-  grpc::Status st = stream->Finish();
-  if (answered >= ids.size()) return absl::OkStatus();
-  if (st.ok() || st.error_code() == grpc::StatusCode::CANCELLED) {
-    client.MarkFailed(index);
-    return absl::UnavailableError(
-        absl::StrCat("etcd answered ", answered, " of ", ids.size(), " first-sight keepalives"));
-  }
-  if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
-    (void)client.RefreshToken(index);  // the client's next heartbeat (its backoff) retries
-  } else {
-    client.MarkFailed(index);
-  }
-  return absl::UnavailableError(absl::StrCat("etcd keepalive stream: ", st.error_message()));
-}
-
 }  // namespace
 
-LeaseApi::LeaseApi(std::shared_ptr<discovery::Connection> connection, const TokenStore* tokens,
-                   Options options, std::shared_ptr<spdlog::logger> logger)
+LeaseApi::LeaseApi(std::shared_ptr<discovery::Connection> connection, StoreOps* ops,
+                   const TokenStore* tokens, Options options,
+                   std::shared_ptr<spdlog::logger> logger)
     : connection_(std::move(connection)),
+      ops_(ops),
       tokens_(tokens),
       options_(std::move(options)),
       logger_(std::move(logger)),
-      writer_(discovery::NewEtcdInstanceWriter(connection_->client())) {
+      writer_(connection_->backend()->NewInstanceWriter(absl::ZeroDuration())) {
   ArmSweep();
 }
 
 void LeaseApi::ArmSweep() {
   util::MutexLock lock(&timer_mu_);
   if (stopping_) return;
-  timer_ = connection_->client()->loop().PostAfter(absl::Seconds(1), [this] {
+  timer_ = connection_->backend()->loop().PostAfter(absl::Seconds(1), [this] {
     Sweep(util::MonoNow());
     ArmSweep();
   });
@@ -148,16 +107,16 @@ LeaseApi::~LeaseApi() {
   {
     util::MutexLock lock(&timer_mu_);
     stopping_ = true;
-    connection_->client()->loop().Cancel(timer_);
+    connection_->backend()->loop().Cancel(timer_);
   }
-  connection_->client()->loop().RunSync([] {});  // a sweep running now ends first
+  connection_->backend()->loop().RunSync([] {});  // a sweep running now ends first
   std::vector<int64_t> ids;
   {
     util::MutexLock lock(&mu_);
     for (const auto& [id, t] : tracked_) ids.push_back(id);
     tracked_.clear();
   }
-  for (int64_t id : ids) connection_->client()->keeper().Remove(id);
+  for (int64_t id : ids) ops_->holder().Forget(id);
 }
 
 bool LeaseApi::Matches(const std::string& raw, std::string* route) {
@@ -220,19 +179,16 @@ HttpResponse LeaseApi::Grant(const HttpRequest& req) {
     return Invalid(
         absl::StrCat("field \"ttlSeconds\": expected integer 1..", options_.max_ttl_seconds));
   }
-  auto granted = connection_->client()->GrantOwnLease(it->get<int64_t>());
+  auto granted = ops_->Grant(it->get<int64_t>());
   if (!granted.ok()) return StatusResponse(granted.status());
-  return JsonResponse(201, {{"leaseId", Hex(granted->id())}, {"ttlSeconds", granted->ttl()}});
+  return JsonResponse(201, {{"leaseId", Hex(granted->id)}, {"ttlSeconds", granted->ttl_seconds}});
 }
 
 HttpResponse LeaseApi::Revoke(const std::string& hex) {
   int64_t lease = 0;
   if (!ParseLeaseHex(hex, &lease)) return Invalid("path: expected /sd/v1/leases/<lease id in hex>");
   Untrack(lease);
-  pb::LeaseRevokeRequest r;
-  r.set_id(lease);
-  auto revoked = connection_->client()->LeaseRevoke(r);
-  if (!revoked.ok()) return StatusResponse(revoked.status());
+  if (absl::Status s = ops_->Revoke(lease); !s.ok()) return StatusResponse(s);
   return JsonResponse(200, json::object());
 }
 
@@ -242,7 +198,7 @@ void LeaseApi::Untrack(int64_t lease) {
     util::MutexLock lock(&mu_);
     had = tracked_.erase(lease) > 0;
   }
-  if (had) connection_->client()->keeper().Remove(lease);
+  if (had) ops_->holder().Forget(lease);
 }
 
 HttpResponse LeaseApi::Heartbeat(const HttpRequest& req) {
@@ -287,14 +243,13 @@ HttpResponse LeaseApi::Heartbeat(const HttpRequest& req) {
       }
     }
   }
-  discovery::etcd::Client& client = *connection_->client();
   absl::Status adopt_status;
   if (!unknown.empty()) {
     // First heartbeat here: one refresh proves each lease exists (and tops it up at once, since
     // its last refresh may have come from a discoveryd that is gone), then the keeper's stream.
-    // All first sights of the call share one pipelined stream (KeepAliveMany).
+    // All first sights of the call share one round trip (StoreOps::RefreshMany).
     std::unordered_map<int64_t, int64_t> ttls;
-    adopt_status = KeepAliveMany(client, unknown, absl::Seconds(5), &ttls);
+    adopt_status = ops_->RefreshMany(unknown, absl::Seconds(5), &ttls);
     for (int64_t id : unknown) {
       auto a = ttls.find(id);
       if (a == ttls.end()) continue;  // no answer: adopt_status says why
@@ -308,14 +263,14 @@ HttpResponse LeaseApi::Heartbeat(const HttpRequest& req) {
         if (!tracked_.emplace(id, Tracked{lease_ttl, now, false}).second) continue;  // duplicate
       }
       adopted_.fetch_add(1);
-      client.keeper().Add(id, lease_ttl, lease_ttl / 3,
-                          [this](const discovery::etcd::LeaseKeeper::Event& ev) {
-                            if (ev.type != discovery::etcd::LeaseKeeper::EventType::kLost) return;
-                            util::MutexLock lock(&mu_);
-                            if (auto t = tracked_.find(ev.lease_id); t != tracked_.end()) {
-                              t->second.gone = true;
-                            }
-                          });
+      ops_->holder().KeepAlive(id, lease_ttl, lease_ttl / 3,
+                               [this](const discovery::LeaseHolder::Event& ev) {
+                                 if (ev.type != discovery::LeaseHolder::EventType::kLost) return;
+                                 util::MutexLock lock(&mu_);
+                                 if (auto t = tracked_.find(ev.lease_id); t != tracked_.end()) {
+                                   t->second.gone = true;
+                                 }
+                               });
     }
   }
   if (!adopt_status.ok()) {
@@ -344,7 +299,7 @@ void LeaseApi::Sweep(absl::Time now) {
     }
   }
   idled_.fetch_add(idle.size());
-  for (int64_t id : idle) connection_->client()->keeper().Remove(id);
+  for (int64_t id : idle) ops_->holder().Forget(id);
   if (!idle.empty()) {
     SPDLOG_LOGGER_DEBUG(logger_, "{} lease(s) without heartbeat for a TTL: no longer kept alive",
                         idle.size());

@@ -16,21 +16,24 @@
 //   POST   /sd/v1/writes/delete     {"key","lease":"<hex>"?,"modRevision":N?}
 //          -> {"deleted","leaseId","storeRevision","current":{..}|null}
 //
-// Heartbeats ride discoveryd's own shared LeaseKeepAlive stream (the Connection's LeaseKeeper):
-// the first heartbeat of a lease at this discoveryd refreshes it once (LeaseKeepAliveOnce: it
-// proves the lease exists and learns its TTL) and adds it to the keeper, which refreshes it
-// every TTL/3 from then on; a lease not heartbeaten for a TTL is dropped from the keeper (its
-// client is gone: the lease runs out at most one TTL later). A lease etcd reports expired is
-// answered in "gone" (the client re-registers). Any discoveryd answers any heartbeat.
-// All first sights of one call share one pipelined keepalive stream (one round trip, not one
-// per lease). At most Options::max_batch ids per call: more is 413 with the limit.
+// Store-neutral: leases and their refreshes go through StoreOps (store_ops.h; etcd's lease calls
+// or the Redis backend's scripts), keys through the backend's InstanceWriter.
+// Heartbeats ride discoveryd's own lease holder (StoreOps::holder(): on etcd the Connection's
+// one LeaseKeepAlive stream, on Redis one refresh script call per tick): the first heartbeat of
+// a lease at this discoveryd refreshes it once (it proves the lease exists and learns its TTL)
+// and hands it to the holder, which refreshes it every TTL/3 from then on; a lease not
+// heartbeaten for a TTL is dropped from the holder (its client is gone: the lease runs out at
+// most one TTL later). A lease the store reports expired is answered in "gone" (the client
+// re-registers). Any discoveryd answers any heartbeat. All first sights of one call share one
+// round trip (StoreOps::RefreshMany: one pipelined keepalive stream on etcd, one script call
+// on Redis). At most Options::max_batch ids per call: more is 413 with the limit.
 //
 // Keys must be `<prefix><type>/<instanceId>` with valid names under discoveryd's own prefix, and
 // values valid instances naming that key (kInvalidArgument otherwise): the write calls are not
 // a raw key-value proxy. Token rules as the other writes: every call here is a POST/DELETE, so a
 // read-only token gets 403.
 //
-// Thread-safety: thread-safe. Serve() blocks on etcd: call it off the io threads.
+// Thread-safety: thread-safe. Serve() blocks on the store: call it off the io threads.
 #pragma once
 
 #include <atomic>
@@ -54,6 +57,8 @@ class logger;
 
 namespace discoveryd {
 
+class StoreOps;
+
 class LeaseApi {
  public:
   struct Options {
@@ -66,14 +71,14 @@ class LeaseApi {
   struct Stats {
     uint64_t heartbeat_calls = 0;
     uint64_t leases_refreshed = 0;  // leases named in heartbeat calls
-    uint64_t leases_adopted = 0;    // first heartbeats here (LeaseKeepAliveOnce + keeper Add)
+    uint64_t leases_adopted = 0;    // first heartbeats here (one refresh + the holder's KeepAlive)
     uint64_t leases_gone = 0;       // answered in "gone"
     uint64_t leases_idled = 0;      // dropped from the keeper: no heartbeat for a TTL
     size_t tracked = 0;
   };
 
-  LeaseApi(std::shared_ptr<discovery::Connection> connection, const TokenStore* tokens,
-           Options options, std::shared_ptr<spdlog::logger> logger);
+  LeaseApi(std::shared_ptr<discovery::Connection> connection, StoreOps* ops,
+           const TokenStore* tokens, Options options, std::shared_ptr<spdlog::logger> logger);
   ~LeaseApi();
 
   // True (and the route template in `route`) for the paths served here.
@@ -98,10 +103,11 @@ class LeaseApi {
   // Drops leases idle for longer than their TTL from the keeper (at most once a second).
   void Sweep(absl::Time now);
   void Untrack(int64_t lease);
-  // Sweeps every second on the etcd client's loop, also when no heartbeat arrives at all.
+  // Sweeps every second on the backend's loop, also when no heartbeat arrives at all.
   void ArmSweep();
 
   std::shared_ptr<discovery::Connection> connection_;
+  StoreOps* ops_;
   const TokenStore* tokens_;
   Options options_;
   std::shared_ptr<spdlog::logger> logger_;

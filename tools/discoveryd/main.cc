@@ -43,8 +43,8 @@ int main(int argc, char** argv) {
   discoveryd::StoreSources store{.store_env = Env("DISCOVERY_STORE", ""),
                                  .endpoints_env = !Env("ETCD_ENDPOINTS", "").empty()};
   app.add_option("--store", store.store_flag,
-                 "etcd://host:port instead of --endpoints (env DISCOVERY_STORE; redis:// is "
-                 "refused: see README)");
+                 "etcd://host:port instead of --endpoints, or redis://host:port[/db] / "
+                 "redis+sentinel://host:port,.../master[/db] (env DISCOVERY_STORE)");
   app.add_option("--prefix", options.prefix, "key prefix (env DISCOVERY_PREFIX)")
       ->capture_default_str();
   app.add_option("--api-token-file", options.api_token_file,
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   options.read_timeout = absl::Seconds(read_timeout_s);
   if (!endpoints.empty()) options.etcd.endpoints = discovery::SplitEndpoints(endpoints);
   store.endpoints_flag = !endpoints.empty();
-  if (absl::Status s = discoveryd::ApplyStoreUrl(store, &options.etcd); !s.ok()) {
+  if (absl::Status s = discoveryd::ApplyStoreUrl(store, &options.etcd, &options.redis); !s.ok()) {
     std::cerr << "discoveryd: " << s.message() << "\n";
     return 2;
   }

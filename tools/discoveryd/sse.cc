@@ -11,8 +11,9 @@
 #include "absl/strings/str_cat.h"
 #include "discovery/etcd.h"
 #include "discovery/instance.h"
-#include "etcd/client.h"
 #include "nlohmann/json.hpp"
+#include "store_backend.h"
+#include "util/event_loop.h"
 #include "util/logging.h"
 
 namespace discoveryd {
@@ -35,10 +36,12 @@ std::string SseFrame(absl::string_view id, absl::string_view event, absl::string
   return absl::StrCat("id: ", id, "\nevent: ", event, "\ndata: ", data, "\n\n");
 }
 
-EventHub::EventHub(discovery::Watcher* watcher, Options options)
+EventHub::EventHub(discovery::Watcher* watcher, std::unique_ptr<EpochStore> epoch_store,
+                   Options options)
     : watcher_(watcher),
       options_(std::move(options)),
       logger_(discovery::util::ComponentLogger(options_.logger, "discoveryd")),
+      epoch_store_(std::move(epoch_store)),
       weak_alive_(alive_) {}
 
 EventHub::~EventHub() { Stop(); }
@@ -47,7 +50,7 @@ void EventHub::Post(std::function<void()> task, absl::Duration delay) {
   auto run = [weak = weak_alive_, task = std::move(task)] {
     if (auto alive = weak.lock()) task();
   };
-  discovery::util::EventLoop& loop = watcher_->connection()->client()->loop();
+  discovery::util::EventLoop& loop = watcher_->connection()->backend()->loop();
   if (delay <= absl::ZeroDuration()) {
     loop.Post(std::move(run));  // FIFO: after the task running now (e.g. a dispatch batch)
   } else {
@@ -57,9 +60,8 @@ void EventHub::Post(std::function<void()> task, absl::Duration delay) {
 
 void EventHub::Start() {
   EpochKeeper::Options ko;
-  ko.key = EpochKey(options_.prefix);
   ko.logger = options_.logger;
-  keeper_ = std::make_unique<EpochKeeper>(watcher_->connection()->client(), ko,
+  keeper_ = std::make_unique<EpochKeeper>(std::move(epoch_store_), ko,
                                           [this](const std::string& epoch, EpochKeeper::Why why) {
                                             Post([this, epoch, why] { OnEpoch(epoch, why); });
                                           });
@@ -108,7 +110,7 @@ void EventHub::Stop() {
   if (keeper_ != nullptr) keeper_->Stop();
   alive_.reset();
   // Tasks already posted find the hub gone; one running now finishes first.
-  watcher_->connection()->client()->loop().RunSync([] {});
+  watcher_->connection()->backend()->loop().RunSync([] {});
   for (auto& [id, c] : clients) c.stream->Close();
 }
 

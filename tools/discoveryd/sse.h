@@ -88,7 +88,8 @@ class EventHub {
     uint64_t attach_retries = 0;  // attaches whose snapshot did not fit the ring: retaken
     size_t ring_events = 0;       // events held for resume (<= Options::ring_capacity)
   };
-  EventHub(discovery::Watcher* watcher, Options options);
+  // `epoch_store` holds the epoch record (EpochKey(options.prefix), store_ops.h).
+  EventHub(discovery::Watcher* watcher, std::unique_ptr<EpochStore> epoch_store, Options options);
   ~EventHub();
 
   // Subscribes to the watcher, starts the epoch keeper. Call once, before Attach.
@@ -171,6 +172,7 @@ class EventHub {
   std::shared_ptr<spdlog::logger> logger_;
   discovery::Subscription subscription_;
   discovery::Subscription reset_subscription_;
+  std::unique_ptr<EpochStore> epoch_store_;  // moved to keeper_ at Start()
   std::unique_ptr<EpochKeeper> keeper_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // reset by Stop()
   const std::weak_ptr<int> weak_alive_;                    // what posted tasks hold

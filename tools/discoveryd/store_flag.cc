@@ -2,10 +2,13 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "discovery/redis.h"
+#include "redis/client.h"
 
 namespace discoveryd {
 
-absl::Status ApplyStoreUrl(const StoreSources& sources, discovery::EtcdOptions* etcd) {
+absl::Status ApplyStoreUrl(const StoreSources& sources, discovery::EtcdOptions* etcd,
+                           std::optional<discovery::RedisOptions>* redis) {
   constexpr const char* kAlternatives =
       "--endpoints (ETCD_ENDPOINTS) and --store (DISCOVERY_STORE) are alternatives: give one";
   std::string store = sources.store_flag;
@@ -28,14 +31,19 @@ absl::Status ApplyStoreUrl(const StoreSources& sources, discovery::EtcdOptions* 
     return absl::OkStatus();
   }
   if (absl::StartsWith(store, "redis://") || absl::StartsWith(store, "redis+sentinel://")) {
-    return absl::UnimplementedError(
-        "--store redis://: discoveryd does not run on Redis yet (its SSE epochs, REST reads and "
-        "writes and the gateway-mode lease API use the etcd client directly); run discoveryd "
-        "on etcd, and let processes reach Redis directly (DISCOVERY_STORE, discoveryctl "
-        "--store)");
+    discovery::RedisOptions options;  // namespace and timeouts: the library's defaults
+    options.url = store;
+    // The URL is checked here (a usage error, exit 2), the store is reached only later.
+    if (auto url = discovery::redis::ParseUrl(store); !url.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--store \"", store, "\": ", url.status().message()));
+    }
+    *redis = std::move(options);
+    return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--store \"", store, "\": expected etcd://host:port (redis:// is refused)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--store \"", store,
+      "\": expected etcd://host:port, redis://host:port[/db] or redis+sentinel://..."));
 }
 
 }  // namespace discoveryd

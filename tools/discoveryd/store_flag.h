@@ -3,22 +3,19 @@
 // discoveryd's --store URL (env DISCOVERY_STORE), the alternative to --endpoints that the
 // library's ConnectTo and discoveryctl take:
 //   etcd://host:port[,host:port]   etcd, exactly as --endpoints http://host:port[,...]
-//   redis://...                    refused at start-up (kUnimplemented, with the reason):
-//                                  discoveryd still talks to etcd directly in three places —
-//                                  the SSE epoch (epoch.cc: etcd cluster id + revision, kept in
-//                                  an etcd key), the REST reads and writes (api.cc: Range +
-//                                  Txn on the etcd client) and the lease API behind gateway-mode
-//                                  clients (lease_api.cc: the etcd LeaseKeepAlive keeper). Run
-//                                  it half on Redis and it would serve wrong epochs and 500s, so
-//                                  it does not start. Processes reach Redis directly
-//                                  (ConnectRedis, DISCOVERY_STORE, discoveryctl --store).
-// Pure: no I/O. Thread-compatible.
+//   redis://[user:pass@]host:port[/db]          Redis (the library's Redis backend, namespace
+//   redis+sentinel://host:port[,...]/master[/db]  "sd"): discover, REST reads and writes, SSE
+//                                  with its epochs, dashboard, metrics, /healthz and the
+//                                  gateway-mode lease API, exactly as on etcd (store_ops.h)
+// No I/O (the Redis URL is parsed, not dialled). Thread-compatible.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "discovery/etcd.h"
+#include "discovery/redis.h"
 
 namespace discoveryd {
 
@@ -31,10 +28,11 @@ struct StoreSources {
   bool endpoints_env = false;   // ETCD_ENDPOINTS set
 };
 
-// Applies the store URL that wins to `etcd`; nothing when there is none (or --endpoints wins
-// over DISCOVERY_STORE). kInvalidArgument when --store and --endpoints are both on the command
-// line, or (neither there) DISCOVERY_STORE and ETCD_ENDPOINTS are both set, or for another
-// scheme; kUnimplemented for redis://.
-absl::Status ApplyStoreUrl(const StoreSources& sources, discovery::EtcdOptions* etcd);
+// Applies the store URL that wins to `etcd` (etcd://) or `redis` (redis://, set only then);
+// nothing when there is none (or --endpoints wins over DISCOVERY_STORE). kInvalidArgument when
+// --store and --endpoints are both on the command line, or (neither there) DISCOVERY_STORE and
+// ETCD_ENDPOINTS are both set, for another scheme or a malformed Redis URL.
+absl::Status ApplyStoreUrl(const StoreSources& sources, discovery::EtcdOptions* etcd,
+                           std::optional<discovery::RedisOptions>* redis);
 
 }  // namespace discoveryd
