@@ -80,6 +80,16 @@ class Conn {
     return ReplyPtr(r);
   }
 
+  // SCRIPT LOAD of `script` now (Eval does it on first use; inside MULTI it must be done).
+  bool Load(const std::string& script) {
+    std::string& sha = shas_[&script];
+    if (!sha.empty()) return true;
+    ReplyPtr l = Command({"SCRIPT", "LOAD", script});
+    if (!l || l->type != REDIS_REPLY_STRING) return false;
+    sha.assign(l->str, l->len);
+    return true;
+  }
+
   // EVALSHA of `script` (SCRIPT LOAD the first time) with the library's KEYS and ARGV 1..3.
   ReplyPtr Eval(const std::string& script, const std::vector<std::string>& args) {
     std::string& sha = shas_[&script];

@@ -26,6 +26,9 @@ const std::vector<std::string> kAllScenarios = {"keepalive", "register",        
 
 const std::vector<std::string> kBackendScenarios = {"register", "keepalive", "watch-latency"};
 
+const std::vector<std::string> kRedisScenarios = {"register", "keepalive", "watch-latency",
+                                                  "watch-throughput", "resync"};
+
 ThreadCounts CountThreads() {
   ThreadCounts c;
   const std::string self = absl::StrCat(getpid());

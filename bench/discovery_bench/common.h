@@ -108,8 +108,11 @@ struct Flags {
 };
 
 extern const std::vector<std::string> kAllScenarios;
-// The scenarios that run over --gateway / --store too.
+// The scenarios that run over --gateway / --store etcd:// too.
 extern const std::vector<std::string> kBackendScenarios;
+// ... and over --store redis:// (kBackendScenarios plus watch-throughput and resync, whose
+// Redis versions are redis_throughput.cc and redis_resync.cc).
+extern const std::vector<std::string> kRedisScenarios;
 
 // ---------------------------------------------------------------------------------------------
 // Measurement helpers
@@ -181,6 +184,9 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
                 int subscribers);
 Json RunThroughput(const Context& cx);
 Json RunResync(const Context& cx);
+// --store redis:// versions, raw hiredis baselines in the same run (redis_log.h).
+Json RunRedisThroughput(const Context& cx);
+Json RunRedisResync(const Context& cx);
 Json RunPick(const Context& cx);
 Json RunGateway(const Context& cx);
 Json RunWatcherScale(const Context& cx);

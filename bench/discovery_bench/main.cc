@@ -17,6 +17,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
 #include "common.h"
 #include "etcd_harness.h"
 #include "spdlog/sinks/stdout_sinks.h"
@@ -32,8 +33,9 @@ Json RunScenario(const std::string& name, const Context& cx) {
   if (name == "fanout") {
     return RunLatency(cx, name, f.fanout_rate, f.fanout_seconds, f.fanout_subscribers);
   }
-  if (name == "watch-throughput") return RunThroughput(cx);
-  if (name == "resync") return RunResync(cx);
+  const bool redis = cx.Backend() == "redis";
+  if (name == "watch-throughput") return redis ? RunRedisThroughput(cx) : RunThroughput(cx);
+  if (name == "resync") return redis ? RunRedisResync(cx) : RunResync(cx);
   if (name == "pick") return RunPick(cx);
   if (name == "gateway") return RunGateway(cx);
   if (name == "watcher-scale") return RunWatcherScale(cx);
@@ -61,8 +63,9 @@ int main(int argc, char** argv) {
                  "register, keepalive, watch-latency through discoveryd (URL list; the token "
                  "from DISCOVERY_API_TOKEN); watch-latency's writer puts to --endpoints");
   app.add_option("--store", f.store,
-                 "register, keepalive, watch-latency on this store: redis://host:port or "
-                 "etcd://host:port (default: etcd at --endpoints)");
+                 "register, keepalive, watch-latency (and, redis:// only, watch-throughput, "
+                 "resync) on this store: redis://host:port or etcd://host:port (default: etcd "
+                 "at --endpoints)");
   app.add_option("--gateway-prefix", f.gateway_prefix, "gateway mode: discoveryd's --prefix");
   app.add_option("--peer-pids", f.peer_pids,
                  "register, keepalive: name=pid,... of servers whose CPU to report");
@@ -120,13 +123,18 @@ int main(int argc, char** argv) {
     std::cerr << "--gateway and --store: choose one\n";
     return 2;
   }
+  // --store redis:// runs watch-throughput and resync too (the gateway and etcd:// cannot).
+  const bool redis_store = absl::StartsWith(f.store, "redis://");
+  const std::vector<std::string>& allowed = redis_store ? kRedisScenarios : kBackendScenarios;
   if (f.scenarios.empty()) {
-    f.scenarios = other_backend ? kBackendScenarios : kAllScenarios;
+    f.scenarios = other_backend ? allowed : kAllScenarios;
   }
   for (const std::string& name : f.scenarios) {
-    if (other_backend && std::find(kBackendScenarios.begin(), kBackendScenarios.end(), name) ==
-                             kBackendScenarios.end()) {
-      std::cerr << "--gateway / --store run register, keepalive and watch-latency only, not "
+    if (other_backend && std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+      std::cerr << (redis_store ? "--store redis:// runs register, keepalive, watch-latency, "
+                                  "watch-throughput and resync only, not "
+                                : "--gateway / --store etcd:// run register, keepalive and "
+                                  "watch-latency only, not ")
                 << name << "\n";
       return 2;
     }
