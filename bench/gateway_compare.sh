@@ -12,7 +12,9 @@
 # URL` (A) against `discovery-bench` straight on etcd (B); client CPU from getrusage, etcd's
 # and discoveryd's from /proc/<pid>/stat over the same window (--peer-pids), TCP connections
 # to the gateway from /proc/self/fd. Redis figures: `discovery-bench --store redis://` (A)
-# against `discovery-raw-redis-bench` (B). Prints `cat /proc/loadavg` before each run (the
+# against `discovery-raw-redis-bench` (B); redis-throughput and redis-resync are one
+# `discovery-bench --store redis://` run each whose raw hiredis baseline is in the same run
+# (watch-throughput / resync: library and raw figures in one JSON line, a third table). Prints `cat /proc/loadavg` before each run (the
 # table's load column is its 1-minute figure), every JSON line, and two markdown tables. Exit
 # status 1 when a run reported an error (missed timing targets never fail it), 2 on bad usage
 # or when a server does not start.
@@ -21,7 +23,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin_dir="$here/../build/bench"
 discoveryd_bin=""
-figures="gw-register,gw-keepalive,gw-watch,redis-register,redis-keepalive,redis-watch"
+figures="gw-register,gw-keepalive,gw-watch,redis-register,redis-keepalive,redis-watch,redis-throughput,redis-resync"
 runs=2
 register_n=5000
 inflight=16
@@ -30,13 +32,14 @@ latency_seconds=10
 keepalive_n=10000
 keepalive_ttl=10
 keepalive_seconds=30
+sync_n=20000
 run_timeout=600
 quick=0
 keep=0
 me=gateway_compare.sh
 
 usage() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   cat <<EOF2
 Options:
   --bin-dir DIR          where discovery-bench and discovery-raw-redis-bench are ($bin_dir)
@@ -50,6 +53,7 @@ Options:
   --keepalive-n N        leases held ($keepalive_n)
   --keepalive-ttl T      lease TTL seconds ($keepalive_ttl)
   --keepalive-seconds S  measured window seconds ($keepalive_seconds)
+  --sync-n N             redis-throughput / redis-resync: instances ($sync_n)
   --run-timeout S        upper bound of one run ($run_timeout)
   --keep                 keep the work dir (results.tsv, server and run logs)
   --quick                tiny sizes: register-n 300, rate 200 for 2 s, keepalive-n 200, ttl 3, 3 s
@@ -70,18 +74,19 @@ while [ $# -gt 0 ]; do
     --keepalive-n) keepalive_n=$2; shift 2 ;;
     --keepalive-ttl) keepalive_ttl=$2; shift 2 ;;
     --keepalive-seconds) keepalive_seconds=$2; shift 2 ;;
+    --sync-n) sync_n=$2; shift 2 ;;
     --run-timeout) run_timeout=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --quick)
       quick=1
       register_n=300; rate=200; latency_seconds=2
-      keepalive_n=200; keepalive_ttl=3; keepalive_seconds=3
+      keepalive_n=200; keepalive_ttl=3; keepalive_seconds=3; sync_n=2000
       shift ;;
     --smoke)
       # CTest (discovery_gateway_compare_smoke): every figure once, smallest sizes, ~15 s.
       quick=1; runs=1
       register_n=50; rate=100; latency_seconds=0.5
-      keepalive_n=50; keepalive_ttl=2; keepalive_seconds=1
+      keepalive_n=50; keepalive_ttl=2; keepalive_seconds=1; sync_n=1000
       shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "$me: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -187,6 +192,12 @@ for fig in "${figure_list[@]}"; do
         run "redis-watch R=$rate" library "$r" "${lib_redis[@]}" "${watch_args[@]}"
         run "redis-watch R=$rate" raw "$r" "$raw_redis" watch-latency "${raw_opts[@]}" --rate "$rate" \
           --seconds "$latency_seconds" ;;
+      redis-throughput)  # the raw baseline is in the same run (one JSON line)
+        run "inrun-redis-throughput N=$sync_n" library "$r" "${lib_redis[@]}" \
+          --scenario watch-throughput --throughput-n "$sync_n" ;;
+      redis-resync)
+        run "inrun-redis-resync N=$sync_n" library "$r" "${lib_redis[@]}" \
+          --scenario resync --resync-n "$sync_n" ;;
       *) echo "$me: unknown figure $fig ($figures)" >&2; exit 2 ;;
     esac
   done
@@ -208,6 +219,37 @@ if [ -s "$work/redis.tsv" ]; then
   echo "Redis (discovery-bench --store redis://) vs raw hiredis (discovery-raw-redis-bench):"
   echo ""
   awk -F'\t' -v runs="$runs" -f "$here/compare_table.awk" "$work/redis.tsv" || status=1
+fi
+if grep -q '^inrun-' "$results"; then
+  # Library and raw hiredis figures of the same run (discovery-bench --store redis://).
+  echo ""
+  echo "Redis watch-throughput / resync, library vs raw hiredis in the same run:"
+  echo ""
+  echo "| figure | run | library | raw | lib/raw | loadavg (1 min) |"
+  echo "|---|---|---|---|---|---|"
+  awk -F'\t' '
+    function f(js, name,    m) {
+      if (!match(js, "\"" name "\":-?[0-9.eE+-]+")) return "-"
+      m = substr(js, RSTART, RLENGTH); sub(/^"[^"]*":/, "", m); return m
+    }
+    function row(label, js, a, b, r) {
+      printf "| %s | %s | %s | %s | %s | %s |\n", label, $3, f(js, a), f(js, b), f(js, r), $4
+    }
+    $1 ~ /^inrun-/ {
+      fig = substr($1, 7)
+      if ($5 ~ /"error"/) { bad = 1; printf "| %s | %s | error | | | %s |\n", fig, $3, $4; next }
+      if (fig ~ /throughput/) {
+        row(fig ": live events/s", $5, "events_per_s", "baseline_events_per_s", "ratio")
+        row(fig ": catch-up events/s", $5, "catchup_events_per_s",
+            "catchup_baseline_events_per_s", "catchup_ratio")
+      } else {
+        row(fig ": initial sync s", $5, "initial_sync_s", "baseline_initial_scan_s",
+            "initial_ratio")
+        row(fig ": converge after trim s", $5, "resync_s", "baseline_scan_s", "ratio")
+        row(fig ": RSS B per instance", $5, "rss_per_instance_bytes", "-", "-")
+      }
+    }
+    END { exit bad }' "$results" || status=1
 fi
 if [ "$quick" = 1 ]; then echo "(--quick: tiny sizes, not the issues' figures)"; fi
 # Timing targets are reported, never asserted: non-zero only when a run failed outright.
