@@ -22,6 +22,7 @@
 #include "etcd/watch_hub.h"
 #include "etcd_harness.h"
 #include "util/clock.h"
+#include "watch_truth.h"
 
 namespace discovery {
 namespace {
@@ -43,24 +44,8 @@ Instance Make(const std::string& id, const std::string& host = "h") {
   return in;
 }
 
-struct Recorder {
-  std::mutex mu;
-  std::vector<ChangeEvent> events;
-  std::function<void(const ChangeEvent&)> Callback() {
-    return [this](const ChangeEvent& ev) {
-      std::lock_guard<std::mutex> lock(mu);
-      events.push_back(ev);
-    };
-  }
-  size_t size() {
-    std::lock_guard<std::mutex> lock(mu);
-    return events.size();
-  }
-  std::vector<ChangeEvent> Take() {
-    std::lock_guard<std::mutex> lock(mu);
-    return events;
-  }
-};
+// Records a subscription's events (tests/support/watch_truth.h).
+using Recorder = testing::EventRecorder;
 
 // What OnHistoryReset saw.
 struct ResetLog {
