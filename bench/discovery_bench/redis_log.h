@@ -29,6 +29,17 @@ inline int64_t StoreSeq(Conn& c) {
   return IntAt(r.get(), -1, -1);
 }
 
+// A one-hour lease for a scenario's instances on `admin`, as a decimal string; empty with
+// `*error` set when Redis is unreachable or the grant fails.
+inline std::string GrantHourLease(Conn& admin, std::string* error) {
+  const int64_t lease_id = bench_redis::Grant(admin, 3600 * 1000);
+  if (!admin.ok() || lease_id == 0) {
+    *error = "redis: " + (admin.ok() ? std::string("lease grant failed") : admin.error());
+    return "";
+  }
+  return std::to_string(lease_id);
+}
+
 // Puts keys[i] = values[i] for i in [0, n) with `threads` connections (kPutIfUnchanged guarded
 // by mods[i], which receives the new modification seq). Returns the failures.
 inline int ParallelPut(const std::string& url, const std::vector<std::string>& keys,

@@ -32,12 +32,12 @@ Json RunRedisResync(const Context& cx) {
   out["page_size"] = page;
   const std::string prefix = UniquePrefix("resync", "rs");
   redis_log::Conn admin(url);
-  const int64_t lease_id = bench_redis::Grant(admin, 3600 * 1000);
-  if (!admin.ok() || lease_id == 0) {
-    out["error"] = "redis: " + (admin.ok() ? std::string("lease grant failed") : admin.error());
+  std::string grant_error;
+  const std::string lease = redis_log::GrantHourLease(admin, &grant_error);
+  if (lease.empty()) {
+    out["error"] = grant_error;
     return out;
   }
-  const std::string lease = std::to_string(lease_id);
   const std::string& put = discovery::redis::kPutIfUnchangedScript;
   std::vector<std::string> keys(n), values(n);
   std::vector<int64_t> mods(n, 0);

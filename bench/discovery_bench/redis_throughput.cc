@@ -32,12 +32,12 @@ Json RunRedisThroughput(const Context& cx) {
 
   const std::string prefix = UniquePrefix("throughput", "tp");
   redis_log::Conn admin(url);
-  const int64_t lease_id = bench_redis::Grant(admin, 3600 * 1000);
-  if (!admin.ok() || lease_id == 0) {
-    out["error"] = "redis: " + (admin.ok() ? std::string("lease grant failed") : admin.error());
+  std::string grant_error;
+  const std::string lease = redis_log::GrantHourLease(admin, &grant_error);
+  if (lease.empty()) {
+    out["error"] = grant_error;
     return out;
   }
-  const std::string lease = std::to_string(lease_id);
   std::vector<std::string> keys(n), values(n);
   std::vector<int64_t> mods(n, 0);
   for (int i = 0; i < n; ++i) {
