@@ -39,7 +39,7 @@ cd "$ROOT"
 # ---- 1. shellcheck ----------------------------------------------------------------------
 command -v shellcheck >/dev/null || fail "shellcheck not installed (scripts/install-deps)"
 scripts=()
-for f in scripts/* .ci/run; do
+for f in scripts/* scripts/lib/* .ci/run; do
   [ -f "$f" ] && scripts+=("$f")
 done
 while IFS= read -r f; do scripts+=("$f"); done < <(find deploy tests -name '*.sh' -type f | sort)

@@ -108,10 +108,19 @@ TEST_P(BothModesTest, WatcherCacheEqualsStoreAfterRandomOpsAndExpiry) {
       WaitUntil([&] { return w->snapshot()->Find("world", "exp9") != nullptr; }, absl::Seconds(5)));
   // Both expiries reach the cache: the killed process's keys (2 s TTL; in gateway mode
   // discoveryd keeps a lease at most one more TTL after the last heartbeat) and the 1 s lease.
+  // Every key is checked: each of the victim's 5 registrations has its own lease, and etcd's
+  // expiry pass (every 500 ms) can take victim-0 in one pass and victim-4 in the next; waiting
+  // on victim-0 alone made the size check below flaky (CI, once).
   ASSERT_TRUE(WaitUntil(
       [&] {
         auto s = w->snapshot();
-        return s->Find("world", "exp0") == nullptr && s->Find("world", "victim-0") == nullptr;
+        for (int i = 0; i < 10; ++i) {
+          if (s->Find("world", absl::StrCat("exp", i)) != nullptr) return false;
+        }
+        for (int i = 0; i < 5; ++i) {
+          if (s->Find("world", absl::StrCat("victim-", i)) != nullptr) return false;
+        }
+        return true;
       },
       absl::Seconds(8)));
   std::string diff;
