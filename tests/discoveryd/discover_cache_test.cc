@@ -94,6 +94,42 @@ TEST(DiscoverCacheTest, BoundedByFiltersLeastRecentlyUsedFirst) {
   EXPECT_NE(cache.Find(s, {.group = "g3"}), nullptr);
 }
 
+// The byte bound: bodies of ~4 KB in a cache of 10 KB hold two; a new one pushes out the
+// least recently used; a replaced entry gives its bytes back; an answer over the bound on its
+// own is served (the same bytes as a cached one) but not kept, and pushes nothing out.
+TEST(DiscoverCacheTest, BoundedByBytesLeastRecentlyUsedFirst) {
+  DiscoverCache cache({.max_bytes = 10'000});
+  SnapshotPtr s = Snap(5, {Make("g1", "a", 4000), Make("g2", "b", 4000), Make("g3", "c", 4000),
+                           Make("big", "d", 12'000)});
+  cache.Get(s, "ep", {.group = "g1"});
+  cache.Get(s, "ep", {.group = "g2"});
+  EXPECT_EQ(cache.stats().entries, 2u);
+  EXPECT_GT(cache.stats().bytes, 8'000u);
+  cache.Get(s, "ep", {.group = "g1"});  // g1 recent, g2 oldest
+  cache.Get(s, "ep", {.group = "g3"});  // 3 x 4 KB > 10 KB: evicts g2
+  EXPECT_EQ(cache.stats().entries, 2u);
+  EXPECT_EQ(cache.stats().evictions, 1u);
+  EXPECT_NE(cache.Find(s, {.group = "g1"}), nullptr);
+  EXPECT_EQ(cache.Find(s, {.group = "g2"}), nullptr);
+  EXPECT_NE(cache.Find(s, {.group = "g3"}), nullptr);
+
+  // A newer snapshot replaces g3's entry: its old bytes are given back, nothing else goes.
+  SnapshotPtr s6 = Snap(6, {Make("g1", "a", 4000), Make("g3", "c", 4000)});
+  cache.Get(s6, "ep", {.group = "g3"});
+  EXPECT_EQ(cache.stats().entries, 2u);
+  EXPECT_EQ(cache.stats().evictions, 1u);
+  EXPECT_LE(cache.stats().bytes, 10'000u);
+
+  auto big = cache.Get(s, "ep", {.group = "big"});
+  ASSERT_NE(big, nullptr);
+  EXPECT_GT(big->body->size(), 10'000u);
+  EXPECT_NE(big->body->find("\"instanceId\":\"d\""), std::string::npos);
+  EXPECT_EQ(cache.stats().too_large, 1u);
+  EXPECT_EQ(cache.Find(s, {.group = "big"}), nullptr);
+  EXPECT_EQ(cache.stats().entries, 2u);  // nothing pushed out for it
+  EXPECT_EQ(cache.stats().evictions, 1u);
+}
+
 TEST(DiscoverCacheTest, GzipOnceAndNeverForTinyBodies) {
   DiscoverCache cache({});
   SnapshotPtr s = Snap(5, {Make("kr-1", "a", 4000), Make("kr-2", "b")});

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -139,24 +140,38 @@ std::shared_ptr<const DiscoverEntry> DiscoverCache::Get(const discovery::Snapsho
 
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.misses;
+  const size_t size = e->body->size();
   auto it = slots_.find(key);
   if (it != slots_.end()) {
     // A racing builder may have stored a newer snapshot's entry: keep the newer one.
     if (it->second.entry->history == e->history && it->second.entry->revision > e->revision) {
       return e;
     }
-    it->second.entry = e;
-    lru_.splice(lru_.begin(), lru_, it->second.lru);
+    body_bytes_ -= it->second.entry->body->size();
+    lru_.erase(it->second.lru);
+    slots_.erase(it);
+  }
+  if (size > options_.max_bytes) {
+    ++stats_.too_large;  // served, not kept: keeping it would push out everything else
     return e;
   }
-  while (!lru_.empty() && slots_.size() >= std::max<size_t>(1, options_.max_entries)) {
-    slots_.erase(lru_.back());
+  EvictLocked(1, size);
+  lru_.push_front(key);
+  slots_.emplace(key, Slot{e, lru_.begin()});
+  body_bytes_ += size;
+  return e;
+}
+
+void DiscoverCache::EvictLocked(size_t adding_entries, size_t adding_bytes) {
+  const size_t max_entries = std::max<size_t>(1, options_.max_entries);
+  while (!lru_.empty() && (slots_.size() + adding_entries > max_entries ||
+                           body_bytes_ + adding_bytes > options_.max_bytes)) {
+    auto it = slots_.find(lru_.back());
+    body_bytes_ -= it->second.entry->body->size();
+    slots_.erase(it);
     lru_.pop_back();
     ++stats_.evictions;
   }
-  lru_.push_front(key);
-  slots_.emplace(key, Slot{e, lru_.begin()});
-  return e;
 }
 
 DiscoverCache::Stats DiscoverCache::stats() const {

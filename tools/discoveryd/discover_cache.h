@@ -12,9 +12,11 @@
 //   e->Gzip()      // the gzip body, compressed on first use (null for bodies < kMinGzipBytes)
 //
 // The body is `{"instances":[...],"revision":N}` (the format discover always had). Bounded:
-// at most `max_entries` filters (client input), least recently used evicted. An entry is valid
-// for one snapshot (same history and revision); the next one for the same filter compares its
-// instances with the previous body to keep `index` when the matching set did not change.
+// at most `max_entries` filters (client input) and `max_bytes` of identity bodies (a few whole
+// types of 100,000 instances are ~47 MB each; gzip copies add ~2 %), least recently used
+// evicted. An answer larger than `max_bytes` on its own is served but not kept (counted). An entry
+// is valid for one snapshot (same history and revision); the next one for the same filter compares
+// its instances with the previous body to keep `index` when the matching set did not change.
 //
 // Thread-safety: thread-safe.
 #pragma once
@@ -74,11 +76,13 @@ class DiscoverCache {
  public:
   struct Options {
     size_t max_entries = 1024;
+    size_t max_bytes = size_t{256} << 20;  // identity bodies held
   };
   struct Stats {
     uint64_t hits = 0;
     uint64_t misses = 0;     // entries built (new filter or new snapshot)
-    uint64_t evictions = 0;  // filters dropped by the LRU bound
+    uint64_t evictions = 0;  // filters dropped by the LRU bounds (entries or bytes)
+    uint64_t too_large = 0;  // answers over max_bytes on their own: served, not kept
     uint64_t gzip_encoded = 0;
     size_t entries = 0;
     size_t bytes = 0;  // bodies held (identity + gzip)
@@ -98,6 +102,8 @@ class DiscoverCache {
   Stats stats() const;
 
  private:
+  // Drops least recently used entries while adding this many would pass a bound (mu_ held).
+  void EvictLocked(size_t adding_entries, size_t adding_bytes);
   struct Slot {
     std::shared_ptr<const DiscoverEntry> entry;
     std::list<std::string>::iterator lru;
@@ -106,6 +112,7 @@ class DiscoverCache {
   mutable std::mutex mu_;
   std::unordered_map<std::string, Slot> slots_;  // guarded by mu_
   std::list<std::string> lru_;                   // most recent first; guarded by mu_
+  size_t body_bytes_ = 0;                        // identity bodies in slots_; guarded by mu_
   Stats stats_;                                  // guarded by mu_ (gzip_encoded: atomic below)
   std::atomic<uint64_t> gzip_encoded_{0};
 };

@@ -17,7 +17,8 @@ DiscoverEndpoint::DiscoverEndpoint(discovery::Watcher* watcher, std::function<st
       epoch_(std::move(epoch)),
       post_(std::move(post_to_worker)),
       options_(options),
-      cache_(DiscoverCache::Options{.max_entries = options.max_entries}) {}
+      cache_(DiscoverCache::Options{.max_entries = options.max_entries,
+                                    .max_bytes = options.max_bytes}) {}
 
 DiscoverEndpoint::~DiscoverEndpoint() { Stop(); }
 
@@ -184,6 +185,10 @@ std::string DiscoverEndpoint::RenderMetrics() const {
          "Discover answers encoded (new snapshot or new filter).", c.misses);
   metric("discovery_http_discover_cache_evictions_total", "counter",
          "Filters dropped from the discover cache by its LRU bound.", c.evictions);
+  metric("discovery_http_discover_cache_too_large_total", "counter",
+         "Discover answers larger than the cache's byte bound: served, not cached.", c.too_large);
+  metric("discovery_http_discover_cache_max_bytes", "gauge",
+         "Byte bound of the identity bodies in the discover cache.", options_.max_bytes);
   metric("discovery_http_discover_cache_entries", "gauge", "Filters in the discover cache.",
          c.entries);
   metric("discovery_http_discover_cache_bytes", "gauge",

@@ -45,8 +45,9 @@ inline constexpr absl::Duration kMaxBlockingWait = absl::Minutes(5);
 class DiscoverEndpoint {
  public:
   struct Options {
-    size_t max_entries = 1024;  // cached filters (LRU)
-    size_t max_waiting = 4096;  // blocking queries waiting at once; past it 503
+    size_t max_entries = 1024;             // cached filters (LRU)
+    size_t max_bytes = size_t{256} << 20;  // identity bodies cached (LRU)
+    size_t max_waiting = 4096;             // blocking queries waiting at once; past it 503
   };
   // What the request asked for, from its headers.
   struct Request {
@@ -68,8 +69,8 @@ class DiscoverEndpoint {
   // else from a worker, or later (blocking query).
   void Handle(Request request, Reply reply);
 
-  // Prometheus text lines: discovery_http_discover_cache_{hits,misses,evictions}_total,
-  // _entries, _bytes, discovery_http_discover_gzip_encoded_total,
+  // Prometheus text lines: discovery_http_discover_cache_{hits,misses,evictions,
+  // too_large}_total, _entries, _bytes, _max_bytes, discovery_http_discover_gzip_encoded_total,
   // discovery_http_blocking_{waiting,max_waiting}, discovery_http_blocking_{total,changed_total,
   // timeouts_total,refused_total}.
   std::string RenderMetrics() const;

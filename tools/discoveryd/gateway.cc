@@ -344,6 +344,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(GatewayOptions options)
         impl->watcher.get(), [hub] { return hub->epoch(); },
         [workers](std::function<void()> work) { boost::asio::post(*workers, std::move(work)); },
         DiscoverEndpoint::Options{.max_entries = options.discover_cache_entries,
+                                  .max_bytes = options.discover_cache_bytes,
                                   .max_waiting = options.max_blocking_queries});
     impl->discover->Start();
   }

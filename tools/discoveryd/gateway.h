@@ -67,6 +67,7 @@ struct GatewayOptions {
   // Discover filters whose encoded answer is cached (LRU past it), and blocking discover
   // queries (?waitIndex=) waiting at once (past it 503 + Retry-After: 1).
   size_t discover_cache_entries = 1024;
+  size_t discover_cache_bytes = size_t{256} << 20;
   size_t max_blocking_queries = 4096;
   absl::Duration initial_sync_wait = absl::Seconds(3);
   // https when cert_file is set (--tls-cert/--tls-key, both or neither; --tls-client-ca for

@@ -96,12 +96,19 @@ int main(int argc, char** argv) {
                  "discover filters whose encoded answer is cached (least recently used dropped)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{1} << 20));
+  size_t discover_cache_mib = options.discover_cache_bytes >> 20;
+  app.add_option("--discover-cache-mib", discover_cache_mib,
+                 "MiB of encoded discover answers cached (least recently used dropped; one "
+                 "larger answer is served, not cached)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
   app.add_option("--io-threads", options.io_threads, "HTTP io threads (0 = the core count)")
       ->capture_default_str();
   app.add_option("--workers", options.worker_threads, "threads for blocking etcd calls")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   options.read_timeout = absl::Seconds(read_timeout_s);
+  options.discover_cache_bytes = discover_cache_mib << 20;
   if (!endpoints.empty()) options.etcd.endpoints = discovery::SplitEndpoints(endpoints);
   store.endpoints_flag = !endpoints.empty();
   if (absl::Status s = discoveryd::ApplyStoreUrl(store, &options.etcd, &options.redis); !s.ok()) {
