@@ -92,6 +92,13 @@ class SseFleet {
   int64_t start_ns() const { return start_ns_; }
   // Recording of update/remove frames on/off; TakeRecords() drains what was recorded.
   void SetRecording(bool on);
+  // Every subscriber of `replica` connects again, to `port`, at most `inflight` not yet synced
+  // at once (a restarted replica's reconnect storm). Those still open are closed first (and
+  // counted as disconnected). synced() counts the new syncs on top of the old ones.
+  struct ReconnectRequest {
+    int replica = 0, port = 0, inflight = 1;
+  };
+  void Reconnect(int replica, int port, int inflight);
   std::vector<Record> TakeRecords();
   std::string first_error() const;
   std::vector<pid_t> thread_ids() const;
@@ -160,6 +167,10 @@ struct Config {
   int load_inflight = 128;
   int sub_threads = 1;
   int connect_inflight = 256;
+  bool restart_storm = false;  // after the churn rates: restart replica 0 (storm.cc)
+  int storm_inflight = 1024;   // its subscribers reconnecting (not yet synced) at once
+  int storm_rate = 200;        // churn during the restart and storm
+  double storm_seconds = 0;    // 0: sync time of the first start + 20 s
   int64_t nofile_soft = 0, nofile_hard = 0;
 };
 struct Size {
@@ -172,6 +183,21 @@ struct Size {
 // Runs one size (fresh etcd unless etcd_url), one JSON line per churn rate on stdout.
 // Returns the lines; an error when the setup failed outright.
 absl::StatusOr<std::vector<Json>> RunSize(const Config& cfg, const Size& size);
+
+// ---- storm.cc ------------------------------------------------------------------------------
+struct StormInput {
+  const Config* cfg = nullptr;
+  const Size* size = nullptr;
+  const Json* base = nullptr;  // the size's setup figures
+  const std::vector<SubSpec>* subs = nullptr;
+  std::shared_ptr<grpc::Channel> channel;
+  std::string endpoint, prefix;
+  int64_t seq_base = 1;
+};
+// Restarts replica 0 (reps[0] is the new process after) under churn and reconnects its
+// subscribers at once: one JSON line ("<size>@storm").
+absl::StatusOr<Json> RunRestartStorm(const StormInput& in, std::vector<Replica>& reps,
+                                     SseFleet& fleet);
 
 // ---- report.cc -----------------------------------------------------------------------------
 struct Delivery {

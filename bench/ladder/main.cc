@@ -5,9 +5,13 @@
 //
 //   discovery-ladder --rungs S1,S2          # S1 10k/1k/1, S2 50k/5k/1, S3 100k/10k/2
 //   discovery-ladder --rungs S1@200,S3      # one rate for S1, every --churn rate for S3
-//   discovery-ladder --quick                # 500 instances, 50 subscribers, 100/s for 3 s
-//   discovery-ladder --smoke                # --quick, and exit 1 unless 0 missed, 0
-//                                           # disconnected and every key in the JSON line
+//   discovery-ladder --rungs S3 --restart-storm   # + replica 0 restarted, its subscribers
+//                                                 #   reconnecting at once (storm.cc)
+//   discovery-ladder --quick                # 500 instances, 50 subscribers, 2 replicas,
+//                                           # 100/s for 3 s
+//   discovery-ladder --smoke                # --quick + a 3 s restart storm, and exit 1
+//                                           # unless 0 missed, 0 disconnected, every key in
+//                                           # the JSON line, every storm subscriber back
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -18,6 +22,7 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -48,7 +53,7 @@ absl::StatusOr<std::vector<Size>> ParseRungs(const std::string& spec) {
     } else if (parts[0] == "S3") {
       s = {"S3", 100000, 10000, 2, {}};
     } else if (parts[0] == "Q") {
-      s = {"Q", 500, 50, 1, {100}};
+      s = {"Q", 500, 50, 2, {100}};
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown rung \"", parts[0], "\" (S1, S2, S3 or Q, optionally @RATE)"));
@@ -68,9 +73,21 @@ absl::StatusOr<std::vector<Size>> ParseRungs(const std::string& spec) {
   return out;
 }
 
-// A smoke line must be complete and lossless.
+// A smoke line must be complete and lossless; the storm line: every subscriber of the
+// restarted replica synced again, the other replica's lost nothing.
 std::vector<std::string> SmokeProblems(const ladder::Json& line, int subscribers) {
   std::vector<std::string> bad;
+  if (absl::EndsWith(line["rung"].get<std::string>(), "@storm")) {
+    if (line["storm_resynced"] != line["storm_subscribers"]) {
+      bad.push_back(absl::StrCat("storm: ", line["storm_resynced"].dump(), " of ",
+                                 line["storm_subscribers"].dump(), " synced again"));
+    }
+    for (const char* k : {"storm_failed", "others_missed"}) {
+      if (line[k].get<int64_t>() != 0) bad.push_back(absl::StrCat(k, " = ", line[k].dump()));
+    }
+    if (line["others_delivered"].get<int64_t>() <= 0) bad.push_back("storm: nothing delivered");
+    return bad;
+  }
   for (const std::string& k : ladder::RequiredKeys()) {
     if (!line.contains(k) || line[k].is_null()) bad.push_back(absl::StrCat("missing key ", k));
   }
@@ -120,6 +137,20 @@ int main(int argc, char** argv) {
                  "subscribers connecting (not yet synced) at once")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
+  app.add_flag("--restart-storm", cfg.restart_storm,
+               "after the churn rates: restart replica 0 under churn, all its subscribers "
+               "reconnect at once (one more JSON line, <size>@storm)");
+  app.add_option("--storm-inflight", cfg.storm_inflight,
+                 "restart storm: subscribers reconnecting (not yet synced) at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--storm-rate", cfg.storm_rate, "restart storm: churn updates/s meanwhile")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--storm-seconds", cfg.storm_seconds,
+                 "restart storm: churn seconds (0: the first sync time + 20 s)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--writer-inflight", cfg.writer_inflight, "churn puts outstanding at once")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
@@ -129,7 +160,8 @@ int main(int argc, char** argv) {
   app.add_option("--run-timeout", run_timeout, "whole run bound in seconds (then abort)")
       ->capture_default_str()
       ->check(CLI::Range(5.0, 86400.0));
-  app.add_flag("--quick", quick, "one tiny rung: 500 instances, 50 subscribers, 100/s for 3 s");
+  app.add_flag("--quick", quick,
+               "one tiny rung: 500 instances, 50 subscribers, 2 replicas, 100/s for 3 s");
   app.add_flag("--smoke", smoke, "--quick and assert 0 missed / 0 disconnected / complete JSON");
   app.add_flag("--keep", keep, "keep the work dir (discoveryd logs) under /dev/shm");
   CLI11_PARSE(app, argc, argv);
@@ -144,6 +176,10 @@ int main(int argc, char** argv) {
       return 2;
     }
     cfg.churn.push_back(v);
+  }
+  if (smoke) {
+    cfg.restart_storm = true;
+    cfg.storm_seconds = 3;
   }
   if (quick || smoke) {
     rungs = "Q";

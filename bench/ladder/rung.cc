@@ -308,6 +308,32 @@ absl::StatusOr<std::vector<Json>> RunSize(const Config& cfg, const Size& size) {
     std::fflush(stdout);
     lines.push_back(std::move(line));
   }
+  if (cfg.restart_storm && !g_abort.load()) {
+    Config storm_cfg = cfg;
+    if (storm_cfg.storm_seconds <= 0) {
+      // Long enough for a restart (as long as the first sync) and the storm after it.
+      storm_cfg.storm_seconds =
+          static_cast<double>(reps[0].synced_ns - reps[0].spawn_ns) / 1e9 + 20;
+    }
+    Log(absl::StrCat(size.name, ": restart storm (replica 0, churn ", cfg.storm_rate, "/s for ",
+                     R3(storm_cfg.storm_seconds), " s)"));
+    auto storm = RunRestartStorm({.cfg = &storm_cfg,
+                                  .size = &size,
+                                  .base = &base,
+                                  .subs = &subs,
+                                  .channel = channel,
+                                  .endpoint = endpoint,
+                                  .prefix = prefix,
+                                  .seq_base = seq_base},
+                                 reps, fleet);
+    if (storm.ok()) {
+      std::printf("%s\n", storm->dump().c_str());
+      std::fflush(stdout);
+      lines.push_back(std::move(*storm));
+    } else {
+      Log(absl::StrCat(size.name, ": restart storm failed: ", storm.status().ToString()));
+    }
+  }
   fleet.Stop();
   cleanup();
   return lines;

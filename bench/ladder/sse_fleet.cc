@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <deque>
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
@@ -25,6 +26,7 @@ enum class State { kIdle, kConnecting, kHeaders, kStreaming, kClosed };
 
 struct Conn {
   int sub = 0;
+  int port = 0;
   int fd = -1;
   State state = State::kIdle;
   bool synced = false;
@@ -53,10 +55,12 @@ int64_t RevisionOf(std::string_view data) {
 struct SseFleet::Loop {
   int epfd = -1;
   pid_t tid = 0;
-  std::vector<Conn> conns;  // this loop's subscribers
-  size_t next_connect = 0;
-  int pending = 0;  // connecting, not yet synced
+  std::vector<Conn> conns;   // this loop's subscribers
+  std::deque<size_t> queue;  // conns to connect, in order
+  int pending = 0;           // connecting, not yet synced
   int max_pending = 1;
+  std::mutex req_mu;
+  std::vector<SseFleet::ReconnectRequest> requests;  // guarded by req_mu
   std::mutex rec_mu;
   std::vector<Record> records;
 };
@@ -69,8 +73,10 @@ SseFleet::SseFleet(std::vector<SubSpec> subs, int threads, int connect_inflight)
     Loop& l = *loops_[s % loops_.size()];
     Conn c;
     c.sub = static_cast<int>(s);
+    c.port = subs_[s].port;
     c.request = absl::StrCat("GET /sd/v1/subscribe?type=world&group=g", subs_[s].group,
                              " HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n");
+    l.queue.push_back(l.conns.size());
     l.conns.push_back(std::move(c));
   }
   for (auto& l : loops_) {
@@ -112,6 +118,13 @@ std::vector<int64_t> SseFleet::AttachNs() const {
 }
 
 void SseFleet::SetRecording(bool on) { recording_.store(on); }
+
+void SseFleet::Reconnect(int replica, int port, int inflight) {
+  for (auto& l : loops_) {
+    std::lock_guard<std::mutex> lock(l->req_mu);
+    l->requests.push_back({replica, port, std::max(1, inflight / static_cast<int>(loops_.size()))});
+  }
+}
 
 std::vector<SseFleet::Record> SseFleet::TakeRecords() {
   std::vector<Record> all;
@@ -156,10 +169,34 @@ void SseFleet::Run(Loop* l) {
       first_error_ = absl::StrCat("subscriber ", c.sub, ": ", why);
     }
   };
+  // Reconnect(): every subscriber of the replica (closed by now, or closed here and counted)
+  // starts over against the new port.
+  auto take_requests = [&] {
+    std::vector<ReconnectRequest> reqs;
+    {
+      std::lock_guard<std::mutex> lock(l->req_mu);
+      reqs.swap(l->requests);
+    }
+    for (const ReconnectRequest& r : reqs) {
+      l->max_pending = r.inflight;
+      for (size_t i = 0; i < l->conns.size(); ++i) {
+        Conn& c = l->conns[i];
+        if (subs_[static_cast<size_t>(c.sub)].replica != r.replica) continue;
+        if (c.state != State::kClosed && c.state != State::kIdle) fail(c, "reconnect");
+        c.state = State::kIdle;
+        c.synced = false;
+        c.sent = 0;
+        c.buf.clear();
+        c.port = r.port;
+        l->queue.push_back(i);
+      }
+    }
+  };
   auto connect_next = [&] {
-    while (l->pending < l->max_pending && l->next_connect < l->conns.size()) {
-      Conn& c = l->conns[l->next_connect];
-      const uint64_t idx = l->next_connect++;
+    while (l->pending < l->max_pending && !l->queue.empty()) {
+      const uint64_t idx = l->queue.front();
+      l->queue.pop_front();
+      Conn& c = l->conns[idx];
       c.start_ns = NowNs();
       c.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       ++l->pending;
@@ -171,7 +208,7 @@ void SseFleet::Run(Loop* l) {
       setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       sockaddr_in addr{};
       addr.sin_family = AF_INET;
-      addr.sin_port = htons(static_cast<uint16_t>(subs_[static_cast<size_t>(c.sub)].port));
+      addr.sin_port = htons(static_cast<uint16_t>(c.port));
       addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
       int rc = connect(c.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
       if (rc != 0 && errno != EINPROGRESS) {
@@ -242,6 +279,7 @@ void SseFleet::Run(Loop* l) {
   std::vector<epoll_event> events(1024);
   char tmp[1 << 16];
   while (!stop_.load() && !g_abort.load()) {
+    take_requests();
     connect_next();
     int n = epoll_wait(l->epfd, events.data(), static_cast<int>(events.size()), 50);
     if (n < 0 && errno != EINTR) break;
