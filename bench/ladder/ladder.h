@@ -213,6 +213,8 @@ Delivery Match(const ChurnResult& churn, const std::vector<SubSpec>& subs,
 // Expected deliveries (sum over puts of subscribers watching the put's group).
 int64_t ExpectedDeliveries(const ChurnResult& churn, const std::vector<SubSpec>& subs);
 double Pct(std::vector<double>& v, double p);  // sorts v
+// {"p50","p99","p99.9","max"} of `ms` (sorts it), rounded to the microsecond.
+Json LatencyJson(std::vector<double>& ms);
 double R3(double v);
 // The keys a rung's JSON line must carry (the smoke checks them).
 const std::vector<std::string>& RequiredKeys();

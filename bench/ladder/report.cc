@@ -74,6 +74,13 @@ double Pct(std::vector<double>& v, double p) {
   return v[std::min(idx, v.size() - 1)];
 }
 
+Json LatencyJson(std::vector<double>& ms) {
+  return {{"p50", R3(Pct(ms, 50))},
+          {"p99", R3(Pct(ms, 99))},
+          {"p99.9", R3(Pct(ms, 99.9))},
+          {"max", R3(ms.empty() ? 0 : ms.back())}};
+}
+
 double R3(double v) { return std::round(v * 1000.0) / 1000.0; }
 
 const std::vector<std::string>& RequiredKeys() {

@@ -244,10 +244,7 @@ absl::StatusOr<std::vector<Json>> RunSize(const Config& cfg, const Size& size) {
     line["expected"] = d.expected;
     line["delivered"] = d.matched;
     line["unexpected"] = d.unexpected;
-    line["latency_ms"] = {{"p50", R3(Pct(d.latency_ms, 50))},
-                          {"p99", R3(Pct(d.latency_ms, 99))},
-                          {"p99.9", R3(Pct(d.latency_ms, 99.9))},
-                          {"max", R3(d.latency_ms.empty() ? 0 : d.latency_ms.back())}};
+    line["latency_ms"] = LatencyJson(d.latency_ms);
     line["missed"] = d.missed;
     line["disconnected"] = fleet.disconnected() - disc0;
     line["failed"] = fleet.failed() - fail0;

@@ -99,10 +99,7 @@ absl::StatusOr<Json> RunRestartStorm(const StormInput& in, std::vector<Replica>&
   line["others_expected"] = d.expected;
   line["others_delivered"] = d.matched;
   line["others_missed"] = d.missed;
-  line["others_latency_ms"] = {{"p50", R3(Pct(d.latency_ms, 50))},
-                               {"p99", R3(Pct(d.latency_ms, 99))},
-                               {"p99.9", R3(Pct(d.latency_ms, 99.9))},
-                               {"max", R3(d.latency_ms.empty() ? 0 : d.latency_ms.back())}};
+  line["others_latency_ms"] = LatencyJson(d.latency_ms);
   line["rss_after_kib"] = Json::array();
   for (const Replica& rep : reps) line["rss_after_kib"].push_back(RssKib(rep.pid()));
   line["loadavg_end"] = LoadAvg();
