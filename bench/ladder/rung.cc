@@ -182,20 +182,31 @@ absl::StatusOr<std::vector<Json>> RunSize(const Config& cfg, const Size& size) {
     Log(absl::StrCat(size.name, ": only ", fleet.synced(), " of ", size.subscribers,
                      " subscribers synced; first error: ", fleet.first_error()));
   }
-  Json rss_att = Json::array();
-  double per_inst = 0, per_sub = 0;
+  // RSS per subscriber right after the attach (the shared init encodings still cached), and
+  // idle: 2 s later, once discoveryd dropped them (1 s after the last attach, sse.h kInitKeep).
+  auto per_subscriber = [&](Json* rss) {
+    double per_sub = 0;
+    for (size_t i = 0; i < reps.size(); ++i) {
+      const int64_t a = RssKib(reps[i].pid());
+      rss->push_back(a);
+      per_sub += static_cast<double>(a - rss_synced[i].get<int64_t>()) * 1024.0 /
+                 std::max(1, per_replica[i]);
+    }
+    return std::round(per_sub / static_cast<double>(reps.size()));
+  };
+  Json rss_att = Json::array(), rss_idle_subs = Json::array();
+  base["rss_per_subscriber_attach_b"] = per_subscriber(&rss_att);
+  usleep(2000000);
+  base["rss_per_subscriber_b"] = per_subscriber(&rss_idle_subs);
+  double per_inst = 0;
   for (size_t i = 0; i < reps.size(); ++i) {
-    const int64_t a = RssKib(reps[i].pid());
-    rss_att.push_back(a);
     per_inst +=
         static_cast<double>(rss_synced[i].get<int64_t>() - base["rss_idle_kib"].get<int64_t>()) *
         1024.0 / std::max(1, size.instances);
-    per_sub += static_cast<double>(a - rss_synced[i].get<int64_t>()) * 1024.0 /
-               std::max(1, per_replica[i]);
   }
   base["rss_attached_kib"] = rss_att;
+  base["rss_subscribers_idle_kib"] = rss_idle_subs;
   base["rss_per_instance_b"] = std::round(per_inst / static_cast<double>(reps.size()));
-  base["rss_per_subscriber_b"] = std::round(per_sub / static_cast<double>(reps.size()));
 
   // Whole type from replica 0: the first call builds the answer, the second finds it warm.
   Discover cold = TimedDiscover(reps[0].port, 120);

@@ -141,6 +141,7 @@ HttpResponse Gateway::Impl::Execute(Call call) {
                                                    .frames_encoded = h.frames_encoded,
                                                    .frames_sent = h.frames_sent,
                                                    .inits_encoded = h.inits_encoded,
+                                                   .inits_cached_bytes = h.inits_cached_bytes,
                                                    .attach_retries = h.attach_retries,
                                                    .refused = sse_refused.load(),
                                                    .max_subscribers = options.max_subscribers,

@@ -394,7 +394,9 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
   std::deque<SharedBytes> queue_;
   std::vector<SharedBytes> inflight_;       // the buffers of the write in flight
   std::vector<net::const_buffer> buffers_;  // their views, for the gather write
-  std::array<char, 4096> scratch_{};
+  // Where bytes nobody reads go: a lingering close's leftovers, anything a client sends on an
+  // SSE stream (which ends it). Small: every idle subscriber holds one.
+  std::array<char, 256> scratch_{};
   std::atomic<bool> closed_{false};
   std::atomic<bool> replied_{false};
   std::atomic<bool> first_send_{true};

@@ -161,6 +161,10 @@ std::string Metrics::Render(const discovery::Watcher& watcher, const SseFigures&
                             "SSE init bursts encoded (once per snapshot and filter, shared)",
                             prometheus::MetricType::Counter,
                             static_cast<double>(sse.inits_encoded)));
+  families.push_back(Scalar("discovery_sse_inits_cached_bytes",
+                            "SSE init bursts kept for the next attach (dropped 1 s after the last)",
+                            prometheus::MetricType::Gauge,
+                            static_cast<double>(sse.inits_cached_bytes)));
   families.push_back(Scalar("discovery_sse_attach_retries_total",
                             "SSE attaches whose snapshot did not fit the ring and was retaken",
                             prometheus::MetricType::Counter,

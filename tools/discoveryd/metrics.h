@@ -46,17 +46,18 @@ namespace discoveryd {
 // The SSE hub's figures that /metrics shows (read from EventHub::stats()).
 struct SseFigures {
   size_t subscribers = 0;
-  size_t held = 0;              // clients waiting for the first sync / an agreed epoch
-  uint64_t epoch_changes = 0;   // resets sent to subscribers
-  uint64_t epoch_failures = 0;  // failed etcd steps of the epoch key (retried with backoff)
-  uint64_t match_checks = 0;    // subscribers visited to route events
-  uint64_t frames_encoded = 0;  // event frames serialised (once each)
-  uint64_t frames_sent = 0;     // frame deliveries (sharing the encoded buffers)
-  uint64_t inits_encoded = 0;   // init bursts encoded (once per snapshot and filter)
-  uint64_t attach_retries = 0;  // attaches whose snapshot was retaken
-  uint64_t refused = 0;         // subscribes refused over --max-subscribers
-  size_t max_subscribers = 0;   // 0 = no cap of its own
-  size_t ring_events = 0;       // events held for resume
+  size_t held = 0;                // clients waiting for the first sync / an agreed epoch
+  uint64_t epoch_changes = 0;     // resets sent to subscribers
+  uint64_t epoch_failures = 0;    // failed etcd steps of the epoch key (retried with backoff)
+  uint64_t match_checks = 0;      // subscribers visited to route events
+  uint64_t frames_encoded = 0;    // event frames serialised (once each)
+  uint64_t frames_sent = 0;       // frame deliveries (sharing the encoded buffers)
+  uint64_t inits_encoded = 0;     // init bursts encoded (once per snapshot and filter)
+  size_t inits_cached_bytes = 0;  // of those, kept for the next attach
+  uint64_t attach_retries = 0;    // attaches whose snapshot was retaken
+  uint64_t refused = 0;           // subscribes refused over --max-subscribers
+  size_t max_subscribers = 0;     // 0 = no cap of its own
+  size_t ring_events = 0;         // events held for resume
   size_t ring_capacity = 0;
 };
 

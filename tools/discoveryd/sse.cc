@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <mutex>
 #include <optional>
@@ -13,6 +17,7 @@
 #include "discovery/instance.h"
 #include "nlohmann/json.hpp"
 #include "store_backend.h"
+#include "util/clock.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
 
@@ -132,8 +137,12 @@ std::string EventHub::EventId(int64_t revision) const {
 EventHub::InitFrames EventHub::InitFor(const StreamFilter& filter,
                                        const discovery::SnapshotPtr& snap) {
   std::shared_ptr<InitSlot> slot;
+  bool post_trim = false;
   {
     discovery::util::MutexLock lock(&init_mu_);
+    init_last_use_ = discovery::util::MonoNow();
+    post_trim = !init_trim_posted_;
+    init_trim_posted_ = true;
     if (snap->history() != init_history_ || snap->revision() > init_revision_) {
       // A newer snapshot: the inits of the older one are not handed out any more (clients
       // still writing them hold their own references).
@@ -147,6 +156,7 @@ EventHub::InitFrames EventHub::InitFor(const StreamFilter& filter,
       slot = s;
     }
   }
+  if (post_trim) Post([this] { TrimInits(); }, kInitKeep);
   if (slot == nullptr) slot = std::make_shared<InitSlot>();  // an older snapshot: not cached
   // Clients attaching to the same snapshot at once wait for ONE encoding.
   std::call_once(slot->once, [&] {
@@ -163,9 +173,37 @@ EventHub::InitFrames EventHub::InitFor(const StreamFilter& filter,
     }
     slot->value.frames = MakeShared(std::move(frames));
     slot->value.count = all.size();
+    slot->done.store(true);
     inits_encoded_.fetch_add(1);
   });
   return slot->value;
+}
+
+void EventHub::TrimInits() {
+  absl::Duration again;
+  size_t dropped = 0;
+  {
+    discovery::util::MutexLock lock(&init_mu_);
+    const absl::Duration idle = discovery::util::MonoNow() - init_last_use_;
+    if (idle < kInitKeep) {
+      again = kInitKeep - idle;
+    } else {
+      for (const auto& [filter, slot] : inits_) {
+        if (slot->done.load()) dropped += slot->value.frames->size();
+      }
+      inits_.clear();  // clients still writing an init hold their own reference
+      init_trim_posted_ = false;
+    }
+  }
+  if (again > absl::ZeroDuration()) {
+    Post([this] { TrimInits(); }, again);
+    return;
+  }
+#ifdef __GLIBC__
+  // An attach storm leaves tens of MB of freed init frames in the middle of the heap, which
+  // glibc keeps mapped; hand those pages back (a heap walk: milliseconds, once per storm).
+  if (dropped >= (size_t{1} << 20)) malloc_trim(0);
+#endif
 }
 
 std::string EventHub::SyncedFrame(int64_t revision, size_t count) const {
@@ -326,6 +364,13 @@ EventHub::Stats EventHub::stats() const {
     s.ring_events = ring_.size();
   }
   s.inits_encoded = inits_encoded_.load();
+  {
+    discovery::util::MutexLock lock(&init_mu_);
+    for (const auto& [filter, slot] : inits_) {
+      // Only finished encodings (call_once done): the frames are set once, then read-only.
+      if (slot->done.load()) s.inits_cached_bytes += slot->value.frames->size();
+    }
+  }
   if (keeper_ != nullptr) s.keeper = keeper_->stats();
   return s;
 }

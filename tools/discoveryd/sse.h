@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "discovery/watcher.h"
 #include "epoch.h"
 #include "fanout.h"
@@ -67,6 +68,9 @@ class logger;
 
 namespace discoveryd {
 
+// Encoded inits stay cached this long after their last attach (EventHub::TrimInits).
+inline constexpr absl::Duration kInitKeep = absl::Seconds(1);
+
 class EventHub {
  public:
   struct Options {
@@ -75,18 +79,19 @@ class EventHub {
     std::shared_ptr<spdlog::logger> logger{};
   };
   struct Stats {
-    std::string epoch;            // empty until known
-    bool ready = false;           // synced and epoch settled: clients get their init
-    size_t held = 0;              // clients waiting for it
-    uint64_t history_resets = 0;  // local history resets seen
-    uint64_t epoch_changes = 0;   // resets sent to subscribers (local or another replica's)
-    EpochKeeper::Stats keeper{};  // etcd failures of the epoch key (retried with backoff)
-    uint64_t match_checks = 0;    // subscribers visited to route events (only matching ones)
-    uint64_t frames_encoded = 0;  // event frames serialised (once each, shared by clients)
-    uint64_t frames_sent = 0;     // frame deliveries to clients (sharing one buffer each)
-    uint64_t inits_encoded = 0;   // init bursts encoded (once per snapshot and filter)
-    uint64_t attach_retries = 0;  // attaches whose snapshot did not fit the ring: retaken
-    size_t ring_events = 0;       // events held for resume (<= Options::ring_capacity)
+    std::string epoch;              // empty until known
+    bool ready = false;             // synced and epoch settled: clients get their init
+    size_t held = 0;                // clients waiting for it
+    uint64_t history_resets = 0;    // local history resets seen
+    uint64_t epoch_changes = 0;     // resets sent to subscribers (local or another replica's)
+    EpochKeeper::Stats keeper{};    // etcd failures of the epoch key (retried with backoff)
+    uint64_t match_checks = 0;      // subscribers visited to route events (only matching ones)
+    uint64_t frames_encoded = 0;    // event frames serialised (once each, shared by clients)
+    uint64_t frames_sent = 0;       // frame deliveries to clients (sharing one buffer each)
+    uint64_t inits_encoded = 0;     // init bursts encoded (once per snapshot and filter)
+    size_t inits_cached_bytes = 0;  // encoded inits kept for the next attach (kInitKeep)
+    uint64_t attach_retries = 0;    // attaches whose snapshot did not fit the ring: retaken
+    size_t ring_events = 0;         // events held for resume (<= Options::ring_capacity)
   };
   // `epoch_store` holds the epoch record (EpochKey(options.prefix), store_ops.h).
   EventHub(discovery::Watcher* watcher, std::unique_ptr<EpochStore> epoch_store, Options options);
@@ -146,9 +151,13 @@ class EventHub {
   struct InitSlot {
     std::once_flag once;
     InitFrames value;
+    std::atomic<bool> done{false};  // value set (stats() reads only finished slots)
   };
   InitFrames InitFor(const StreamFilter& filter, const discovery::SnapshotPtr& snap)
       ABSL_LOCKS_EXCLUDED(init_mu_);
+  // Drops the cached inits once no attach used them for kInitKeep (an attach storm shares
+  // them; an idle hub does not keep one encoded copy of every group per subscriber filter).
+  void TrimInits() ABSL_LOCKS_EXCLUDED(init_mu_);
   std::string SyncedFrame(int64_t revision, size_t count) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The ring's frames after `after` that match `filter`, with ids on revisions' last frames.
   std::string Replay(const StreamFilter& filter, int64_t after) const
@@ -196,6 +205,8 @@ class EventHub {
   int64_t init_revision_ ABSL_GUARDED_BY(init_mu_) = -1;
   std::map<std::pair<std::string, std::string>, std::shared_ptr<InitSlot>> inits_
       ABSL_GUARDED_BY(init_mu_);
+  absl::Time init_last_use_ ABSL_GUARDED_BY(init_mu_);  // util::MonoNow()
+  bool init_trim_posted_ ABSL_GUARDED_BY(init_mu_) = false;
   std::atomic<uint64_t> inits_encoded_{0};
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
