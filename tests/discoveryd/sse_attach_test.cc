@@ -21,6 +21,7 @@
 #include "gateway_fixture.h"
 #include "http_test_client.h"
 #include "raw_sse.h"
+#include "util/clock.h"
 
 namespace discovery::testing {
 namespace {
@@ -98,6 +99,15 @@ struct Subscriber {
     if (!synced && f.event == "synced") synced_revision = f.data.value("revision", -1);
     synced = synced || f.event == "synced";
   }
+  // Reads frames until `synced` (its init, then synced); false when the stream ends first.
+  bool ReadUntilSynced() {
+    while (!synced) {
+      auto f = sse->Next();
+      if (!f.has_value()) return false;
+      Apply(*f);
+    }
+    return true;
+  }
 };
 
 TEST_F(SseAttachTest, StormOfAttachesWhileEventsFlowLosesAndDuplicatesNothing) {
@@ -108,11 +118,7 @@ TEST_F(SseAttachTest, StormOfAttachesWhileEventsFlowLosesAndDuplicatesNothing) {
   Subscriber live;
   live.sse = RawSse::Open(gw.port, "", "?type=world");
   ASSERT_NE(live.sse, nullptr);
-  while (!live.synced) {
-    auto f = live.sse->Next();
-    ASSERT_TRUE(f.has_value()) << "no init for the live subscriber";
-    live.Apply(*f);
-  }
+  ASSERT_TRUE(live.ReadUntilSynced()) << "no init for the live subscriber";
 
   // Churn: puts and deletes on the first 60 keys, until the storm has attached.
   std::atomic<bool> stop{false};
@@ -130,7 +136,7 @@ TEST_F(SseAttachTest, StormOfAttachesWhileEventsFlowLosesAndDuplicatesNothing) {
   constexpr int kStorm = 200;
   constexpr int kThreads = 4;
   std::vector<Subscriber> storm(kStorm);
-  absl::Time start = absl::Now();
+  absl::Time start = util::MonoNow();
   std::vector<std::thread> openers;
   for (int t = 0; t < kThreads; ++t) {
     openers.emplace_back([&, t] {
@@ -142,7 +148,7 @@ TEST_F(SseAttachTest, StormOfAttachesWhileEventsFlowLosesAndDuplicatesNothing) {
   // Meanwhile the live subscriber's events keep coming: time from put ack to its frame.
   std::vector<double> probe_ms;
   for (int p = 0; p < 20; ++p) {
-    absl::Time put_at = absl::Now();
+    absl::Time put_at = util::MonoNow();
     ASSERT_TRUE(Put("probe", 1000 + p));
     bool seen = false;
     while (!seen) {
@@ -152,27 +158,21 @@ TEST_F(SseAttachTest, StormOfAttachesWhileEventsFlowLosesAndDuplicatesNothing) {
       seen = f->event == "update" && f->data["instance"].value("instanceId", "") == "probe" &&
              f->data["instance"]["meta"].value("n", "") == std::to_string(1000 + p);
     }
-    probe_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - put_at));
+    probe_ms.push_back(absl::ToDoubleMilliseconds(util::MonoNow() - put_at));
   }
   for (auto& t : openers) t.join();
   for (int i = 0; i < kStorm; ++i) ASSERT_NE(storm[i].sse, nullptr) << i;
   // Every storm client reads until synced.
-  for (Subscriber& s : storm) {
-    while (!s.synced) {
-      auto f = s.sse->Next();
-      ASSERT_TRUE(f.has_value()) << "a storm client got no init";
-      s.Apply(*f);
-    }
-  }
-  absl::Duration attach = absl::Now() - start;
+  for (Subscriber& s : storm) ASSERT_TRUE(s.ReadUntilSynced()) << "a storm client got no init";
+  absl::Duration attach = util::MonoNow() - start;
   stop.store(true);
   writer.join();
 
   // Final views: everyone equals etcd, no id went back or repeated.
   const std::map<std::string, std::string> want = EtcdState();
   auto settle = [&](Subscriber& s) -> ::testing::AssertionResult {
-    absl::Time deadline = absl::Now() + TimeScale(absl::Seconds(5));
-    while (View(s.model) != want && absl::Now() < deadline) {
+    absl::Time deadline = util::MonoNow() + TimeScale(absl::Seconds(5));
+    while (View(s.model) != want && util::MonoNow() < deadline) {
       auto f = s.sse->Next(absl::Milliseconds(500));
       if (f) s.Apply(*f);
     }
@@ -226,11 +226,7 @@ TEST_F(SseAttachTest, CachedInitsAreDroppedOnceNoAttachUsesThem) {
   Subscriber sub;
   sub.sse = RawSse::Open(gw.port, "", "?type=world");
   ASSERT_NE(sub.sse, nullptr);
-  while (!sub.synced) {
-    auto f = sub.sse->Next();
-    ASSERT_TRUE(f.has_value()) << "no init";
-    sub.Apply(*f);
-  }
+  ASSERT_TRUE(sub.ReadUntilSynced()) << "no init";
   EXPECT_EQ(sub.model.state.size(), 50u);
   auto metric = [&](const std::string& name) -> double {
     Response m = Must(Http(gw.port, "GET", "/metrics"));
