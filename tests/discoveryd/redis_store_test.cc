@@ -19,6 +19,7 @@
 #include "lease_holder.h"
 #include "redis_harness.h"
 #include "store_backend.h"
+#include "util/clock.h"
 
 namespace discovery::testing {
 namespace {
@@ -360,6 +361,39 @@ TEST_F(DiscoverydRedisTest, HealthzIs503WhileRedisIsFrozenOrDown) {
   ASSERT_TRUE(redis_->Stop().ok());  // down: connection refused
   EXPECT_TRUE(WaitUntil([&] { return Must(Http(gw.port, "GET", "/healthz")).status == 503; },
                         absl::Seconds(10)));
+  ASSERT_TRUE(redis_->StartAgain().ok());
+  EXPECT_TRUE(WaitUntil([&] { return Must(Http(gw.port, "GET", "/healthz")).status == 200; },
+                        absl::Seconds(15)));
+}
+
+// Redis down: discoveryd's poll of the SSE epoch record backs off (1, 2, 4 s, jittered) and
+// counts each failure in discovery_sse_epoch_failures_total, instead of failing every second;
+// with Redis back it serves again. At a fixed 1 s period 4 failures took ~4 s; now >= 5.6 s.
+TEST_F(DiscoverydRedisTest, EpochPollBacksOffWhileRedisIsDown) {
+  GatewayProc gw = StartGateway();
+  ASSERT_GT(gw.port, 0);
+  ASSERT_TRUE(WaitUntil([&] { return Must(Http(gw.port, "GET", "/healthz")).status == 200; },
+                        absl::Seconds(5)));
+  auto failures = [&]() -> double {
+    const std::string name = "\ndiscovery_sse_epoch_failures_total ";
+    Response m = Must(Http(gw.port, "GET", "/metrics"));
+    size_t at = m.body.find(name);
+    return at == std::string::npos ? -1 : std::stod(m.body.substr(at + name.size()));
+  };
+  const double before = failures();
+  ASSERT_GE(before, 0);
+  ASSERT_TRUE(redis_->Stop().ok());  // connection refused: every poll fails at once
+  const absl::Time down = ::discovery::util::MonoNow();
+  double now = before;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        now = failures();
+        return now >= before + 4;
+      },
+      absl::Seconds(30), absl::Milliseconds(50)))
+      << "epoch failures " << before << " -> " << now;
+  EXPECT_GE(::discovery::util::MonoNow() - down, absl::Seconds(5))
+      << "4 failed polls within 5 s: no backoff";
   ASSERT_TRUE(redis_->StartAgain().ok());
   EXPECT_TRUE(WaitUntil([&] { return Must(Http(gw.port, "GET", "/healthz")).status == 200; },
                         absl::Seconds(15)));

@@ -92,6 +92,7 @@ EpochKeeper::Stats EpochKeeper::stats() const {
   util::MutexLock lock(&mu_);
   Stats s = stats_;
   s.provisional = provisional_;
+  s.failures += store_->feed_failures();  // the Redis poll's (its own backoff)
   return s;
 }
 

@@ -142,10 +142,10 @@ std::string Metrics::Render(const discovery::Watcher& watcher, const SseFigures&
                             "`reset` events sent to SSE subscribers (history or epoch replaced)",
                             prometheus::MetricType::Counter,
                             static_cast<double>(sse.epoch_changes)));
-  families.push_back(Scalar("discovery_sse_epoch_failures_total",
-                            "Failed etcd steps of the SSE epoch key (each retried with backoff)",
-                            prometheus::MetricType::Counter,
-                            static_cast<double>(sse.epoch_failures)));
+  families.push_back(Scalar(
+      "discovery_sse_epoch_failures_total",
+      "Failed store steps of the SSE epoch record, polls included (each retried with backoff)",
+      prometheus::MetricType::Counter, static_cast<double>(sse.epoch_failures)));
   families.push_back(Scalar("discovery_sse_match_checks_total",
                             "Subscribers visited to route events (indexed: only matching ones)",
                             prometheus::MetricType::Counter,

@@ -53,6 +53,8 @@ class EpochStore {
   };
   virtual ~EpochStore() = default;
   virtual const std::string& name() const = 0;  // for logs: the key
+  // Failed reads of a polled change feed (Redis), each retried with backoff; 0 for etcd.
+  virtual uint64_t feed_failures() const { return 0; }
   virtual absl::StatusOr<Record> Read(absl::Duration timeout) = 0;
   // Writes `value` when the record is still as `seen` (absent when !seen.exists). True when
   // written (`store_revision` set), false on a conflict.

@@ -7,9 +7,11 @@
 // own epoch in {ns}:meta changed: FLUSHALL, a restart without persistence), ends the feed
 // with kDataLoss, as an etcd watch broken by a wiped cluster: the keeper then lets the local
 // history reset (which the watcher reports for the same cause) decide the new epoch, so a
-// replica never adopts a new epoch first and replaces it again. A failed poll is retried at
-// the next period (the keeper's own calls report Redis trouble).
+// replica never adopts a new epoch first and replaces it again. A failed poll is retried with
+// jittered exponential backoff (kEpochPoll doubling up to kEpochPollMax, back to kEpochPoll
+// after a good read) and counted (feed_failures(): discovery_sse_epoch_failures_total).
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -20,12 +22,14 @@
 #include "store_backend.h"
 #include "store_ops.h"
 #include "util/clock.h"
+#include "util/logging.h"
 
 namespace discoveryd {
 namespace {
 
 namespace redis = discovery::redis;
 constexpr absl::Duration kEpochPoll = absl::Seconds(1);
+constexpr absl::Duration kEpochPollMax = absl::Seconds(30);
 
 class RedisEpochStore final : public EpochStore {
  public:
@@ -44,6 +48,7 @@ class RedisEpochStore final : public EpochStore {
   }
 
   const std::string& name() const override { return key_; }
+  uint64_t feed_failures() const override { return poll_failures_.load(); }
 
   // Record::store_revision is the record's own counter here (0: absent): what Watch starts
   // after, as etcd's watch starts after the revision read.
@@ -109,15 +114,24 @@ class RedisEpochStore final : public EpochStore {
   // without persistence) or the record vanished: kDataLoss, the watch ends. Else a record
   // written after `from` is reported.
   void Poll() {
+    discovery::util::Backoff backoff(kEpochPoll, kEpochPollMax);
+    absl::Duration wait = kEpochPoll;
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
-      cv_.wait_for(lock, absl::ToChronoMilliseconds(kEpochPoll));
+      cv_.wait_for(lock, absl::ToChronoMilliseconds(wait));
       if (stop_) return;
       if (watch_id_ == 0) continue;
       const uint64_t id = watch_id_;
       lock.unlock();
       std::string history;
       absl::StatusOr<Record> r = ReadWith(*poll_client_, &history);
+      if (r.ok()) {
+        backoff.Reset();
+        wait = kEpochPoll;
+      } else {
+        poll_failures_.fetch_add(1);
+        wait = backoff.Next();
+      }
       {
         std::lock_guard<std::mutex> calling(call_mu_);
         Listener listener;
@@ -155,6 +169,7 @@ class RedisEpochStore final : public EpochStore {
   std::mutex call_mu_;  // held while a listener runs
   std::mutex mu_;
   std::condition_variable cv_;
+  std::atomic<uint64_t> poll_failures_{0};
   bool stop_ = false;
   std::string history_;  // the store's epoch at the last Read / Write
   uint64_t next_id_ = 0;
