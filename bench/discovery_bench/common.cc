@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -116,6 +117,18 @@ std::shared_ptr<discovery::Connection> Context::Connect() const {
     std::exit(2);
   }
   return *conn;
+}
+
+Context::MeasuredSync Context::SyncWatcher(const std::string& prefix) const {
+  MeasuredSync m;
+  m.conn = Connect();
+  malloc_trim(0);
+  m.rss_before_kib = ProcStatus("VmRSS");
+  const int64_t s0 = NowNs();
+  m.watcher = NewWatcher(m.conn, prefix);
+  m.sync_s = Seconds(NowNs() - s0);
+  m.rss_delta_kib = ProcStatus("VmRSS") - m.rss_before_kib;
+  return m;
 }
 
 std::unique_ptr<discovery::Watcher> Context::NewWatcher(std::shared_ptr<discovery::Connection> conn,

@@ -167,6 +167,16 @@ struct Context {
   std::shared_ptr<discovery::Connection> Connect() const;
   std::unique_ptr<discovery::Watcher> NewWatcher(std::shared_ptr<discovery::Connection> conn,
                                                  const std::string& prefix) const;
+  // A fresh connection and a watcher synced on `prefix`, with the initial sync's wall time and
+  // the process RSS it added (malloc_trim first, so freed pages of earlier phases do not count).
+  struct MeasuredSync {
+    std::shared_ptr<discovery::Connection> conn;
+    std::unique_ptr<discovery::Watcher> watcher;
+    double sync_s = 0;
+    int64_t rss_before_kib = 0;  // VmRSS right before the watcher was created
+    int64_t rss_delta_kib = 0;
+  };
+  MeasuredSync SyncWatcher(const std::string& prefix) const;
 };
 
 class Bare;

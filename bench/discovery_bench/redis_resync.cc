@@ -8,7 +8,6 @@
 // records are gone before any reader could see them); one more add after it shows the Watcher
 // the gap (first log entry beyond its seq + 1, as the backend's own XADD MAXLEN ~ trim leaves
 // behind a slow watcher). The clock starts before that add.
-#include <malloc.h>
 
 #include <string>
 #include <vector>
@@ -51,14 +50,8 @@ Json RunRedisResync(const Context& cx) {
     return out;
   }
 
-  auto conn = cx.Connect();
-  malloc_trim(0);
-  const int64_t rss0 = ProcStatus("VmRSS");
-  const int64_t s0 = NowNs();
-  auto watcher = cx.NewWatcher(conn, prefix);
-  const double sync_secs = Seconds(NowNs() - s0);
-  const int64_t rss1 = ProcStatus("VmRSS");
-  const double per_instance = (rss1 - rss0) * 1024.0 / n;
+  auto [conn, watcher, sync_secs, rss_before_kib, rss_delta_kib] = cx.SyncWatcher(prefix);
+  const double per_instance = rss_delta_kib * 1024.0 / n;
   const int64_t b0 = NowNs();
   const int64_t scanned0 = redis_log::ScanAll(admin, prefix, page);
   const double scan0_secs = Seconds(NowNs() - b0);
@@ -66,7 +59,7 @@ Json RunRedisResync(const Context& cx) {
   out["baseline_initial_scan_s"] = Round(scan0_secs);
   out["initial_ratio"] = Round(sync_secs / scan0_secs, 2);
   out["baseline_initial_keys"] = scanned0;
-  out["rss_delta_kib"] = rss1 - rss0;
+  out["rss_delta_kib"] = rss_delta_kib;
   out["rss_per_instance_bytes"] = Round(per_instance, 0);
 
   // 1 % changed and the log trimmed in one transaction, then one add (see the file comment).

@@ -1,5 +1,4 @@
 // discovery-bench scenario "resync".
-#include <malloc.h>
 
 #include <atomic>
 #include <mutex>
@@ -37,16 +36,10 @@ Json RunResync(const Context& cx) {
     return out;
   }
 
-  auto conn = cx.Connect();
-  malloc_trim(0);
-  const int64_t rss0 = ProcStatus("VmRSS");
-  const int64_t s0 = NowNs();
-  auto watcher = cx.NewWatcher(conn, prefix);
-  const double sync_secs = Seconds(NowNs() - s0);
-  const int64_t rss1 = ProcStatus("VmRSS");
+  auto [conn, watcher, sync_secs, rss_before_kib, rss_delta_kib] = cx.SyncWatcher(prefix);
   out["initial_sync_s"] = Round(sync_secs);
-  out["rss_delta_kib"] = rss1 - rss0;
-  const double per_instance = (rss1 - rss0) * 1024.0 / n;
+  out["rss_delta_kib"] = rss_delta_kib;
+  const double per_instance = rss_delta_kib * 1024.0 / n;
   out["rss_per_instance_bytes"] = Round(per_instance, 0);
 
   // Pause the watch, change 1% (update, delete, add), compact, resume.

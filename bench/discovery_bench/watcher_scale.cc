@@ -8,7 +8,6 @@
 // /proc/self/task/<tid>/stat) over the churn window, snapshots published and the publish cost
 // per batch (WatcherStats::publishes / publish_time), callback latency p50/p99 and loadavg.
 #include <dirent.h>
-#include <malloc.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -126,14 +125,10 @@ Json RunWatcherScale(const Context& cx) {
     return out;
   }
 
-  auto conn = cx.Connect();
-  malloc_trim(0);
-  const int64_t rss0 = ProcStatus("VmRSS");
-  const int64_t s0 = NowNs();
-  auto watcher = cx.NewWatcher(conn, prefix);
-  out["sync_s"] = Round(Seconds(NowNs() - s0));
-  const int64_t rss1 = ProcStatus("VmRSS");
-  out["rss_per_instance_bytes"] = Round((rss1 - rss0) * 1024.0 / n, 0);
+  auto [conn, watcher, sync_secs, rss0, rss_delta_kib] = cx.SyncWatcher(prefix);
+  const int64_t rss1 = rss0 + rss_delta_kib;
+  out["sync_s"] = Round(sync_secs);
+  out["rss_per_instance_bytes"] = Round(rss_delta_kib * 1024.0 / n, 0);
 
   std::mutex mu;
   std::vector<int64_t> latencies;  // ns, guarded by mu
