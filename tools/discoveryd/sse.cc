@@ -188,9 +188,7 @@ void EventHub::TrimInits() {
     if (idle < kInitKeep) {
       again = kInitKeep - idle;
     } else {
-      for (const auto& [filter, slot] : inits_) {
-        if (slot->done.load()) dropped += slot->value.frames->size();
-      }
+      dropped = CachedInitBytesLocked();
       inits_.clear();  // clients still writing an init hold their own reference
       init_trim_posted_ = false;
     }
@@ -204,6 +202,15 @@ void EventHub::TrimInits() {
   // glibc keeps mapped; hand those pages back (a heap walk: milliseconds, once per storm).
   if (dropped >= (size_t{1} << 20)) malloc_trim(0);
 #endif
+}
+
+size_t EventHub::CachedInitBytesLocked() const {
+  size_t bytes = 0;
+  for (const auto& [filter, slot] : inits_) {
+    // Only finished encodings (call_once done): the frames are set once, then read-only.
+    if (slot->done.load()) bytes += slot->value.frames->size();
+  }
+  return bytes;
 }
 
 std::string EventHub::SyncedFrame(int64_t revision, size_t count) const {
@@ -366,10 +373,7 @@ EventHub::Stats EventHub::stats() const {
   s.inits_encoded = inits_encoded_.load();
   {
     discovery::util::MutexLock lock(&init_mu_);
-    for (const auto& [filter, slot] : inits_) {
-      // Only finished encodings (call_once done): the frames are set once, then read-only.
-      if (slot->done.load()) s.inits_cached_bytes += slot->value.frames->size();
-    }
+    s.inits_cached_bytes = CachedInitBytesLocked();
   }
   if (keeper_ != nullptr) s.keeper = keeper_->stats();
   return s;

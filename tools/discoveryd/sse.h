@@ -158,6 +158,8 @@ class EventHub {
   // Drops the cached inits once no attach used them for kInitKeep (an attach storm shares
   // them; an idle hub does not keep one encoded copy of every group per subscriber filter).
   void TrimInits() ABSL_LOCKS_EXCLUDED(init_mu_);
+  // Bytes of the finished encodings in inits_.
+  size_t CachedInitBytesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(init_mu_);
   std::string SyncedFrame(int64_t revision, size_t count) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The ring's frames after `after` that match `filter`, with ids on revisions' last frames.
   std::string Replay(const StreamFilter& filter, int64_t after) const
