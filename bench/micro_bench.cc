@@ -5,6 +5,9 @@
 //   BM_WatchEventApply / BM_Baseline_MapUpsert   one watch event into a 10,000-instance cache
 //   BM_Pick/<kind>    / BM_Baseline_AtomicModulo Pick() over 1,000 candidates, 1 and 2 threads
 //   BM_FanOut100      / BM_Baseline_FanOut100    one event to 100 subscribers
+//   BM_TypeSetUpdateOne/<n>                      the watcher's real publish step
+//                                                (cache_typeset.h): one instance of a type
+//                                                of n replaced, new set published, old dropped
 //
 // The watch-event and fan-out benchmarks re-implement what Watcher::Impl does in
 // src/watcher.cc (ApplyEvents -> Decode, Set, Publish, UpdatePickers, Dispatch), because the
@@ -26,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "cache_typeset.h"
 #include "discovery/instance.h"
 #include "discovery/picker.h"
 #include "discovery/watcher.h"
@@ -331,6 +335,34 @@ void BM_Baseline_FanOut100(benchmark::State& state) {
   benchmark::DoNotOptimize(delivered.load());
 }
 BENCHMARK(BM_Baseline_FanOut100);
+
+// The watcher's publish step for one update (src/watcher_cache.cc Publish): a builder from
+// the published set, the instance replaced, the new set published and the previous one dropped
+// (its copied chunk released), as one watch event of a type of n instances costs. The
+// instances are pre-built: decode is BM_DecodeInstance.
+void BM_TypeSetUpdateOne(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  discovery::cache::TypeSetBuilder build(nullptr);
+  for (int i = 0; i < n; ++i) {
+    build.Upsert(std::make_shared<const Instance>(MakeInstance(i * 7919 % n)));
+  }
+  std::shared_ptr<const discovery::Snapshot::TypeSet> set = build.Finish();
+  std::vector<InstancePtr> updates;
+  for (int i = 0; i < 256; ++i) {
+    Instance in = MakeInstance(i * 37 % n);
+    in.weight = 1;
+    updates.push_back(std::make_shared<const Instance>(std::move(in)));
+  }
+  size_t i = 0;
+  for (auto _ : state) {
+    discovery::cache::TypeSetBuilder b(set);
+    b.Upsert(updates[i++ % updates.size()]);
+    set = b.Finish();
+  }
+  if (set->size() != static_cast<size_t>(n)) state.SkipWithError("set size changed");
+  state.counters["chunks"] = static_cast<double>(set->chunks.size());
+}
+BENCHMARK(BM_TypeSetUpdateOne)->Arg(100)->Arg(1000)->Arg(10000)->Arg(100000);
 
 }  // namespace
 

@@ -7,8 +7,8 @@
 namespace discovery::cache {
 
 namespace {
-constexpr size_t kMergeBelow = Snapshot::kChunkMax / 8;  // a chunk this small joins a neighbour
 constexpr size_t kCopySlack = 4;  // spare slots in a chunk copied for a change
+constexpr size_t kChunkMin = 32;  // the smallest split limit (ChunkLimit)
 
 // Byte i of the sort key group + '\x1f' + instanceId, or -1 past its end.
 int KeyAt(const Instance& x, size_t i) {
@@ -20,6 +20,12 @@ int KeyAt(const Instance& x, size_t i) {
 size_t KeySize(const Instance& x) { return x.group.size() + 1 + x.instance_id.size(); }
 }  // namespace
 
+size_t ChunkLimit(size_t n) {
+  size_t limit = kChunkMin;
+  while (limit < Snapshot::kChunkMax && limit * limit < n) limit *= 2;
+  return limit;
+}
+
 KeyRef SplitKey(std::string_view rest) {
   const size_t slash = rest.find('/');
   if (slash == std::string_view::npos) return {rest, {}};
@@ -27,8 +33,16 @@ KeyRef SplitKey(std::string_view rest) {
 }
 
 bool SortsBefore(const Instance& a, const Instance& b) {
+  // Byte-wise over group + '\x1f' + instanceId, without building either key: equal groups
+  // (the common case) compare by instanceId (string_view order is unsigned byte order);
+  // groups that differ within their common length decide by that byte. Only a group that is a
+  // prefix of the other needs the separator, compared like any other byte.
+  const std::string_view ga(a.group), gb(b.group);
+  if (ga == gb) return std::string_view(a.instance_id) < std::string_view(b.instance_id);
+  const size_t common = std::min(ga.size(), gb.size());
+  if (const int c = ga.substr(0, common).compare(gb.substr(0, common)); c != 0) return c < 0;
   const size_t n = std::max(KeySize(a), KeySize(b));
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = common; i < n; ++i) {
     const int ca = KeyAt(a, i), cb = KeyAt(b, i);
     if (ca != cb) return ca < cb;
   }
@@ -97,8 +111,9 @@ void TypeSetBuilder::Erase(const Instance& in) {
     return;
   }
   // Deletes must not leave a trail of tiny chunks: join a small chunk with its successor.
-  if (v.size() < kMergeBelow && c + 1 < chunks_.size() &&
-      v.size() + chunks_[c + 1]->items.size() <= Snapshot::kChunkMax) {
+  const size_t limit = ChunkLimit(size_);
+  if (v.size() < limit / 8 && c + 1 < chunks_.size() &&
+      v.size() + chunks_[c + 1]->items.size() <= limit) {
     const auto& next = chunks_[c + 1]->items;
     v.insert(v.end(), next.begin(), next.end());
     chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c + 1));
@@ -123,13 +138,21 @@ void TypeSetBuilder::Upsert(InstancePtr in) {
   const size_t pos = it - items.begin();
   const bool replace = it != items.end() && SameSortKey(**it, *in);
   std::vector<InstancePtr>& v = Mutable(c);
+  const size_t limit = ChunkLimit(size_);
   if (replace) {
     v[pos] = std::move(in);
+    // A chunk from when the type was larger (or made by FromSorted) is cut down to this size
+    // at its next change: only far over the limit, so that a replace rarely splits.
+    if (v.size() > 2 * limit) Split(c);
     return;
   }
   v.insert(v.begin() + static_cast<std::ptrdiff_t>(pos), std::move(in));
   ++size_;
-  if (v.size() <= Snapshot::kChunkMax) return;
+  if (v.size() > limit) Split(c);
+}
+
+void TypeSetBuilder::Split(size_t c) {
+  std::vector<InstancePtr>& v = Mutable(c);
   auto upper = std::make_shared<Snapshot::Chunk>();
   const auto half = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
   upper->items.assign(std::make_move_iterator(half), std::make_move_iterator(v.end()));

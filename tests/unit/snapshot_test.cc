@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cache_typeset.h"
@@ -143,6 +144,77 @@ TEST(SnapshotTypeSet, ViewsEqualASortedModelAfterRandomChanges) {
       ASSERT_EQ(snap.OfGroup("world", group).ToVector(), want) << group;
       ASSERT_EQ(snap.Select({.type = "world", .group = group}), want) << group;
     }
+  }
+}
+
+// SortsBefore compares group + '\x1f' + instanceId byte-wise (unsigned) without building the
+// keys: the same order as the built keys, also where one group is a prefix of the other and
+// the next byte is below, equal to or above the separator.
+TEST(SnapshotTypeSet, SortsBeforeIsTheByteOrderOfTheBuiltKey) {
+  const std::vector<std::string> parts = {"",
+                                          "a",
+                                          "ab",
+                                          "a\x1e",
+                                          "a\x1f",
+                                          "a\x20",
+                                          "a\xff",
+                                          "\x1f",
+                                          "b",
+                                          "a\x1f"
+                                          "b",
+                                          "ab\x1f"};
+  std::vector<Instance> all;
+  for (const std::string& g : parts) {
+    for (const std::string& id : parts) {
+      Instance in;
+      in.group = g;
+      in.instance_id = id;
+      all.push_back(in);
+    }
+  }
+  for (const Instance& a : all) {
+    for (const Instance& b : all) {
+      const std::string ka = Key(a), kb = Key(b);
+      ASSERT_EQ(cache::SortsBefore(a, b), ka < kb)
+          << absl::CHexEscape(ka) << " vs " << absl::CHexEscape(kb);
+      const int c = cache::CompareSortKey(a, kb);
+      ASSERT_EQ(c < 0, ka < kb);
+      ASSERT_EQ(c == 0, ka == kb);
+    }
+  }
+}
+
+// The split limit follows the type's size (sqrt, 32..kChunkMax), and a type that shrank
+// cuts its oversized chunks down as they change.
+TEST(SnapshotTypeSet, ChunkLimitFollowsTheTypeSize) {
+  EXPECT_EQ(cache::ChunkLimit(0), 32u);
+  EXPECT_EQ(cache::ChunkLimit(1000), 32u);
+  EXPECT_EQ(cache::ChunkLimit(10000), 128u);
+  EXPECT_EQ(cache::ChunkLimit(100000), Snapshot::kChunkMax);
+  EXPECT_EQ(cache::ChunkLimit(100000000), Snapshot::kChunkMax);
+
+  auto small = Build(1000);
+  for (const auto& c : small->chunks) EXPECT_LE(c->items.size(), 32u);
+  auto big = Build(100000);
+  size_t largest = 0;
+  for (const auto& c : big->chunks) largest = std::max(largest, c->items.size());
+  EXPECT_GT(largest, 128u);  // built at the size's own limit, not the small one
+
+  // Shrink the big type to 500 instances, then update each remaining one: every chunk is cut
+  // to at most twice the small limit.
+  cache::TypeSetBuilder shrink(big);
+  for (int i = 500; i < 100000; ++i) shrink.Erase(*Make(i));
+  auto shrunk = shrink.Finish();
+  ASSERT_EQ(shrunk->size(), 500u);
+  cache::TypeSetBuilder touch(shrunk);
+  for (int i = 0; i < 500; ++i) touch.Upsert(Make(i, 100, 1));
+  auto touched = touch.Finish();
+  ASSERT_EQ(touched->size(), 500u);
+  for (const auto& c : touched->chunks) EXPECT_LE(c->items.size(), 64u);
+  Snapshot snap(1, Types{{"world", touched}});
+  for (int i = 0; i < 500; ++i) {
+    ASSERT_EQ(snap.OfType("world")[static_cast<size_t>(i)]->instance_id, Make(i)->instance_id);
+    ASSERT_EQ(snap.OfType("world")[static_cast<size_t>(i)]->weight, 1);
   }
 }
 
