@@ -34,6 +34,14 @@ constexpr std::array<std::string_view, 19> kKnownFields = {
     "status",     "customState", "version",   "region",    "zone",     "weight",    "meta",
     "systemInfo", "performance", "startedAt", "updatedAt", "leaseId"};
 
+}  // namespace
+
+std::string_view instance_internal::KnownField(int i) {
+  return i >= 0 && i < static_cast<int>(kKnownFields.size()) ? kKnownFields[i] : std::string_view();
+}
+
+namespace {
+
 bool IsKnownField(std::string_view key) {
   for (std::string_view known : kKnownFields) {
     if (known == key) return true;
@@ -58,8 +66,9 @@ bool IsUnsetTime(absl::Time t) { return t == absl::InfinitePast() || t == absl::
 
 std::string FormatLeaseId(int64_t id) { return absl::StrCat(absl::Hex(static_cast<uint64_t>(id))); }
 
-// Parses 1..16 hex digits (either case, optional 0x prefix) as the bit pattern of an int64.
-bool ParseLeaseHex(std::string_view s, int64_t* out) {
+}  // namespace
+
+bool instance_internal::ParseLeaseHex(std::string_view s, int64_t* out) {
   if (s.size() >= 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) s.remove_prefix(2);
   if (s.empty() || s.size() > 16) return false;
   uint64_t v = 0;
@@ -80,6 +89,8 @@ bool ParseLeaseHex(std::string_view s, int64_t* out) {
   return true;
 }
 
+namespace {
+
 // ---- decoding helpers ----
 
 absl::Status FieldError(std::string_view field, std::string_view problem) {
@@ -88,8 +99,9 @@ absl::Status FieldError(std::string_view field, std::string_view problem) {
 
 absl::string_view TypeName(const Json& j) { return j.type_name(); }
 
-// Reads an integral JSON number (integers, or floats with an integral value) in [lo, hi].
-bool GetIntInRange(const Json& j, int64_t lo, int64_t hi, int64_t* out) {
+}  // namespace
+
+bool instance_internal::GetIntInRange(const Json& j, int64_t lo, int64_t hi, int64_t* out) {
   // Unsigned first: nlohmann's is_number_integer() (and so get_ptr<number_integer_t>) is
   // also true for unsigned values.
   if (const auto* u = j.get_ptr<const Json::number_unsigned_t*>()) {
@@ -113,6 +125,8 @@ bool GetIntInRange(const Json& j, int64_t lo, int64_t hi, int64_t* out) {
   }
   return false;
 }
+
+namespace {
 
 bool IsNullOrEmptyObject(const Json& j) { return j.is_null() || (j.is_object() && j.empty()); }
 
@@ -406,10 +420,16 @@ absl::StatusOr<Instance> DecodeInstance(std::string_view json, size_t max_bytes)
     return absl::InvalidArgumentError(
         absl::StrCat("instance JSON: ", json.size(), " bytes exceeds the limit of ", max_bytes));
   }
+  // (The fast path bounds its own nesting; the general one recurses, so it is checked first.)
+  if (std::optional<Instance> fast = DecodeInstanceFast(json)) return *std::move(fast);
   if (!JsonNestingWithin(json)) {
     return absl::InvalidArgumentError(
         absl::StrCat("instance JSON: nesting deeper than ", kMaxInstanceNesting));
   }
+  return DecodeInstanceGeneral(json);
+}
+
+absl::StatusOr<Instance> instance_internal::DecodeInstanceGeneral(std::string_view json) {
   Json parsed = Json::parse(json.begin(), json.end(), /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded()) {
     return absl::InvalidArgumentError("instance JSON: not valid JSON");

@@ -1,12 +1,15 @@
 // Internal: what the instance codec (instance_codec.cc) and the rest of instance.cc share.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "discovery/instance.h"
 
 namespace discovery::instance_internal {
 
@@ -31,5 +34,23 @@ inline std::string Quote(std::string_view s) {
   out += '"';
   return out;
 }
+
+// ---- the decoder's shared helpers (instance_codec.cc) ----
+
+// Known top-level field i (0..18) in the order EncodeInstance writes them: instanceId, type,
+// group, hostname, publicIp, privateIp, ports, status, customState, version, region, zone,
+// weight, meta, systemInfo, performance, startedAt, updatedAt, leaseId. Empty past the end.
+std::string_view KnownField(int i);
+// Reads an integral JSON number (integers, or floats with an integral value) in [lo, hi].
+bool GetIntInRange(const nlohmann::json& j, int64_t lo, int64_t hi, int64_t* out);
+// Parses 1..16 hex digits (either case, optional 0x prefix) as the bit pattern of an int64.
+bool ParseLeaseHex(std::string_view s, int64_t* out);
+
+// The decoder's two paths (DecodeInstance runs them after its size and nesting checks): the
+// fast one (instance_decode_fast.cc) gives the instance or nullopt when the text is anything
+// but a plainly valid instance; the general one (a document tree) gives the instance or the
+// precise error. Where the fast one gives an instance the general one gives the same.
+std::optional<Instance> DecodeInstanceFast(std::string_view json);
+absl::StatusOr<Instance> DecodeInstanceGeneral(std::string_view json);
 
 }  // namespace discovery::instance_internal
