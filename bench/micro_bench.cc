@@ -1,7 +1,9 @@
 // Micro benchmarks of the library's hot paths, each next to a raw baseline in the same binary:
 //
-//   BM_EncodeInstance / BM_Baseline_JsonDump     Instance -> JSON text
-//   BM_DecodeInstance / BM_Baseline_JsonParse    JSON text -> Instance
+//   BM_EncodeInstance / BM_Baseline_JsonDump     Instance -> JSON text (baseline: dump of an
+//                                                already built nlohmann value)
+//   BM_DecodeInstance / BM_Baseline_JsonParse    JSON text -> Instance (baseline: nlohmann's
+//                                                parse into a tree, nothing taken out)
 //   BM_WatchEventApply / BM_Baseline_MapUpsert   one watch event into a 10,000-instance cache
 //   BM_Pick/<kind>    / BM_Baseline_AtomicModulo Pick() over 1,000 candidates, 1 and 2 threads
 //   BM_FanOut100      / BM_Baseline_FanOut100    one event to 100 subscribers

@@ -40,7 +40,8 @@ std::string_view instance_internal::KnownField(int i) {
   return i >= 0 && i < static_cast<int>(kKnownFields.size()) ? kKnownFields[i] : std::string_view();
 }
 
-namespace {
+// Shared with the fast encoder (instance_encode.cc): declared in instance_internal.h.
+namespace instance_internal {
 
 bool IsKnownField(std::string_view key) {
   for (std::string_view known : kKnownFields) {
@@ -66,7 +67,7 @@ bool IsUnsetTime(absl::Time t) { return t == absl::InfinitePast() || t == absl::
 
 std::string FormatLeaseId(int64_t id) { return absl::StrCat(absl::Hex(static_cast<uint64_t>(id))); }
 
-}  // namespace
+}  // namespace instance_internal
 
 bool instance_internal::ParseLeaseHex(std::string_view s, int64_t* out) {
   if (s.size() >= 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) s.remove_prefix(2);
@@ -289,7 +290,7 @@ nlohmann::json InstanceToJson(const Instance& instance) {
   return out;
 }
 
-std::string EncodeInstance(const Instance& instance) {
+std::string instance_internal::EncodeInstanceGeneral(const Instance& instance) {
   std::string out = "{";
   bool first = true;
   auto append = [&](std::string_view key, const Json& value) {

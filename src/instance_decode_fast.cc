@@ -13,7 +13,6 @@
 // parse, string meta values. On anything else it gives up (nullopt) and DecodeInstance runs the
 // general path, which gives the same instance or the precise error. The unit test
 // (instance_decode_fast_test) and the fuzz target (instance_fuzz) check the two against each other.
-#include <charconv>
 #include <optional>
 #include <string>
 #include <utility>
@@ -22,6 +21,7 @@
 #include "absl/time/time.h"
 #include "discovery/instance.h"
 #include "instance_internal.h"
+#include "json_text.h"
 
 namespace discovery::instance_internal {
 namespace {
@@ -317,233 +317,13 @@ class Handler {
   std::vector<Json*> capture_;  // open containers of a captured value
 };
 
-// A strict JSON scanner for the fast path: every callback of `h` in document order; false at
-// the first thing it does not accept (invalid JSON, or valid JSON it leaves to nlohmann).
-class Scanner {
- public:
-  Scanner(std::string_view json, Handler* h) : p_(json.data()), end_(p_ + json.size()), h_(h) {}
-
-  bool Document() {
-    SkipSpace();
-    if (!Value(0)) return false;
-    SkipSpace();
-    return p_ == end_;
-  }
-
- private:
-  bool Value(int depth) {
-    if (p_ == end_) return false;
-    switch (*p_) {
-      case '{':
-        return Object(depth + 1);
-      case '[':
-        return Array(depth + 1);
-      case '"': {
-        std::string s;
-        return String(&s) && h_->string(s);
-      }
-      case 't':
-        return Literal("true") && h_->boolean(true);
-      case 'f':
-        return Literal("false") && h_->boolean(false);
-      case 'n':
-        return Literal("null") && h_->null();
-      default:
-        return Number();
-    }
-  }
-
-  bool Object(int depth) {
-    if (depth > kMaxInstanceNesting) return false;
-    ++p_;
-    if (!h_->start_object(0)) return false;
-    SkipSpace();
-    if (Eat('}')) return h_->end_object();
-    for (;;) {
-      SkipSpace();
-      std::string k;
-      if (p_ == end_ || *p_ != '"' || !String(&k) || !h_->key(k)) return false;
-      SkipSpace();
-      if (!Eat(':')) return false;
-      SkipSpace();
-      if (!Value(depth)) return false;
-      SkipSpace();
-      if (Eat(',')) continue;
-      return Eat('}') && h_->end_object();
-    }
-  }
-
-  bool Array(int depth) {
-    if (depth > kMaxInstanceNesting) return false;
-    ++p_;
-    if (!h_->start_array(0)) return false;
-    SkipSpace();
-    if (Eat(']')) return h_->end_array();
-    for (;;) {
-      SkipSpace();
-      if (!Value(depth)) return false;
-      SkipSpace();
-      if (Eat(',')) continue;
-      return Eat(']') && h_->end_array();
-    }
-  }
-
-  // A string at p_ (its opening quote); plain runs are copied whole. No \u escapes (left to
-  // nlohmann, which pairs surrogates); UTF-8 must be well-formed (RFC 3629), as nlohmann checks.
-  bool String(std::string* out) {
-    ++p_;
-    for (;;) {
-      const char* run = p_;
-      while (p_ != end_ && static_cast<unsigned char>(*p_) >= 0x20 &&
-             static_cast<unsigned char>(*p_) < 0x80 && *p_ != '"' && *p_ != '\\') {
-        ++p_;
-      }
-      out->append(run, p_);
-      if (p_ == end_) return false;
-      const auto c = static_cast<unsigned char>(*p_);
-      if (c == '"') {
-        ++p_;
-        return true;
-      }
-      if (c == '\\') {
-        if (++p_ == end_) return false;
-        switch (*p_++) {
-          case '"':
-            *out += '"';
-            break;
-          case '\\':
-            *out += '\\';
-            break;
-          case '/':
-            *out += '/';
-            break;
-          case 'b':
-            *out += '\b';
-            break;
-          case 'f':
-            *out += '\f';
-            break;
-          case 'n':
-            *out += '\n';
-            break;
-          case 'r':
-            *out += '\r';
-            break;
-          case 't':
-            *out += '\t';
-            break;
-          default:
-            return false;  // \u, or not an escape
-        }
-        continue;
-      }
-      if (c < 0x20 || !Utf8(out)) return false;
-    }
-  }
-
-  // Appends the well-formed UTF-8 sequence of 2..4 bytes at p_ (a run stops at its lead byte).
-  bool Utf8(std::string* out) {
-    const auto b = [this](size_t i) { return static_cast<unsigned char>(p_[i]); };
-    const auto in = [](unsigned char x, unsigned char lo, unsigned char hi) {
-      return x >= lo && x <= hi;
-    };
-    const size_t left = static_cast<size_t>(end_ - p_);
-    const unsigned char c = b(0);
-    size_t n = 0;
-    if (in(c, 0xC2, 0xDF)) {
-      n = left >= 2 && in(b(1), 0x80, 0xBF) ? 2 : 0;
-    } else if (c == 0xE0) {
-      n = left >= 3 && in(b(1), 0xA0, 0xBF) && in(b(2), 0x80, 0xBF) ? 3 : 0;
-    } else if (in(c, 0xE1, 0xEC) || in(c, 0xEE, 0xEF)) {
-      n = left >= 3 && in(b(1), 0x80, 0xBF) && in(b(2), 0x80, 0xBF) ? 3 : 0;
-    } else if (c == 0xED) {
-      n = left >= 3 && in(b(1), 0x80, 0x9F) && in(b(2), 0x80, 0xBF) ? 3 : 0;
-    } else if (c == 0xF0) {
-      n = left >= 4 && in(b(1), 0x90, 0xBF) && in(b(2), 0x80, 0xBF) && in(b(3), 0x80, 0xBF) ? 4 : 0;
-    } else if (in(c, 0xF1, 0xF3)) {
-      n = left >= 4 && in(b(1), 0x80, 0xBF) && in(b(2), 0x80, 0xBF) && in(b(3), 0x80, 0xBF) ? 4 : 0;
-    } else if (c == 0xF4) {
-      n = left >= 4 && in(b(1), 0x80, 0x8F) && in(b(2), 0x80, 0xBF) && in(b(3), 0x80, 0xBF) ? 4 : 0;
-    }
-    if (n == 0) return false;
-    out->append(p_, n);
-    p_ += n;
-    return true;
-  }
-
-  // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? as nlohmann reads it: without fraction or
-  // exponent an unsigned (or, negative, a signed) 64-bit integer, else a double (correctly
-  // rounded both: from_chars here, strtod there). An integer out of range is left to nlohmann
-  // (it makes it a double), as is a double out of range.
-  bool Number() {
-    const char* start = p_;
-    Eat('-');
-    if (!Eat('0')) {
-      if (p_ == end_ || *p_ < '1' || *p_ > '9') return false;
-      Digits();
-    }
-    bool fractional = false;
-    if (Eat('.')) {
-      if (!Digits()) return false;
-      fractional = true;
-    }
-    if (p_ != end_ && (*p_ == 'e' || *p_ == 'E')) {
-      ++p_;
-      if (!Eat('+')) Eat('-');
-      if (!Digits()) return false;
-      fractional = true;
-    }
-    if (fractional) {
-      double d = 0;
-      auto [ptr, ec] = std::from_chars(start, p_, d);
-      if (ec != std::errc() || ptr != p_) return false;
-      std::string token(start, p_);
-      return h_->number_float(d, token);
-    }
-    if (*start == '-') {
-      int64_t v = 0;
-      auto [ptr, ec] = std::from_chars(start, p_, v);
-      return ec == std::errc() && ptr == p_ && h_->number_integer(v);
-    }
-    uint64_t v = 0;
-    auto [ptr, ec] = std::from_chars(start, p_, v);
-    return ec == std::errc() && ptr == p_ && h_->number_unsigned(v);
-  }
-
-  bool Digits() {
-    const char* from = p_;
-    while (p_ != end_ && *p_ >= '0' && *p_ <= '9') ++p_;
-    return p_ != from;
-  }
-
-  bool Literal(std::string_view word) {
-    if (static_cast<size_t>(end_ - p_) < word.size() || std::string_view(p_, word.size()) != word) {
-      return false;
-    }
-    p_ += word.size();
-    return true;
-  }
-
-  bool Eat(char c) {
-    if (p_ == end_ || *p_ != c) return false;
-    ++p_;
-    return true;
-  }
-
-  void SkipSpace() {
-    while (p_ != end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
-  }
-
-  const char* p_;
-  const char* end_;
-  Handler* h_;
-};
-
 }  // namespace
 
 std::optional<Instance> DecodeInstanceFast(std::string_view json) {
   Handler h;
-  if (!Scanner(json, &h).Document()) return std::nullopt;
+  if (!json_text::JsonScanner<Handler>(json, &h, kMaxInstanceNesting).Document()) {
+    return std::nullopt;
+  }
   if (!h.Finish()) return std::nullopt;
   return std::move(h.in);
 }

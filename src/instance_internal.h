@@ -37,6 +37,16 @@ inline std::string Quote(std::string_view s) {
 
 // ---- the decoder's shared helpers (instance_codec.cc) ----
 
+bool IsKnownField(std::string_view key);
+// Dumps compactly; invalid UTF-8 is replaced instead of throwing.
+std::string Dump(const nlohmann::json& j);
+std::string FormatTimestamp(absl::Time t);
+bool IsUnsetTime(absl::Time t);
+std::string FormatLeaseId(int64_t id);
+// The encoder's general path (nlohmann values dumped field by field): EncodeInstance gives the
+// same bytes without building a value per field (instance_encode.cc).
+std::string EncodeInstanceGeneral(const Instance& instance);
+
 // Known top-level field i (0..18) in the order EncodeInstance writes them: instanceId, type,
 // group, hostname, publicIp, privateIp, ports, status, customState, version, region, zone,
 // weight, meta, systemInfo, performance, startedAt, updatedAt, leaseId. Empty past the end.

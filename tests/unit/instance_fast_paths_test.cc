@@ -1,12 +1,16 @@
-// The instance decoder's fast path (src/instance_decode_fast.cc) against its general path:
-// wherever the fast one gives an instance, the general one gives the same (compared by their
-// canonical encodings, unknown fields included); what a registrar writes always takes the fast
-// path; anything unusual is left to the general path, which has the precise error.
+// The instance codec's fast paths against its general paths (nlohmann values):
+// - decoding (src/instance_decode_fast.cc): wherever the fast path gives an instance, the
+//   general one gives the same (compared by their canonical encodings, unknown fields
+//   included); what a registrar writes always takes the fast path; anything unusual is left to
+//   the general path, which has the precise error;
+// - encoding (src/instance_encode.cc): the same bytes as the general path for every instance,
+//   including strings that need escaping or are not UTF-8 at all.
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
@@ -19,6 +23,7 @@ namespace {
 
 using instance_internal::DecodeInstanceFast;
 using instance_internal::DecodeInstanceGeneral;
+using instance_internal::EncodeInstanceGeneral;
 
 // The fast path either gives up or agrees with the general path; returns whether it decoded.
 bool Agrees(const std::string& json) {
@@ -159,6 +164,50 @@ TEST(DecodeFastTest, AnythingElseIsLeftToTheGeneralPath) {
   for (const std::string& doc : docs) {
     EXPECT_FALSE(DecodeInstanceFast(doc).has_value()) << doc;
   }
+}
+
+TEST(EncodeFastTest, SameBytesAsTheGeneralPath) {
+  for (int i = 0; i < 200; ++i) {
+    const Instance in = Full(i);
+    ASSERT_EQ(EncodeInstance(in), EncodeInstanceGeneral(in)) << i;
+  }
+  // Every byte value in a string field, a port name, a meta key and value, an unknown key.
+  std::string all;
+  for (int c = 1; c < 256; ++c) all += static_cast<char>(c);
+  const std::vector<std::string> strings = {"",
+                                            "plain",
+                                            "\"q\" \\ /",
+                                            std::string("nul\0mid", 7),
+                                            "\x01\x1f\x7f\b\f\n\r\t",
+                                            "\xed\x95\x9c\xea\xb8\x80 \xf0\x9f\x8e\xae",
+                                            "\xff",
+                                            "ab\xc3",
+                                            "\xed\xa0\x80",
+                                            "\xc0\xaf",
+                                            "\xf4\x90\x80\x80",
+                                            all};
+  for (const std::string& s : strings) {
+    Instance in = Full(1);
+    in.group = s;
+    in.hostname = s;
+    in.ports[s] = 1;
+    in.meta[s] = s;
+    in.extra[s.empty() ? "e" : s] = s;
+    EXPECT_EQ(EncodeInstance(in), EncodeInstanceGeneral(in)) << absl::CHexEscape(s);
+  }
+  // Defaults and odd free-form values: null systemInfo, a performance that is not an object,
+  // extras under known names (not written twice), unset times, lease 0, empty maps.
+  Instance bare;
+  bare.instance_id = "a";
+  bare.type = "t";
+  EXPECT_EQ(EncodeInstance(bare), EncodeInstanceGeneral(bare));
+  bare.performance = 5;
+  bare.system_info = "text";
+  bare.extra = {{"type", "shadow"}, {"leaseId", 1}, {"x", {{"y", {1, nullptr}}}}};
+  bare.weight = -1;
+  bare.lease_id = -1;
+  bare.started_at = absl::InfiniteFuture();
+  EXPECT_EQ(EncodeInstance(bare), EncodeInstanceGeneral(bare));
 }
 
 // A deterministic mini-fuzz of the fast path against the general one: documents registrars
