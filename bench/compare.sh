@@ -19,6 +19,7 @@ bin_dir="$here/../build/bench"
 figures="register,watch,keepalive"
 runs=2
 register_n=5000
+raw_register_args=""
 inflight="1 16 64"
 rates="1000 10000"
 latency_seconds=10
@@ -38,6 +39,8 @@ Options:
   --figures LIST            comma list of register,watch,keepalive ($figures)
   --runs N                  runs of each side, alternating library/raw ($runs)
   --register-n N            registrations per run ($register_n)
+  --raw-register-args ARGS  extra arguments of the raw register runs, e.g. --open-stream (one
+                            idle LeaseKeepAlive stream held open meanwhile, as a registrar does)
   --inflight "K ..."        registrations in flight ($inflight)
   --rates "R ..."           watch-latency puts per second ($rates)
   --latency-seconds S       watch-latency seconds per run ($latency_seconds)
@@ -57,6 +60,7 @@ while [ $# -gt 0 ]; do
     --figures) figures=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --register-n) register_n=$2; shift 2 ;;
+    --raw-register-args) raw_register_args=$2; shift 2 ;;
     --inflight) inflight=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
     --latency-seconds) latency_seconds=$2; shift 2 ;;
@@ -133,8 +137,10 @@ for fig in "${figure_list[@]}"; do
         for r in $(seq "$runs"); do
           run "register K=$k" library "$r" "$lib" --endpoints "$endpoint" --scenario register \
             --register-n "$register_n" --register-inflight "$k" --register-api "$api"
+          # shellcheck disable=SC2086  # several arguments on purpose
           run "register K=$k" raw "$r" "$raw" register --endpoints "$endpoint" \
-            --n "$register_n" --inflight "$k" --op txn --prefix "/bench/compare-$$-$seq_no/"
+            --n "$register_n" --inflight "$k" --op txn --prefix "/bench/compare-$$-$seq_no/" \
+            $raw_register_args
         done
       done ;;
     watch)

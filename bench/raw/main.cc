@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
                   "auto (sync for K = 1, else callback), cq (one CompletionQueue on this "
                   "thread, K in flight), sync (K threads) or callback (callback API, K in flight)")
       ->check(CLI::IsMember({"auto", "cq", "sync", "callback"}));
+  reg->add_flag("--open-stream", f.open_stream,
+                "hold one idle LeaseKeepAlive stream (callback API) open meanwhile, as a "
+                "registrar does");
   CLI::App* lat = app.add_subcommand("watch-latency", "paced puts -> bare Watch stream latency");
   common(lat);
   lat->add_option("--rate", f.rate, "puts per second")->check(CLI::Range(1, 1000000));

@@ -32,6 +32,9 @@ struct Flags {
   // auto: sync for K = 1, callback for K > 1 (the fastest here; see bench/README.md), or
   // cq | sync | callback explicitly.
   std::string api = "auto";
+  // Hold one idle LeaseKeepAlive stream open (callback API) during the registrations, as every
+  // registrar does: shows what gRPC's poller thread costs blocking calls (bench/README.md).
+  bool open_stream = false;
 
   // watch-latency
   int rate = 1000;

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +38,39 @@ void BuildTxn(pb::TxnRequest* txn, const std::string& key, std::string value, in
   put->set_lease(lease);
   txn->add_failure()->mutable_request_range()->set_key(key);
 }
+
+// An idle LeaseKeepAlive stream on the callback API (--open-stream): nothing is sent, every
+// read is re-armed. Its existence alone keeps gRPC's callback poller thread ("nexting")
+// polling the process's sockets.
+class IdleStream
+    : public grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse> {
+ public:
+  explicit IdleStream(pb::Lease::Stub* stub) {
+    stub->async()->LeaseKeepAlive(&ctx_, this);
+    StartRead(&resp_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (ok) StartRead(&resp_);
+  }
+  void OnDone(const grpc::Status&) override {
+    std::lock_guard lock(mu_);
+    done_ = true;
+    cv_.notify_all();
+  }
+  void Stop() {
+    ctx_.TryCancel();
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return done_; });
+  }
+
+ private:
+  grpc::ClientContext ctx_;
+  pb::LeaseKeepAliveResponse resp_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
 
 struct Run {
   const Flags& f;
@@ -236,6 +270,9 @@ Json RunRegister(const Flags& f) {
     return out;
   }
   Run run(f, channel);
+  out["open_stream"] = f.open_stream;
+  std::optional<IdleStream> idle;
+  if (f.open_stream) idle.emplace(run.lease.get());
   const std::string prefix = f.prefix.empty() ? UniquePrefix("register") : f.prefix;
   run.keys.resize(n);
   run.heads.resize(n);
@@ -263,6 +300,7 @@ Json RunRegister(const Flags& f) {
     run.cv.wait(lock, [&] { return run.done.load() == n; });
   }
   const double secs = Seconds(NowNs() - t0);
+  if (idle) idle->Stop();
   const int errors = run.errors.load();
   out["per_s"] = Round((n - errors) / secs, 1);
   out["p50_ms"] = Round(Percentile(run.lat, 50) / 1e6);
