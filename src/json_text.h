@@ -37,21 +37,21 @@ inline size_t Utf8SequenceLength(const char* p, size_t left) {
 // u00xx), every other byte as it is. False, with nothing appended, when `s` is not well-formed
 // UTF-8 (nlohmann replaces or throws there: the caller decides).
 inline bool AppendString(std::string* out, std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    const size_t n = Utf8SequenceLength(s.data() + i, s.size() - i);
-    if (n == 0) return false;
-    i += n;
-  }
+  const size_t rollback = out->size();
   out->reserve(out->size() + s.size() + 2);
   *out += '"';
   size_t run = 0;  // start of the bytes not yet copied
   for (size_t i = 0; i < s.size(); ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {  // one pass: the UTF-8 check rides along with the escaping
+      const size_t n = Utf8SequenceLength(s.data() + i, s.size() - i);
+      if (n == 0) {
+        out->resize(rollback);
+        return false;
+      }
+      i += n - 1;
+      continue;
+    }
     if (c >= 0x20 && c != '"' && c != '\\') continue;
     out->append(s.data() + run, i - run);
     run = i + 1;
