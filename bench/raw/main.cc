@@ -36,8 +36,10 @@ int main(int argc, char** argv) {
                   "thread, K in flight), sync (K threads) or callback (callback API, K in flight)")
       ->check(CLI::IsMember({"auto", "cq", "sync", "callback"}));
   reg->add_flag("--open-stream", f.open_stream,
-                "hold one idle LeaseKeepAlive stream (callback API) open meanwhile, as a "
-                "registrar does");
+                "hold one idle LeaseKeepAlive stream open meanwhile, as a registrar does");
+  reg->add_option("--stream-api", f.stream_api,
+                  "API of the --open-stream stream: callback, or sync (a thread blocked in Read)")
+      ->check(CLI::IsMember({"callback", "sync"}));
   CLI::App* lat = app.add_subcommand("watch-latency", "paced puts -> bare Watch stream latency");
   common(lat);
   lat->add_option("--rate", f.rate, "puts per second")->check(CLI::Range(1, 1000000));

@@ -35,6 +35,7 @@ struct Flags {
   // Hold one idle LeaseKeepAlive stream open (callback API) during the registrations, as every
   // registrar does: shows what gRPC's poller thread costs blocking calls (bench/README.md).
   bool open_stream = false;
+  std::string stream_api = "callback";
 
   // watch-latency
   int rate = 1000;

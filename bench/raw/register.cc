@@ -72,6 +72,28 @@ class IdleStream
   bool done_ = false;
 };
 
+// The same idle stream on the sync API (--stream-api sync): a thread of ours blocks in Read.
+class IdleSyncStream {
+ public:
+  explicit IdleSyncStream(pb::Lease::Stub* stub) {
+    thread_ = std::thread([this, stub] {
+      auto call = stub->LeaseKeepAlive(&ctx_);
+      pb::LeaseKeepAliveResponse resp;
+      while (call->Read(&resp)) {
+      }
+      call->Finish().ok();
+    });
+  }
+  void Stop() {
+    ctx_.TryCancel();
+    thread_.join();
+  }
+
+ private:
+  grpc::ClientContext ctx_;
+  std::thread thread_;
+};
+
 struct Run {
   const Flags& f;
   std::unique_ptr<pb::KV::Stub> kv;
@@ -271,8 +293,14 @@ Json RunRegister(const Flags& f) {
   }
   Run run(f, channel);
   out["open_stream"] = f.open_stream;
+  if (f.open_stream) out["stream_api"] = f.stream_api;
   std::optional<IdleStream> idle;
-  if (f.open_stream) idle.emplace(run.lease.get());
+  std::optional<IdleSyncStream> idle_sync;
+  if (f.open_stream && f.stream_api == "sync") {
+    idle_sync.emplace(run.lease.get());
+  } else if (f.open_stream) {
+    idle.emplace(run.lease.get());
+  }
   const std::string prefix = f.prefix.empty() ? UniquePrefix("register") : f.prefix;
   run.keys.resize(n);
   run.heads.resize(n);
@@ -301,6 +329,7 @@ Json RunRegister(const Flags& f) {
   }
   const double secs = Seconds(NowNs() - t0);
   if (idle) idle->Stop();
+  if (idle_sync) idle_sync->Stop();
   const int errors = run.errors.load();
   out["per_s"] = Round((n - errors) / secs, 1);
   out["p50_ms"] = Round(Percentile(run.lat, 50) / 1e6);

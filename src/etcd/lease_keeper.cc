@@ -165,12 +165,9 @@ std::shared_ptr<void> LeaseKeeper::OpenStream(const StreamSession::OpenContext& 
   const int index = oc.endpoint_index;
   std::shared_ptr<Stubs> stubs = oc.stubs;
   stream_ = KeepAliveStream::Start(
-      session_.tracker(),
-      [&](grpc::ClientContext* ctx,
-          grpc::ClientBidiReactor<pb::LeaseKeepAliveRequest, pb::LeaseKeepAliveResponse>* r) {
-        client_->PrepareContext(ctx, absl::InfiniteFuture());
-        stubs->lease->async()->LeaseKeepAlive(ctx, r);
-      },
+      session_.tracker(), "discovery-lease",
+      [&](grpc::ClientContext* ctx) { client_->PrepareContext(ctx, absl::InfiniteFuture()); },
+      [stubs](grpc::ClientContext* ctx) { return stubs->lease->LeaseKeepAlive(ctx); },
       {.on_response =
            [this, generation](pb::LeaseKeepAliveResponse& r) {
              OnResponse(generation, r.id(), r.ttl());
@@ -179,7 +176,7 @@ std::shared_ptr<void> LeaseKeeper::OpenStream(const StreamSession::OpenContext& 
            [this, generation, index](bool had_response, const grpc::Status& status) {
              session_.Done(generation, index, had_response, status);
            }},
-      stubs);
+      WriteMode::kWriterThread);
   OnStreamOpened();
   return stream_;
 }

@@ -1,13 +1,13 @@
 // StreamSession: the connect / token / reconnect-with-backoff / stall / stream-done state
-// machine around ONE long-lived etcd stream; LeaseKeeper's LeaseKeepAlive stream (BidiStream,
-// gRPC callback API) and WatchHub's Watch stream (SyncBidiStream, its own reader thread) both
+// machine around ONE long-lived etcd stream; LeaseKeeper's LeaseKeepAlive stream and
+// WatchHub's Watch stream (both SyncBidiStream: gRPC sync API, their own reader thread) both
 // run on it. It knows nothing of the stream's type: the owner opens the stream in `hooks.open`
-// (BidiStream<Req, Resp>::Start or SyncBidiStream<Req, Resp>::Start on tracker()) and
+// (SyncBidiStream<Req, Resp>::Start on tracker()) and
 // keeps the typed pointer; the session decides when to open, when to give up on a stream and
 // how long to wait before the next one.
 //
 //   owner work appears ............ Start()                (opens unless open/connecting)
-//   stream handlers (gRPC thread) .. Done(gen, idx, had_response, status)   -> posted to loop
+//   stream handlers (reader thread) Done(gen, idx, had_response, status)   -> posted to loop
 //   on the loop ...................  IsCurrent(gen) before using an answer; Received(now) /
 //                                    Sent(now) for stall detection; ResetBackoff() when the
 //                                    owner's rule says the stream delivered;
@@ -48,7 +48,7 @@
 #include <string>
 
 #include "absl/time/time.h"
-#include "etcd/bidi_stream.h"
+#include "etcd/stream_tracker.h"
 #include "grpcpp/grpcpp.h"
 #include "util/event_loop.h"
 #include "util/logging.h"
@@ -130,7 +130,7 @@ class StreamSession {
   void Shutdown() { shutdown_ = true; }
 
   // ---- any thread ----
-  // From the stream's on_done (gRPC thread): handled on the loop.
+  // From the stream's on_done (the reader thread): handled on the loop.
   void Done(uint64_t generation, int endpoint_index, bool had_response, grpc::Status status);
   StreamTracker* tracker() { return &tracker_; }
   int open_streams() const { return open_streams_.load(); }

@@ -5,7 +5,7 @@
 // hop through gRPC's callback thread). The reader appends each response to an inbox and, when
 // the inbox was empty, has the client loop drain it with EventLoop::Dispatch: when the loop is
 // idle the reader thread itself takes the loop's strand and drains at once (no thread hop);
-// when the loop is busy the drain is its next task. When the reader is behind (4 Reads in a row
+// when the loop is busy the drain is its next task. When the reader is behind (64 Reads in a row
 // returned at once: a backlog; see OnResponse), the drain is posted to the loop thread instead,
 // so that this thread keeps reading while the loop handles the backlog in batches. A drain
 // takes every response received so far in one turn, hands their events to the listeners (on_events,
@@ -65,9 +65,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "etcd/bidi_stream.h"
 #include "etcd/etcdserverpb/rpc.pb.h"
 #include "etcd/stream_session.h"
+#include "etcd/stream_tracker.h"
 #include "etcd/sync_bidi_stream.h"
 #include "util/event_loop.h"
 #include "util/logging.h"

@@ -57,19 +57,6 @@ inline void TsanAcquire(void* obj) {
 #endif
 }
 
-// Scope of one gRPC reaction: acquires what earlier reactions and the starting thread released,
-// and releases this reaction's work to the next one (including OnDone, which may delete obj).
-class TsanReactionScope {
- public:
-  explicit TsanReactionScope(void* obj) : obj_(obj) { TsanAcquire(obj_); }
-  ~TsanReactionScope() { TsanRelease(obj_); }
-  TsanReactionScope(const TsanReactionScope&) = delete;
-  TsanReactionScope& operator=(const TsanReactionScope&) = delete;
-
- private:
-  void* obj_;
-};
-
 class ABSL_LOCKABLE Mutex {
  public:
   Mutex() = default;

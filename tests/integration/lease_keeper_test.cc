@@ -1,17 +1,23 @@
 // LeaseKeeper against a real etcd: one write burst per interval for leases added at different
 // times (and one loop wake-up per burst), Adds that do not wake the loop per lease, Remove
-// shrinking the burst (also of leases not merged yet), and a frozen member
-// (TCP kept, never answers) making the stream switch endpoints without losing a lease.
+// shrinking the burst (also of leases not merged yet), a frozen member (TCP kept, never
+// answers) making the stream switch endpoints without losing a lease, and a burst that a
+// frozen member's flow control stops blocking only the stream's writer thread, not the loop.
 #include "etcd/lease_keeper.h"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "etcd/client.h"
 #include "etcd_harness.h"
 #include "harness_util.h"
+#include "spdlog/spdlog.h"
 #include "util/clock.h"
 
 namespace discovery {
@@ -23,12 +29,13 @@ namespace pb = ::etcdserverpb;
 
 class LeaseKeeperTest : public ::testing::Test {
  protected:
-  void Start(int members) {
+  void Start(int members, std::shared_ptr<spdlog::logger> logger = nullptr) {
     auto c = EtcdCluster::Start({.members = members});
     ASSERT_TRUE(c.ok()) << c.status();
     cluster_ = *std::move(c);
     EtcdOptions o;
     o.endpoints = cluster_->ClientEndpoints();
+    o.logger = std::move(logger);
     o.call_timeout = testing::TimeScale(absl::Seconds(5));
     auto client = etcd::Client::Create(o);
     ASSERT_TRUE(client.ok()) << client.status();
@@ -200,6 +207,71 @@ TEST_F(LeaseKeeperTest, FrozenMemberSwitchesEndpointWithoutLosingLeases) {
   ASSERT_TRUE(cluster_->Cont(index).ok());
   EXPECT_EQ(lost_.load(), 0);
   EXPECT_EQ(k.open_streams(), 1);
+}
+
+// The keeper writes its bursts on the stream's own writer thread (SyncBidiStream,
+// kWriterThread). A member frozen with SIGSTOP stops reading: once its HTTP/2 window is full,
+// gRPC's blocking Write does not return. 100,000 keepalives (~1.5 MB, ids nobody granted) go
+// to the frozen member in one burst; the client loop must stay free meanwhile: every call that
+// runs on it (lease_count) returns at once, and it is the loop that gives the stalled stream up
+// and moves to another member, where the whole burst is written and answered (TTL 0 for the
+// ids nobody granted: kLost, each of them) and the real leases live on. Written from the loop
+// thread, the burst would block the loop until the member is continued.
+TEST_F(LeaseKeeperTest, BurstStuckOnAFrozenMemberBlocksOnlyTheWriterThread) {
+  // 100,000 "lease lost" warnings are the expected outcome here, not news.
+  auto quiet = std::make_shared<spdlog::logger>("lease-keeper-test-quiet");
+  quiet->set_level(spdlog::level::err);
+  Start(3, quiet);
+  std::vector<int64_t> ids = Grant(5, 30);
+  ASSERT_EQ(ids.size(), 5u);
+  etcd::LeaseKeeper& k = client_->keeper();
+  // Interval 3 s: the stall timeout is 3 s, so the stuck burst is followed by a burst that
+  // finds it still queued (deferred_bursts) before the stream is given up.
+  AddAll(ids, absl::Seconds(30), absl::Seconds(3));
+  ASSERT_TRUE(WaitUntil([&] { return k.open_streams() == 1 && k.keepalives_sent() >= 5; },
+                        absl::Seconds(8)));
+  int index = 0;
+  client_->CurrentStubs(&index);
+  ASSERT_TRUE(cluster_->Stop(index).ok());
+  constexpr int kFake = 100000;
+  const int64_t fake_base = int64_t{1} << 60;
+  std::atomic<int> fake_lost{0};
+  for (int i = 0; i < kFake; ++i) {
+    k.Add(fake_base + i, absl::Seconds(30), absl::Seconds(3),
+          [&](const etcd::LeaseKeeper::Event& e) {
+            if (e.type == etcd::LeaseKeeper::EventType::kLost) fake_lost.fetch_add(1);
+          });
+  }
+  // Until the loop gave the frozen stream up: calls on the loop return promptly.
+  const absl::Duration prompt = testing::TimeScale(absl::Seconds(1));
+  bool loop_free = true;
+  const absl::Time until = util::MonoNow() + testing::TimeScale(absl::Seconds(15));
+  while (k.stalls() == 0 && util::MonoNow() < until) {
+    auto count = std::async(std::launch::async, [&] { return k.lease_count(); });
+    if (count.wait_for(absl::ToChronoNanoseconds(prompt)) != std::future_status::ready) {
+      loop_free = false;
+      break;
+    }
+    EXPECT_EQ(count.get(), static_cast<size_t>(kFake) + ids.size());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // (a probe's pace)
+  }
+  if (!loop_free) {
+    (void)cluster_->Cont(index);  // unblocks the loop, so that the test can end
+    FAIL() << "a call on the client loop did not return within " << prompt
+           << " while a member was frozen";
+  }
+  EXPECT_GE(k.stalls(), 1);
+  // The premise: the burst really was stuck (a later burst found it still being written).
+  EXPECT_GE(k.deferred_bursts(), 1);
+  // The new stream writes every lease: the ids nobody granted come back lost, all of them.
+  EXPECT_TRUE(WaitUntil([&] { return fake_lost.load() == kFake; }, absl::Seconds(15)))
+      << fake_lost.load();
+  for (int64_t id : {ids.front(), ids.back()}) {
+    EXPECT_TRUE(WaitUntil([&] { return Remaining(id) >= 25; }, absl::Seconds(8))) << id;
+  }
+  ASSERT_TRUE(cluster_->Cont(index).ok());
+  EXPECT_EQ(lost_.load(), 0);
+  EXPECT_EQ(k.lease_count(), ids.size());
 }
 
 }  // namespace
