@@ -146,7 +146,8 @@ class SyncBidiStream {
     return true;
   }
 
-  // Reader threads started by all SyncBidiStreams of the process (for thread accounting).
+  // Threads (readers, and writers in kWriterThread mode) started by all SyncBidiStreams of the
+  // process (for thread accounting).
   static int64_t threads_started() { return threads_started_.load(std::memory_order_relaxed); }
 
  private:
