@@ -4,7 +4,7 @@
 // owner; a blocking Read on a dedicated thread returns on that thread as soon as the frame is
 // decoded, and blocking Writes with the buffer hint complete without a hop. Used by the
 // WatchHub (watch latency) and the LeaseKeeper (keepalive CPU: issue 14 measured the callback
-// stream at 1.4x the CPU of a raw sync stream for 1,000 leases).
+// stream at 1.4x the CPU of a raw sync stream for 1,000 leases), both with a writer thread.
 //
 //   auto s = SyncBidiStream<Req, Resp>::Start(&tracker, "discovery-watch",
 //       [&](grpc::ClientContext* ctx) { client->PrepareContext(ctx, absl::InfiniteFuture());
@@ -27,13 +27,13 @@
 // owner's shutdown wait for every reader thread (and so every writer) to be done.
 //
 // Write modes. kCallerThread: writes block the calling thread until gRPC took the message
-// (HTTP/2 flow control): fine for the Watch stream's few small requests (creates, cancels, a
-// progress request every 2 s). kWriterThread: one more thread per stream takes everything
-// queued at once and writes it with the buffer hint on all but the last message (one flush per
-// burst); the owner's thread never blocks on the network, so a peer that stops reading (a
-// frozen member) cannot stall the owner's loop, and the owner's stall detection can cancel the
-// call (the blocked Write then returns false). Used by the LeaseKeeper (thousands of
-// keepalives per burst).
+// (HTTP/2 flow control). kWriterThread: one more thread per stream (`discovery-write`) takes
+// everything queued at once and writes it with the buffer hint on all but the last message
+// (one flush per burst); the owner's thread never blocks on the network, so a peer that stops
+// reading (a frozen member) cannot stall the owner's loop, and the owner's stall detection can
+// cancel the call (the blocked Write then returns false). Both owners use kWriterThread: the
+// LeaseKeeper writes thousands of keepalives per burst, and the WatchHub's few requests share
+// the HTTP/2 connection (and so its window) with the keepalive stream to the same member.
 //
 // The owner may be destroyed from inside on_response (its handler runs the owner's loop inline,
 // EventLoop::Dispatch, and a listener drops the last reference to the client): its shutdown

@@ -166,7 +166,13 @@ std::shared_ptr<void> WatchHub::OpenStream(const StreamSession::OpenContext& oc)
        .on_done =
            [this, generation, index](bool had_response, const grpc::Status& status) {
              session_.Done(generation, index, had_response, status);
-           }});
+           }},
+      // Creates, cancels and probes are written by the stream's writer thread, never by the
+      // loop: the LeaseKeepAlive stream to the same member shares this HTTP/2 connection, and
+      // a keepalive burst stuck on a frozen member uses up its window; a write from the loop
+      // would then block the loop until the member came back
+      // (LeaseKeeperTest.WatchCreateBehindAStuckBurstDoesNotBlockTheLoop).
+      WriteMode::kWriterThread);
   for (auto& [id, w] : watches_) {
     w.server_id = -1;
     if (!w.postponed) SendCreate(id);

@@ -374,6 +374,13 @@ TEST_F(DiscoverydRedisTest, EpochPollBacksOffWhileRedisIsDown) {
   ASSERT_GT(gw.port, 0);
   ASSERT_TRUE(WaitUntil([&] { return Must(Http(gw.port, "GET", "/healthz")).status == 200; },
                         absl::Seconds(5)));
+  // The epoch is settled (the keeper's first read done, the poll running): /healthz does not
+  // wait for it, and a keeper still on its first read when Redis stops retries on its own,
+  // faster backoff (200 ms, 400 ms, ...), which counts in the same metric (seen in CI on a
+  // loaded machine: 4 failures in 1.5 s).
+  ASSERT_TRUE(WaitUntil([&] { return absl::StrContains(gw.proc->ReadStderr(), "] SSE epoch "); },
+                        absl::Seconds(10)))
+      << gw.proc->ReadStderr();
   auto failures = [&]() -> double {
     const std::string name = "\ndiscovery_sse_epoch_failures_total ";
     Response m = Must(Http(gw.port, "GET", "/metrics"));
