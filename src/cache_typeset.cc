@@ -151,6 +151,23 @@ void TypeSetBuilder::Upsert(InstancePtr in) {
   if (v.size() > limit) Split(c);
 }
 
+void TypeSetBuilder::Replace(const Instance& prev, InstancePtr next) {
+  const size_t c = ChunkFor(*next);
+  if (c < chunks_.size()) {
+    const auto& items = chunks_[c]->items;
+    // A linear scan of at most kChunkMax adjacent pointers: no instance is read.
+    for (size_t pos = 0; pos < items.size(); ++pos) {
+      if (items[pos].get() != &prev) continue;
+      std::vector<InstancePtr>& v = Mutable(c);
+      v[pos] = std::move(next);
+      // As in Upsert: a chunk far over the limit is cut down at its next change.
+      if (v.size() > 2 * ChunkLimit(size_)) Split(c);
+      return;
+    }
+  }
+  Upsert(std::move(next));
+}
+
 void TypeSetBuilder::Split(size_t c) {
   std::vector<InstancePtr>& v = Mutable(c);
   auto upper = std::make_shared<Snapshot::Chunk>();

@@ -83,6 +83,11 @@ class TypeSetBuilder {
   void Erase(const Instance& in);
   // Inserts `in`, or replaces the instance with the same sort key.
   void Upsert(InstancePtr in);
+  // Replaces `prev` (held by the set) by `next`, which has the same sort key: found by
+  // address in its chunk, without comparing keys inside it (the common update: a status or
+  // load change; each comparison would read a cold instance). Falls back to Upsert(next)
+  // when `prev` is not in the set.
+  void Replace(const Instance& prev, InstancePtr next);
   size_t size() const { return size_; }
   // The new set (null when empty); shares every chunk no change landed in with `base`.
   std::shared_ptr<const Snapshot::TypeSet> Finish();

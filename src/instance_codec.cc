@@ -417,17 +417,29 @@ bool JsonNestingWithin(std::string_view s, int limit) {
 }
 
 absl::StatusOr<Instance> DecodeInstance(std::string_view json, size_t max_bytes) {
+  Instance in;
+  if (absl::Status s = instance_internal::DecodeInstanceInto(json, max_bytes, &in); !s.ok()) {
+    return s;
+  }
+  return in;
+}
+
+absl::Status instance_internal::DecodeInstanceInto(std::string_view json, size_t max_bytes,
+                                                   Instance* out) {
   if (json.size() > max_bytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("instance JSON: ", json.size(), " bytes exceeds the limit of ", max_bytes));
   }
   // (The fast path bounds its own nesting; the general one recurses, so it is checked first.)
-  if (std::optional<Instance> fast = DecodeInstanceFast(json)) return *std::move(fast);
+  if (DecodeInstanceFastInto(json, out)) return absl::OkStatus();
   if (!JsonNestingWithin(json)) {
     return absl::InvalidArgumentError(
         absl::StrCat("instance JSON: nesting deeper than ", kMaxInstanceNesting));
   }
-  return DecodeInstanceGeneral(json);
+  absl::StatusOr<Instance> general = DecodeInstanceGeneral(json);
+  if (!general.ok()) return general.status();
+  *out = *std::move(general);  // (replaces whatever the fast path had filled in)
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Instance> instance_internal::DecodeInstanceGeneral(std::string_view json) {

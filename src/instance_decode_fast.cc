@@ -62,7 +62,9 @@ class Handler {
   using string_t = Json::string_t;
   using binary_t = Json::binary_t;
 
-  Instance in;
+  explicit Handler(Instance* out) : in(*out) {}
+
+  Instance& in;  // the caller's (default-constructed) instance, filled in place
   std::string status;
   std::optional<std::string> started, updated;  // set when given as a string
   Json system_info, performance;
@@ -322,13 +324,15 @@ class Handler {
 
 }  // namespace
 
+bool DecodeInstanceFastInto(std::string_view json, Instance* out) {
+  Handler h(out);
+  return json_text::JsonScanner<Handler>(json, &h, kMaxInstanceNesting).Document() && h.Finish();
+}
+
 std::optional<Instance> DecodeInstanceFast(std::string_view json) {
-  Handler h;
-  if (!json_text::JsonScanner<Handler>(json, &h, kMaxInstanceNesting).Document()) {
-    return std::nullopt;
-  }
-  if (!h.Finish()) return std::nullopt;
-  return std::move(h.in);
+  Instance in;
+  if (!DecodeInstanceFastInto(json, &in)) return std::nullopt;
+  return in;
 }
 
 }  // namespace discovery::instance_internal

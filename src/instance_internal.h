@@ -61,6 +61,13 @@ bool ParseLeaseHex(std::string_view s, int64_t* out);
 // but a plainly valid instance; the general one (a document tree) gives the instance or the
 // precise error. Where the fast one gives an instance the general one gives the same.
 std::optional<Instance> DecodeInstanceFast(std::string_view json);
+// The fast path into `*out` (a default-constructed Instance; partly filled when it fails).
+bool DecodeInstanceFastInto(std::string_view json, Instance* out);
 absl::StatusOr<Instance> DecodeInstanceGeneral(std::string_view json);
+// DecodeInstance into `*out` (a default-constructed Instance; unspecified on error): the
+// watcher decodes straight into the storage of the shared instance it publishes, instead of
+// moving a decoded Instance (a dozen strings and maps) through optional, StatusOr and
+// make_shared.
+absl::Status DecodeInstanceInto(std::string_view json, size_t max_bytes, Instance* out);
 
 }  // namespace discovery::instance_internal

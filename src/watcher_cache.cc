@@ -16,6 +16,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "cache_typeset.h"
+#include "instance_internal.h"
 #include "spdlog/spdlog.h"
 #include "util/clock.h"
 #include "watcher_impl.h"
@@ -52,7 +53,7 @@ void Watcher::Impl::SyncFailed(const absl::Status& why) {
 }
 
 // Parses one key/value into an instance; nullptr (counted, logged once per key) if invalid.
-InstancePtr Watcher::Impl::Decode(const std::string& key, std::string_view value) {
+InstancePtr Watcher::Impl::Decode(std::string_view key, std::string_view value) {
   absl::Status problem;
   std::string_view rest(key);
   rest.remove_prefix(opts.prefix.size());
@@ -61,11 +62,14 @@ InstancePtr Watcher::Impl::Decode(const std::string& key, std::string_view value
       rest.find('/', slash + 1) != std::string_view::npos) {
     problem = absl::InvalidArgumentError("key is not <prefix><type>/<instanceId>");
   }
-  absl::StatusOr<Instance> in = absl::InvalidArgumentError("");
+  // Decoded in place into the shared instance that is published (no moves of the Instance).
+  std::shared_ptr<Instance> in;
   if (problem.ok()) {
-    in = DecodeInstance(value, opts.max_value_bytes);
-    if (!in.ok()) {
-      problem = in.status();
+    in = std::make_shared<Instance>();
+    if (absl::Status decoded =
+            instance_internal::DecodeInstanceInto(value, opts.max_value_bytes, in.get());
+        !decoded.ok()) {
+      problem = decoded;
     } else if (in->type != rest.substr(0, slash) || in->instance_id != rest.substr(slash + 1)) {
       problem = absl::InvalidArgumentError("type/instanceId in the value do not match the key");
     } else if (absl::Status type = ValidateName("type", in->type); !type.ok()) {
@@ -76,15 +80,16 @@ InstancePtr Watcher::Impl::Decode(const std::string& key, std::string_view value
   }
   if (!problem.ok()) {
     invalid_values.fetch_add(1);
-    if (invalid_keys.insert(key).second) {
+    if (invalid_keys.insert(std::string(key)).second) {
       // Escaped: a hostile key may hold NUL, newlines or terminal escape sequences.
       SPDLOG_LOGGER_WARN(logger, "skipping invalid value at {} ({} bytes): {}",
-                         absl::CHexEscape(key), value.size(), std::string(problem.message()));
+                         absl::CHexEscape(absl::string_view(key.data(), key.size())), value.size(),
+                         std::string(problem.message()));
     }
     return nullptr;
   }
-  invalid_keys.erase(key);
-  return std::make_shared<const Instance>(*std::move(in));
+  ForgetInvalid(key);
+  return in;
 }
 
 cache::KeyRef Watcher::Impl::KeyOf(std::string_view key) const {
@@ -142,13 +147,12 @@ void Watcher::Impl::ApplyChanges(const std::vector<SourceChange>& changes, int64
   const int64_t applied = revision;
   for (const SourceChange& c : changes) {
     if (c.revision <= applied) continue;  // already applied (defensive: never deliver twice)
-    // (Keys are looked up by std::string: one copy per change, as the maps are keyed so.)
-    std::string key(c.key);
+    const std::string_view key = c.key;   // (a view into the source's response: no copy)
     InstancePtr next;
     if (!c.deleted) {
       next = Decode(key, c.value);
     } else {
-      invalid_keys.erase(key);
+      ForgetInvalid(key);
     }
     Set(KeyOf(key), std::move(next), c.revision, now, &pending_changes, &pending_touched);
     revision = std::max(revision, c.revision);
@@ -172,36 +176,42 @@ void Watcher::Impl::FlushPublish() {
   std::vector<ChangeEvent> changes = std::move(pending_changes);
   pending_touched.clear();
   pending_changes.clear();
-  Publish(touched, changes, util::MonoNow());
+  SnapshotPtr replaced = Publish(touched, changes, util::MonoNow());
   Dispatch(changes);
 }
 
 // Patches the touched types' chunked sets with `changes` (in order) and publishes a new
 // snapshot; updates the pickers of the touched (type, group)s.
-void Watcher::Impl::Publish(const std::set<std::string>& touched,
-                            const std::vector<ChangeEvent>& changes, absl::Time now) {
+SnapshotPtr Watcher::Impl::Publish(const std::set<std::string>& touched,
+                                   const std::vector<ChangeEvent>& changes, absl::Time now) {
   // The thread-CPU clock is a system call (~1 us here, as much as a one-event publish): a
   // large publish is always timed, small ones 1 in kPublishSample, counted that many times.
   const uint64_t n = publishes.fetch_add(1);
   const uint64_t weight =
       changes.size() >= kPublishSample ? 1 : (n % kPublishSample == 0 ? kPublishSample : 0);
   const int64_t started = weight != 0 ? ThreadCpuNs() : 0;
-  std::map<std::string, std::set<std::string>> groups;  // touched type -> touched groups
+  // Touched type -> touched groups, for the pickers (none to update without pickers).
+  const bool follow_groups = !pickers.empty();
+  std::map<std::string, std::set<std::string>> groups;
   for (const std::string& type : touched) {
     auto old = published.find(type);
     cache::TypeSetBuilder set(old == published.end() ? nullptr : old->second);
-    std::set<std::string>& changed_groups = groups[type];
+    std::set<std::string>* changed_groups = follow_groups ? &groups[type] : nullptr;
     for (const ChangeEvent& ev : changes) {
       const Instance* prev =
           ev.previous != nullptr && ev.previous->type == type ? ev.previous.get() : nullptr;
       InstancePtr next =
           ev.type != ChangeType::kRemoved && ev.instance->type == type ? ev.instance : nullptr;
-      if (prev != nullptr) changed_groups.insert(prev->group);
-      if (next != nullptr) changed_groups.insert(next->group);
-      if (prev != nullptr && (next == nullptr || !cache::SameSortKey(*prev, *next))) {
-        set.Erase(*prev);
+      if (changed_groups != nullptr) {
+        if (prev != nullptr) changed_groups->insert(prev->group);
+        if (next != nullptr) changed_groups->insert(next->group);
       }
-      if (next != nullptr) set.Upsert(std::move(next));
+      if (prev != nullptr && next != nullptr && cache::SameSortKey(*prev, *next)) {
+        set.Replace(*prev, std::move(next));  // the common update: found by address
+      } else {
+        if (prev != nullptr) set.Erase(*prev);
+        if (next != nullptr) set.Upsert(std::move(next));
+      }
     }
     if (set.size() == 0) {
       published.erase(type);
@@ -209,14 +219,23 @@ void Watcher::Impl::Publish(const std::set<std::string>& touched,
       published[type] = set.Finish();
     }
   }
-  snap.store(std::make_shared<const Snapshot>(revision, published, history));
+  SnapshotPtr replaced =
+      snap.exchange(std::make_shared<const Snapshot>(revision, published, history));
   for (auto& [type, p] : protection) {
-    if (EvaluateProtection(type, p, now)) groups[type].clear();  // every picker of the type
+    if (EvaluateProtection(type, p, now) && follow_groups) {
+      groups[type].clear();  // every picker of the type
+    }
   }
   for (const auto& [type, changed] : groups) {
     UpdatePickers(type, changed.empty() ? nullptr : &changed);
   }
   if (weight != 0) publish_ns.fetch_add(weight * static_cast<uint64_t>(ThreadCpuNs() - started));
+  return replaced;
+}
+
+void Watcher::Impl::ForgetInvalid(std::string_view key) {
+  if (invalid_keys.empty()) return;  // (the common case: no lookup)
+  if (auto it = invalid_keys.find(key); it != invalid_keys.end()) invalid_keys.erase(it);
 }
 
 void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
@@ -301,7 +320,7 @@ void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
   SPDLOG_LOGGER_INFO(logger, "{} {} at revision {}: {} instances, {} changes",
                      first ? "synced" : "resynced", watch_prefix, revision, current.size(),
                      changes.size());
-  Publish(touched, changes, now);
+  SnapshotPtr replaced = Publish(touched, changes, now);
   {
     util::MutexLock lock(&sync_mu);
     synced = true;

@@ -85,7 +85,7 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   uint64_t cluster_id = 0;  // the source's store_id
   uint64_t raft_term = 0;   // highest epoch seen in states of the current history
   uint64_t history = 0;     // Snapshot::history
-  std::set<std::string> invalid_keys;
+  std::set<std::string, std::less<>> invalid_keys;
   std::vector<PickerEntry> pickers;
   std::map<std::string, Protection> protection;
   bool stopping = false;  // set when the Watcher is destroyed (protection timers stop)
@@ -116,14 +116,19 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   void SyncFailed(const absl::Status& why) override;
 
   // ---- watcher_cache.cc ----
-  InstancePtr Decode(const std::string& key, std::string_view value);
+  InstancePtr Decode(std::string_view key, std::string_view value);
+  // Drops `key` from invalid_keys (a key whose value was invalid logs again once fixed).
+  void ForgetInvalid(std::string_view key);
   void Set(cache::KeyRef key, InstancePtr next, int64_t rev, absl::Time now,
            std::vector<ChangeEvent>* out, std::set<std::string>* touched);
   void FlushPublish();
   // Patches the published chunked sets of `touched` with `changes` (applied since the last
-  // publish, in order): O(changed instances), not O(instances of the type).
-  void Publish(const std::set<std::string>& touched, const std::vector<ChangeEvent>& changes,
-               absl::Time now);
+  // publish, in order): O(changed instances), not O(instances of the type). Returns the
+  // snapshot it replaced: the caller drops it after dispatching `changes`, so that freeing
+  // what no snapshot holds any more (the old chunk index, replaced chunks and instances) is
+  // not on the way from a change to its callbacks.
+  [[nodiscard]] SnapshotPtr Publish(const std::set<std::string>& touched,
+                                    const std::vector<ChangeEvent>& changes, absl::Time now);
   // ---- delivery.cc ----
   void Deliver(uint64_t id, const std::shared_ptr<Sub>& sub, const ChangeEvent& ev);
   void Dispatch(const std::vector<ChangeEvent>& changes);

@@ -41,6 +41,7 @@ struct Flags {
   int rate = 1000;
   double latency_seconds = 10;
   int writer_inflight = 32;  // Puts outstanding at once (bench/paced_writer.h)
+  int work_ns = 0;           // watch-latency: busy CPU per event on the reader (a probe)
 
   // keepalive
   int keepalive_n = 1000;

@@ -46,7 +46,13 @@ Json RunWatchLatency(const Flags& f) {
       if (resp.created()) created.store(true);
       for (const auto& ev : resp.events()) {
         const int64_t seq = bench_writer::SeqOf(ev.kv().value());
-        if (seq >= 0 && seq < total) recv[seq].store(now, std::memory_order_relaxed);
+        int64_t at = now;
+        if (f.work_ns > 0) {  // --work-ns: a stand-in for a client's work before its callback
+          const int64_t until = bench_writer::MonoNs() + f.work_ns;
+          while ((at = bench_writer::MonoNs()) < until) {
+          }
+        }
+        if (seq >= 0 && seq < total) recv[seq].store(at, std::memory_order_relaxed);
       }
       events.fetch_add(static_cast<uint64_t>(resp.events_size()));
     }

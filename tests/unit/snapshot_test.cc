@@ -83,6 +83,38 @@ TEST(SnapshotTypeSet, OneChangeInALargeTypeCopiesOneChunk) {
   EXPECT_EQ(after.OfType("world")[54321]->weight, 1);
 }
 
+// Replace finds the previous instance by its address (no key comparison inside the chunk) and
+// copies only its chunk; an instance the set does not hold falls back to Upsert.
+TEST(SnapshotTypeSet, ReplaceFindsThePreviousInstanceByAddress) {
+  constexpr int kN = 1000;
+  std::shared_ptr<const Snapshot::TypeSet> base = Build(kN);
+  InstancePtr held = Snapshot(1, Types{{"world", base}}).OfType("world")[345];
+  cache::TypeSetBuilder b(base);
+  InstancePtr next = Make(345, 100, 7);
+  b.Replace(*held, next);
+  auto replaced = b.Finish();
+  EXPECT_EQ(b.chunks_copied(), 1u);
+  EXPECT_EQ(FreshChunks(*base, *replaced), 1u);
+  Snapshot after(2, Types{{"world", replaced}});
+  ASSERT_EQ(after.size(), static_cast<size_t>(kN));
+  EXPECT_EQ(after.OfType("world")[345], next);
+
+  // A stranger with the same key (not the object the set holds): replaced by key.
+  cache::TypeSetBuilder b2(replaced);
+  InstancePtr stranger = Make(345, 100, 8), again = Make(345, 100, 9);
+  b2.Replace(*stranger, again);
+  // A key the set does not hold at all: inserted.
+  InstancePtr extra = Make(kN + 5, 100, 1);
+  b2.Replace(*Make(kN + 5), extra);
+  Snapshot last(3, Types{{"world", b2.Finish()}});
+  ASSERT_EQ(last.size(), static_cast<size_t>(kN + 1));
+  EXPECT_EQ(last.OfType("world")[345], again);
+  EXPECT_EQ(last.OfType("world")[kN], extra);
+  for (size_t i = 1; i < last.size(); ++i) {
+    ASSERT_TRUE(cache::SortsBefore(*last.OfType("world")[i - 1], *last.OfType("world")[i]));
+  }
+}
+
 TEST(SnapshotTypeSet, ViewsEqualASortedModelAfterRandomChanges) {
   std::mt19937 rng(12345);
   std::map<std::string, InstancePtr> model;
@@ -113,8 +145,12 @@ TEST(SnapshotTypeSet, ViewsEqualASortedModelAfterRandomChanges) {
               break;
             }
           }
+          b.Upsert(in);
+        } else if (rng() % 2 == 0) {
+          b.Replace(*it->second, in);  // as the watcher does for an update in place
+        } else {
+          b.Upsert(in);
         }
-        b.Upsert(in);
         model[Key(*in)] = in;
       }
     }
