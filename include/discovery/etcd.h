@@ -46,6 +46,13 @@ struct EtcdOptions {
   std::string key_file{};
   // Deadline of every unary call, across all failover attempts.
   absl::Duration call_timeout = absl::Seconds(5);
+  // HTTP/2 keepalive: while a call or stream is open (a Watch, the lease keepalive stream), a
+  // ping this often finds a member that stopped answering on a quiet connection (no answer
+  // within 5 s: the connection is dropped and the streams move). No pings while nothing is
+  // open: etcd, like every gRPC-Go server, answers pings on an idle connection with a GOAWAY
+  // "too_many_pings" and drops it. Stay at or above etcd's --grpc-keepalive-min-time
+  // (default 5 s), or etcd drops busy connections for the same reason.
+  absl::Duration keepalive_time = absl::Seconds(10);
   // Logger for the "discovery.etcd" component; a default named logger when null.
   std::shared_ptr<spdlog::logger> logger{};
 

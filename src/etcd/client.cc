@@ -1,5 +1,6 @@
 #include "etcd/client.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
@@ -193,9 +194,16 @@ std::shared_ptr<Stubs> Client::MakeStubs(const Endpoint& ep) {
   // handshake): too small and a TLS handshake on a busy machine never completes.
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
+              static_cast<int>(std::clamp<int64_t>(
+                  absl::ToInt64Milliseconds(options_.keepalive_time), 1000, 3600 * 1000)));
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Pings only while a call or stream is open. etcd's gRPC-Go server counts a ping on a
+  // connection without streams as abuse (unless its keepalive policy permits it, which etcd's
+  // does not) and after three sends GOAWAY "too_many_pings": an idle Connection (a tool, a
+  // process between registrations) was dropped and re-dialled every ~40 s, and a CI run saw
+  // the GOAWAY land in the middle of a test (EtcdClientTest.IdleClientIsNotDroppedForPinging).
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   args.SetMaxReceiveMessageSize(64 * 1024 * 1024);
   // A distinct channel per endpoint even when two share a target.

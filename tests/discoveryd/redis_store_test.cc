@@ -261,6 +261,15 @@ TEST_F(DiscoverydRedisTest, SseEpochChangesAfterFlushAllAndRestartWithoutPersist
   ASSERT_GT(b.port, 0);
   ASSERT_EQ(Must(Http(a.port, "POST", "/sd/v1/instances", WorldBody("old", "ready").dump())).status,
             201);
+  // The 201 means Redis has it, not that a's cache does yet: a subscriber attached before
+  // a's watcher saw the write gets "synced" with 0 instances and then an "added" event (a CI
+  // run failed so). Attach once a serves the instance.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto l = Http(a.port, "GET", "/sd/v1/instances?type=world");
+        return l.ok() && l->status == 200 && l->Json()["instances"].size() == 1;
+      },
+      absl::Seconds(10)));
   auto sse = SseClient::Connect(a.port, "/sd/v1/subscribe");
   ASSERT_TRUE(sse.ok()) << sse.status();
   ASSERT_TRUE((*sse)->WaitFor(
