@@ -81,6 +81,11 @@ void EventLoop::Dispatch(Task task) {
   Release();
 }
 
+bool EventLoop::SleepingForTest() {
+  MutexLock lock(&mu_);
+  return sleeping_;
+}
+
 bool EventLoop::Idle() {
   MutexLock lock(&mu_);
   return !stopping_ && !running_ && !DueLocked(util::MonoNow());

@@ -75,6 +75,9 @@ class EventLoop {
   int64_t inline_runs() const { return inline_runs_.load(std::memory_order_relaxed); }
   // Times the loop thread woke from a sleep (another thread woke it, or its deadline came).
   int64_t wakeups() const { return wakeups_.load(std::memory_order_relaxed); }
+  // The loop thread has nothing to run and sleeps (or is about to: anything posted from now
+  // on has to wake it). For tests.
+  bool SleepingForTest();
 
  private:
   void Run();
