@@ -45,8 +45,8 @@ int main(int argc, char** argv) {
   lat->add_option("--rate", f.rate, "puts per second")->check(CLI::Range(1, 1000000));
   lat->add_option("--seconds", f.latency_seconds, "seconds")->check(CLI::Range(0.01, 3600.0));
   lat->add_option("--work-ns", f.work_ns,
-                  "busy CPU (ns) the reader spends per event after timestamping it: shows how the "
-                  "tail follows a client's per-event CPU on a saturated host (default 0)")
+                  "busy CPU (ns) the reader spends per event before timestamping it: shows how "
+                  "the tail follows a client's per-event CPU on a saturated host (default 0)")
       ->check(CLI::Range(0, 1000000));
   lat->add_option("--inflight", f.writer_inflight, "writer: Puts outstanding at once")
       ->check(CLI::Range(1, 4096));
