@@ -85,27 +85,31 @@ class LeaseKeeperTest : public ::testing::Test {
   // Freezes member `index` just after a keepalive burst (interval 3 s) was answered, so that
   // the fakes added next go out with the following burst, to the frozen member, and the
   // stream stalls 3 s after that one (a burst not answered before the freeze would make the
-  // stall and the fakes' burst coincide).
-  void FreezeRightAfterABurst(int index) {
+  // stall and the fakes' burst coincide). burst_size > 0: only after a burst of exactly that
+  // many keepalives (one group's, when groups burst at different times).
+  void FreezeRightAfterABurst(int index, int64_t burst_size = 0) {
     etcd::LeaseKeeper& k = client_->keeper();
-    const int64_t sent = k.keepalives_sent();
-    ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() > sent; }, absl::Seconds(5),
-                          absl::Milliseconds(1)));
+    for (;;) {
+      const int64_t sent = k.keepalives_sent();
+      ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() > sent; }, absl::Seconds(5),
+                            absl::Milliseconds(1)));
+      if (burst_size == 0 || k.keepalives_sent() - sent == burst_size) break;
+    }
     const int64_t answered = k.answer_batches();
     ASSERT_TRUE(WaitUntil([&] { return k.answer_batches() > answered; }, absl::Seconds(2),
                           absl::Milliseconds(1)));
     ASSERT_TRUE(cluster_->Stop(index).ok());
   }
-  // 100,000 keepalives for ids nobody granted, in the group of `interval`: a burst of ~1.5 MB.
-  // (20,000, ~300 KB, were still taken by a frozen etcd 3.4 at times.) Etcd answers them
-  // slowly on the next member when it is a follower (each is forwarded to the leader), so the
-  // tests wait for the first answers there, not for all.
+  // 100,000 keepalives for ids nobody granted, in the group of (`ttl`, `interval`): a burst of
+  // ~1.5 MB. (20,000, ~300 KB, were still taken by a frozen etcd 3.4 at times.) Etcd answers
+  // them slowly on the next member when it is a follower (each is forwarded to the leader), so
+  // the tests wait for the first answers there, not for all.
   static constexpr int kFake = 100000;
-  void AddFakes(absl::Duration interval) {
+  void AddFakes(absl::Duration interval, absl::Duration ttl = absl::Seconds(30)) {
     std::atomic<int>* lost = &fake_lost_;
     const int64_t fake_base = int64_t{1} << 60;
     for (int i = 0; i < kFake; ++i) {
-      client_->keeper().Add(fake_base + i, absl::Seconds(30), interval,
+      client_->keeper().Add(fake_base + i, ttl, interval,
                             [lost](const etcd::LeaseKeeper::Event& e) {
                               if (e.type == etcd::LeaseKeeper::EventType::kLost) lost->fetch_add(1);
                             });
@@ -273,34 +277,52 @@ TEST_F(LeaseKeeperTest, BurstStuckOnAFrozenMemberBlocksOnlyTheWriterThread) {
   Start(3, quiet);
   std::vector<int64_t> ids = Grant(5, 30);
   ASSERT_EQ(ids.size(), 5u);
+  std::vector<int64_t> late = Grant(4, 31);
+  ASSERT_EQ(late.size(), 4u);
   etcd::LeaseKeeper& k = client_->keeper();
-  // Interval 3 s: the stall timeout is 3 s, so the stuck burst is followed by a burst that
-  // finds it still queued (deferred_bursts) before the stream is given up.
+  // Two groups (TTL 30 s and 31 s, interval 3 s, so the stall timeout is 3 s) that burst
+  // half an interval apart. The member is frozen right after a burst of the first group; the
+  // fakes join the second, whose burst 1.5 s later is stuck and starts the stall clock; the
+  // first group's burst 1.5 s after that finds it still queued (deferred_bursts), 1.5 s before
+  // the stream is given up. (With one group, its next burst was due at the very instant of the
+  // stall deadline: the loop gave the stream up first, and the burst counted as deferred only
+  // if the writer thread had not yet seen the cancel; under TSan in CI it had.)
   AddAll(ids, absl::Seconds(30), absl::Seconds(3));
   ASSERT_TRUE(WaitUntil([&] { return k.open_streams() == 1 && k.keepalives_sent() >= 5; },
                         absl::Seconds(8)));
+  const absl::Time half = util::MonoNow() + absl::Milliseconds(1500);
+  ASSERT_TRUE(WaitUntil([&] { return util::MonoNow() >= half; }, absl::Seconds(3)));
+  AddAll(late, absl::Seconds(31), absl::Seconds(3));
   int index = 0;
   client_->CurrentStubs(&index);
-  FreezeRightAfterABurst(index);
-  AddFakes(absl::Seconds(3));
-  // The next burst (3 s after the last) carries the fakes to the frozen member.
+  FreezeRightAfterABurst(index, static_cast<int64_t>(ids.size()));
+  AddFakes(absl::Seconds(3), absl::Seconds(31));
+  // The second group's next burst (1.5 s after the freeze) carries the fakes to the frozen
+  // member.
   ASSERT_TRUE(WaitUntil([&] { return k.keepalives_sent() >= kFake + 10; }, absl::Seconds(5)));
   // Until the loop gave the frozen stream up: calls on the loop return promptly.
   const absl::Time until = util::MonoNow() + testing::TimeScale(absl::Seconds(15));
-  while (k.stalls() == 0 && util::MonoNow() < until) {
+  int64_t deferred_before_stall = 0;
+  for (;;) {
+    const int64_t deferred = k.deferred_bursts();  // (read before stalls: counted before it)
+    if (k.stalls() != 0 || util::MonoNow() >= until) break;
+    deferred_before_stall = deferred;
     size_t count = 0;
     ASSERT_TRUE(ReturnsPromptly([&] { count = k.lease_count(); }, index))
         << "a call on the client loop did not return while a member was frozen";
-    EXPECT_EQ(count, static_cast<size_t>(kFake) + ids.size());
+    EXPECT_EQ(count, static_cast<size_t>(kFake) + ids.size() + late.size());
     std::this_thread::sleep_for(std::chrono::milliseconds(100));  // (a probe's pace)
   }
   EXPECT_GE(k.stalls(), 1);
-  // The premise: the burst really was stuck (a later burst found it still being written).
-  EXPECT_GE(k.deferred_bursts(), 1);
+  // The premise: the burst really was stuck (a later burst found it still being written, on
+  // the stream to the frozen member, before that stream was given up).
+  EXPECT_GE(deferred_before_stall, 1);
   // The new stream carries the burst: the ids nobody granted come back lost.
   EXPECT_TRUE(WaitUntil([&] { return fake_lost_.load() >= 1; }, absl::Seconds(30)))
       << fake_lost_.load();
-  for (int64_t id : {ids.front(), ids.back()}) EXPECT_GT(Remaining(id), 0) << id;
+  for (int64_t id : {ids.front(), ids.back(), late.front(), late.back()}) {
+    EXPECT_GT(Remaining(id), 0) << id;
+  }
   ASSERT_TRUE(cluster_->Cont(index).ok());
   EXPECT_EQ(lost_.load(), 0);
 }
