@@ -48,6 +48,10 @@ int main(int argc, char** argv) {
                   "busy CPU (ns) the reader spends per event before timestamping it: shows how "
                   "the tail follows a client's per-event CPU on a saturated host (default 0)")
       ->check(CLI::Range(0, 1000000));
+  lat->add_option("--work-after-ns", f.work_after_ns,
+                  "busy CPU (ns) the reader spends per event after timestamping it (work a "
+                  "client does after its callback: is it the CPU or its place that counts?)")
+      ->check(CLI::Range(0, 1000000));
   lat->add_option("--inflight", f.writer_inflight, "writer: Puts outstanding at once")
       ->check(CLI::Range(1, 4096));
   CLI::App* ka = app.add_subcommand("keepalive", "N leases on one LeaseKeepAlive stream");

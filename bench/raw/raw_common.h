@@ -42,6 +42,7 @@ struct Flags {
   double latency_seconds = 10;
   int writer_inflight = 32;  // Puts outstanding at once (bench/paced_writer.h)
   int work_ns = 0;           // watch-latency: busy CPU per event on the reader (a probe)
+  int work_after_ns = 0;     // the same after the event is timestamped
 
   // keepalive
   int keepalive_n = 1000;

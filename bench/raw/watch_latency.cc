@@ -53,6 +53,11 @@ Json RunWatchLatency(const Flags& f) {
           }
         }
         if (seq >= 0 && seq < total) recv[seq].store(at, std::memory_order_relaxed);
+        if (f.work_after_ns > 0) {  // --work-after-ns: work after the callback (freeing, ...)
+          const int64_t until = bench_writer::MonoNs() + f.work_after_ns;
+          while (bench_writer::MonoNs() < until) {
+          }
+        }
       }
       events.fetch_add(static_cast<uint64_t>(resp.events_size()));
     }
