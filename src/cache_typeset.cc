@@ -136,16 +136,12 @@ void TypeSetBuilder::Upsert(InstancePtr in) {
       std::lower_bound(items.begin(), items.end(), *in,
                        [](const InstancePtr& x, const Instance& y) { return SortsBefore(*x, y); });
   const size_t pos = it - items.begin();
-  const bool replace = it != items.end() && SameSortKey(**it, *in);
-  std::vector<InstancePtr>& v = Mutable(c);
-  const size_t limit = ChunkLimit(size_);
-  if (replace) {
-    v[pos] = std::move(in);
-    // A chunk from when the type was larger (or made by FromSorted) is cut down to this size
-    // at its next change: only far over the limit, so that a replace rarely splits.
-    if (v.size() > 2 * limit) Split(c);
+  if (it != items.end() && SameSortKey(**it, *in)) {
+    ReplaceAt(c, pos, std::move(in));
     return;
   }
+  std::vector<InstancePtr>& v = Mutable(c);
+  const size_t limit = ChunkLimit(size_);
   v.insert(v.begin() + static_cast<std::ptrdiff_t>(pos), std::move(in));
   ++size_;
   if (v.size() > limit) Split(c);
@@ -158,14 +154,19 @@ void TypeSetBuilder::Replace(const Instance& prev, InstancePtr next) {
     // A linear scan of at most kChunkMax adjacent pointers: no instance is read.
     for (size_t pos = 0; pos < items.size(); ++pos) {
       if (items[pos].get() != &prev) continue;
-      std::vector<InstancePtr>& v = Mutable(c);
-      v[pos] = std::move(next);
-      // As in Upsert: a chunk far over the limit is cut down at its next change.
-      if (v.size() > 2 * ChunkLimit(size_)) Split(c);
+      ReplaceAt(c, pos, std::move(next));
       return;
     }
   }
   Upsert(std::move(next));
+}
+
+void TypeSetBuilder::ReplaceAt(size_t c, size_t pos, InstancePtr in) {
+  std::vector<InstancePtr>& v = Mutable(c);
+  v[pos] = std::move(in);
+  // A chunk from when the type was larger (or made by FromSorted) is cut down to this size at
+  // its next change: only far over the limit, so that a replace rarely splits.
+  if (v.size() > 2 * ChunkLimit(size_)) Split(c);
 }
 
 void TypeSetBuilder::Split(size_t c) {

@@ -98,6 +98,8 @@ class TypeSetBuilder {
   // when every chunk ends before it).
   size_t ChunkFor(const Instance& in) const;
   std::vector<InstancePtr>& Mutable(size_t c);
+  // Sets slot `pos` of chunk `c` (same sort key) to `in`.
+  void ReplaceAt(size_t c, size_t pos, InstancePtr in);
   // Moves the upper half of chunk `c` into a new chunk after it.
   void Split(size_t c);
 
