@@ -148,11 +148,15 @@ class DashboardTest : public DiscoverydTest {
 };
 
 TEST_F(DashboardTest, LiveTableInHeadlessChromium) {
+  // Nothing heartbeats these registrations: their TTL must outlast the test (chromium alone
+  // may take 20 s to start under load; with 10 s, dash-ready expired before the page loaded).
+  constexpr int kTtl = 120;
   GatewayProc gw = StartGateway();
   ASSERT_GT(gw.port, 0);
-  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("dash-ready", "ready").dump()))
-                .status,
-            201);
+  ASSERT_EQ(
+      Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("dash-ready", "ready", kTtl).dump()))
+          .status,
+      201);
   std::unique_ptr<DevTools> dt = StartBrowser();
   ASSERT_NE(dt, nullptr);
   std::string url = absl::StrCat("http://127.0.0.1:", gw.port, "/");
@@ -166,17 +170,19 @@ TEST_F(DashboardTest, LiveTableInHeadlessChromium) {
   EXPECT_EQ(dt->Eval("document.body.dataset.connected"), "true");
 
   // Registered while the page is open: it appears live, coloured by status.
-  json lobby = WorldBody("dash-lobby", "initializing");
+  json lobby = WorldBody("dash-lobby", "initializing", kTtl);
   lobby["type"] = "lobby";
   lobby["group"] = "eu-1";
   lobby["performance"] = {{"players", 42}, {"load", 0.25}};
   ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", lobby.dump())).status, 201);
-  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("dash-error", "error").dump()))
-                .status,
-            201);
-  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("dash-drain", "ready").dump()))
-                .status,
-            201);
+  ASSERT_EQ(
+      Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("dash-error", "error", kTtl).dump()))
+          .status,
+      201);
+  ASSERT_EQ(
+      Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("dash-drain", "ready", kTtl).dump()))
+          .status,
+      201);
   ASSERT_EQ(Must(Http(gw.port, "PATCH", "/sd/v1/instances/dash-drain?type=world",
                       R"({"status":"shutting_down","customState":"draining"})"))
                 .status,
