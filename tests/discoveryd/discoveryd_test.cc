@@ -26,6 +26,7 @@ using testing::Headers;
 using testing::Http;
 using testing::IdIs;
 using testing::json;
+using testing::kWorldTtlSeconds;
 using testing::Must;
 using testing::Response;
 using testing::RevisionOfId;
@@ -45,7 +46,7 @@ TEST_F(DiscoverydTest, RestRegisterDiscoverHeartbeatPatchDelete) {
   json r = reg.Json();
   std::string id = r["instanceId"];
   EXPECT_EQ(id.size(), 26u);  // a generated ULID
-  EXPECT_EQ(r["ttlSeconds"], 10);
+  EXPECT_EQ(r["ttlSeconds"], kWorldTtlSeconds);
   ASSERT_TRUE(r["leaseId"].is_string());
   std::string key = "/services/world/" + id;
   json stored = Value(key);
@@ -86,7 +87,7 @@ TEST_F(DiscoverydTest, RestRegisterDiscoverHeartbeatPatchDelete) {
   Response hb = Must(Http(gw.port, "POST", "/sd/v1/instances/" + id + "/heartbeat?type=world",
                           R"({"status":"ready","performance":{"tps":1200,"load":0.5}})"));
   ASSERT_EQ(hb.status, 200) << hb.body;
-  EXPECT_EQ(hb.Json()["ttlSeconds"], 10);
+  EXPECT_EQ(hb.Json()["ttlSeconds"], kWorldTtlSeconds);
   stored = Value(key);
   EXPECT_EQ(stored["status"], "ready");
   EXPECT_EQ(stored["performance"]["tps"], 1200);

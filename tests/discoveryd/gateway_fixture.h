@@ -43,8 +43,14 @@ inline Instance WorldInstance(const std::string& id) {
   return in;
 }
 
+// The TTL of a WorldBody registration unless a test asks for another. Nothing heartbeats
+// these: a registration that must live through the test needs a TTL longer than the test may
+// take on a loaded CI host (10 s was not: a page load after chromium started outlived it).
+// Tests of expiry pass a short TTL of their own.
+inline constexpr int kWorldTtlSeconds = 60;
+
 inline json WorldBody(const std::string& id, const std::string& status = "initializing",
-                      int ttl = 10) {
+                      int ttl = kWorldTtlSeconds) {
   json j = {{"type", "world"},          {"group", "kr-1"},           {"hostname", "game-01"},
             {"privateIp", "127.0.0.1"}, {"ports", {{"game", 8001}}}, {"version", "1.4.2"},
             {"status", status},         {"ttlSeconds", ttl}};

@@ -81,7 +81,7 @@ TEST_F(DiscoverydRedisTest, RestWritesLandInRedisAndReadsAnswerAsOnEtcd) {
   ASSERT_EQ(reg.status, 201) << reg.body;
   json r = reg.Json();
   const std::string id = r["instanceId"];
-  EXPECT_EQ(r["ttlSeconds"], 10);
+  EXPECT_EQ(r["ttlSeconds"], kWorldTtlSeconds);
   const std::string key = "/services/world/" + id;
   json stored = Value(key);
   EXPECT_EQ(stored["status"], "initializing") << stored.dump();
@@ -109,7 +109,7 @@ TEST_F(DiscoverydRedisTest, RestWritesLandInRedisAndReadsAnswerAsOnEtcd) {
   Response hb = Must(Http(gw.port, "POST", "/sd/v1/instances/" + id + "/heartbeat?type=world",
                           R"({"status":"ready","performance":{"tps":1200}})"));
   ASSERT_EQ(hb.status, 200) << hb.body;
-  EXPECT_EQ(hb.Json()["ttlSeconds"], 10);
+  EXPECT_EQ(hb.Json()["ttlSeconds"], kWorldTtlSeconds);
   EXPECT_EQ(hb.Json()["leaseId"], r["leaseId"]);
   stored = Value(key);
   EXPECT_EQ(stored["status"], "ready");
