@@ -28,17 +28,7 @@ namespace {
 using Json = nlohmann::json;
 using namespace instance_internal;  // NOLINT(build/namespaces): this file's own helpers
 
-// Known top-level fields, in the order EncodeInstance writes them.
-constexpr std::array<std::string_view, 19> kKnownFields = {
-    "instanceId", "type",        "group",     "hostname",  "publicIp", "privateIp", "ports",
-    "status",     "customState", "version",   "region",    "zone",     "weight",    "meta",
-    "systemInfo", "performance", "startedAt", "updatedAt", "leaseId"};
-
 }  // namespace
-
-std::string_view instance_internal::KnownField(int i) {
-  return i >= 0 && i < static_cast<int>(kKnownFields.size()) ? kKnownFields[i] : std::string_view();
-}
 
 // Shared with the fast encoder (instance_encode.cc): declared in instance_internal.h.
 namespace instance_internal {

@@ -28,7 +28,7 @@ namespace {
 
 using Json = nlohmann::json;
 
-// The known fields in instance_internal::KnownField's order (FieldOf maps a key to its index);
+// The known fields in instance_internal::kKnownFields order (FieldOf maps a key to its index);
 // a field out of order would be decoded into the wrong member, which the unit test's
 // comparison with the general path catches on the first full instance.
 enum Field : int {
@@ -162,22 +162,27 @@ class Handler {
       if (!performance.is_object()) return false;
       in.performance = std::move(performance);
     }
-    std::string err;
-    if (started && !absl::ParseTime(absl::RFC3339_full, *started, &in.started_at, &err)) {
-      return false;
-    }
-    if (updated && !absl::ParseTime(absl::RFC3339_full, *updated, &in.updated_at, &err)) {
-      return false;
-    }
-    return true;
+    return (!started || ParseTime(*started, &in.started_at)) &&
+           (!updated || ParseTime(*updated, &in.updated_at));
   }
 
  private:
   static bool IsNullOrEmpty(const Json& j) { return j.is_null() || (j.is_object() && j.empty()); }
 
-  static Field FieldOf(std::string_view k) {
-    for (int i = 0; i < kUnknown; ++i) {
-      if (KnownField(i) == k) return static_cast<Field>(i);
+  static bool ParseTime(const std::string& s, absl::Time* out) {
+    std::string err;
+    return ParseTimestampFast(s, out) || absl::ParseTime(absl::RFC3339_full, s, out, &err);
+  }
+
+  // The encoder writes the known fields in kKnownFields order (those it omits skipped), so
+  // the search starts at the field after the last one found: one or two comparisons per key
+  // instead of up to 19 (a linear search from the start was ~20 % of a decode).
+  Field FieldOf(std::string_view k) {
+    for (int n = 0, i = next_field_; n < kUnknown; ++n, i = i + 1 == kUnknown ? 0 : i + 1) {
+      if (kKnownFields[i] == k) {
+        next_field_ = i + 1 == kUnknown ? 0 : i + 1;
+        return static_cast<Field>(i);
+      }
     }
     return kUnknown;
   }
@@ -315,14 +320,66 @@ class Handler {
 
   int depth_ = 0;  // 0 before/after the instance object, 1 inside it, 2 inside ports or meta
   Field field_ = kUnknown;
-  uint32_t seen_ = 0;  // known fields read (bit per Field)
+  uint32_t seen_ = 0;   // known fields read (bit per Field)
+  int next_field_ = 0;  // where FieldOf starts looking
   bool in_ports_ = false, in_meta_ = false;
   std::string key_;  // the key of the value being read (unknown field, port, meta, nested)
   Json* capture_root_ = nullptr;
   std::vector<Json*> capture_;  // open containers of a captured value
 };
 
+// Two digits at s[i] as 0..99, or -1.
+int TwoDigits(std::string_view s, size_t i) {
+  const auto d = [&](size_t j) { return s[j] >= '0' && s[j] <= '9' ? s[j] - '0' : -100; };
+  const int v = d(i) * 10 + d(i + 1);
+  return v < 0 ? -1 : v;
+}
+
+// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+int64_t DaysFromCivil(int64_t y, int m, int d) {
+  y -= m <= 2 ? 1 : 0;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const int64_t yoe = y - era * 400;
+  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
 }  // namespace
+
+bool ParseTimestampFast(std::string_view s, absl::Time* out) {
+  // 0123456789012345678
+  // YYYY-MM-DDTHH:MM:SS[.fffffffff]Z
+  if (s.size() < 20 || s.size() > 30 || s[4] != '-' || s[7] != '-' || s[10] != 'T' ||
+      s[13] != ':' || s[16] != ':' || s.back() != 'Z') {
+    return false;
+  }
+  const int century = TwoDigits(s, 0), year2 = TwoDigits(s, 2), month = TwoDigits(s, 5),
+            day = TwoDigits(s, 8), hour = TwoDigits(s, 11), minute = TwoDigits(s, 14),
+            second = TwoDigits(s, 17);
+  if (century < 0 || year2 < 0 || month < 1 || month > 12 || day < 1 || hour < 0 || hour > 23 ||
+      minute < 0 || minute > 59 || second < 0 || second > 59) {
+    return false;
+  }
+  const int year = century * 100 + year2;
+  const bool leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+  constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (day > kDays[month - 1] + (month == 2 && leap ? 1 : 0)) return false;
+  int64_t nanos = 0;
+  if (s.size() > 20) {  // '.' and 1..9 digits before the 'Z'
+    if (s[19] != '.' || s.size() == 21) return false;
+    int64_t scale = 1000000000;
+    for (size_t i = 20; i + 1 < s.size(); ++i) {
+      if (s[i] < '0' || s[i] > '9') return false;
+      scale /= 10;
+      nanos += (s[i] - '0') * scale;
+    }
+  }
+  const int64_t seconds =
+      DaysFromCivil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second;
+  *out = absl::FromUnixSeconds(seconds) + absl::Nanoseconds(nanos);
+  return true;
+}
 
 bool DecodeInstanceFastInto(std::string_view json, Instance* out) {
   Handler h(out);

@@ -1,6 +1,7 @@
 // Internal: what the instance codec (instance_codec.cc) and the rest of instance.cc share.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -47,10 +48,18 @@ std::string FormatLeaseId(int64_t id);
 // same bytes without building a value per field (instance_encode.cc).
 std::string EncodeInstanceGeneral(const Instance& instance);
 
-// Known top-level field i (0..18) in the order EncodeInstance writes them: instanceId, type,
-// group, hostname, publicIp, privateIp, ports, status, customState, version, region, zone,
-// weight, meta, systemInfo, performance, startedAt, updatedAt, leaseId. Empty past the end.
-std::string_view KnownField(int i);
+// The known top-level fields in the order EncodeInstance writes them.
+inline constexpr std::array<std::string_view, 19> kKnownFields = {
+    "instanceId", "type",        "group",     "hostname",  "publicIp", "privateIp", "ports",
+    "status",     "customState", "version",   "region",    "zone",     "weight",    "meta",
+    "systemInfo", "performance", "startedAt", "updatedAt", "leaseId"};
+// A timestamp in the shape FormatTimestamp writes, read without absl::ParseTime (whose format
+// interpreter was ~10 % of a decode): YYYY-MM-DDTHH:MM:SS, then optionally '.' and 1..9
+// digits, then 'Z', every field in range (no second 60, no 30 February). False for anything
+// else, which absl::ParseTime(RFC3339_full) then decides; where this gives a time, that gives
+// the same one (instance_fast_paths_test checks both on every day of 400 years and on
+// near misses).
+bool ParseTimestampFast(std::string_view s, absl::Time* out);
 // Reads an integral JSON number (integers, or floats with an integral value) in [lo, hi].
 bool GetIntInRange(const nlohmann::json& j, int64_t lo, int64_t hi, int64_t* out);
 // Parses 1..16 hex digits (either case, optional 0x prefix) as the bit pattern of an int64.

@@ -93,6 +93,8 @@ TEST(DecodeFastTest, UnusualButValidDocumentsAgree) {
       R"({"instanceId":"a","type":"t","ports":{"p":1,"p":2},"meta":{"m":"1","m":"2"}})",
       // times with offsets and fractions
       R"({"instanceId":"a","type":"t","startedAt":"2024-01-02T03:04:05+09:00","updatedAt":"2024-01-02T03:04:05.123456789Z"})",
+      // the known fields in reverse order (FieldOf starts after the last field it found)
+      R"({"leaseId":"1f","updatedAt":"2024-01-02T03:04:05Z","startedAt":"2024-01-02T03:04:05Z","performance":{"a":1},"systemInfo":{"b":2},"meta":{"m":"v"},"weight":7,"zone":"z","region":"r","version":"v","customState":"c","status":"ready","ports":{"p":1},"privateIp":"10.0.0.1","publicIp":"1.2.3.4","hostname":"h","group":"g","type":"t","instanceId":"a"})",
       // whitespace everywhere
       " {\n \"instanceId\" : \"a\" ,\t\"type\":\"t\" , \"ports\" : { \"p\" : 1 } } \n",
   };
@@ -164,6 +166,80 @@ TEST(DecodeFastTest, AnythingElseIsLeftToTheGeneralPath) {
   for (const std::string& doc : docs) {
     EXPECT_FALSE(DecodeInstanceFast(doc).has_value()) << doc;
   }
+}
+
+// ParseTimestampFast gives a time only where absl::ParseTime(RFC3339_full) gives the same one.
+bool TimestampAgrees(const std::string& s) {
+  absl::Time fast;
+  if (!instance_internal::ParseTimestampFast(s, &fast)) return false;
+  absl::Time general;
+  std::string err;
+  EXPECT_TRUE(absl::ParseTime(absl::RFC3339_full, s, &general, &err))
+      << s << ": fast parsed what absl rejects: " << err;
+  EXPECT_EQ(fast, general) << s;
+  return true;
+}
+
+TEST(TimestampFastTest, EveryDayOfFourHundredYearsAgrees) {
+  // 1800..2199: every day (the Gregorian cycle, leap centuries included), a time of day that
+  // moves through the hours, minutes and seconds, and 0..9 fractional digits.
+  const absl::Time from = absl::FromCivil(absl::CivilDay(1800, 1, 1), absl::UTCTimeZone());
+  const absl::Time to = absl::FromCivil(absl::CivilDay(2200, 1, 1), absl::UTCTimeZone());
+  int64_t days = 0;
+  for (absl::Time day = from; day < to; day += absl::Hours(24), ++days) {
+    const absl::Time t = day + absl::Seconds((days * 7919) % 86400) +
+                         absl::Nanoseconds((days * 104729) % 1000000000);
+    const int digits = days % 10;
+    const std::string format =
+        digits == 0 ? "%Y-%m-%d%ET%H:%M:%SZ" : absl::StrCat("%Y-%m-%d%ET%H:%M:%E", digits, "SZ");
+    const std::string s = absl::FormatTime(format, t, absl::UTCTimeZone());
+    ASSERT_TRUE(TimestampAgrees(s)) << "not taken: " << s;
+  }
+  EXPECT_EQ(days, 146097);
+}
+
+TEST(TimestampFastTest, NearMissesAreLeftToAbsl) {
+  // Out of range, other shapes, offsets, leap seconds: never a time absl would not give.
+  const std::vector<std::string> rejected = {
+      "2023-02-29T00:00:00Z",
+      "2100-02-29T00:00:00Z",
+      "2023-04-31T00:00:00Z",
+      "2023-00-10T00:00:00Z",
+      "2023-13-10T00:00:00Z",
+      "2023-01-00T00:00:00Z",
+      "2023-01-32T00:00:00Z",
+      "2023-01-10T24:00:00Z",
+      "2023-01-10T23:60:00Z",
+      "2023-12-31T23:59:60Z",
+      "2023-01-10T00:00:00",
+      "2023-01-10T00:00:00.Z",
+      "2023-01-10T00:00:00.1234567891Z",
+      "2023-01-10t00:00:00Z",
+      "2023-01-10T00:00:00z",
+      "2023-01-10T00:00:00+00:00",
+      "2023-1-10T00:00:00Z",
+      "+2023-01-10T00:00:00Z",
+      "2023-01-10T00:00:00.12a4Z",
+      " 2023-01-10T00:00:00Z",
+      "2023-01-10 00:00:00Z",
+      "",
+  };
+  for (const std::string& s : rejected) EXPECT_FALSE(TimestampAgrees(s)) << s;
+  EXPECT_TRUE(TimestampAgrees("2024-02-29T23:59:59.999999999Z"));
+  EXPECT_TRUE(TimestampAgrees("2000-02-29T00:00:00.5Z"));
+  // Every byte of a valid timestamp replaced by each of a set of bytes: whatever the fast path
+  // takes, absl gives the same time.
+  const std::string base = "2024-02-29T13:45:59.123Z";
+  const std::string bytes = "0123456789-:T.Zzt +/\x01\xff";
+  int taken = 0;
+  for (size_t i = 0; i < base.size(); ++i) {
+    for (char b : bytes) {
+      std::string s = base;
+      s[i] = b;
+      taken += TimestampAgrees(s) ? 1 : 0;
+    }
+  }
+  EXPECT_GT(taken, 0);
 }
 
 TEST(EncodeFastTest, SameBytesAsTheGeneralPath) {
