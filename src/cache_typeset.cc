@@ -63,11 +63,28 @@ int CompareSortKey(const Instance& x, std::string_view probe) {
   return 0;
 }
 
-TypeSetBuilder::TypeSetBuilder(std::shared_ptr<const Snapshot::TypeSet> base) {
-  if (base == nullptr) return;
-  chunks_ = base->chunks;
+TypeSetBuilder::TypeSetBuilder(std::shared_ptr<const Snapshot::TypeSet> base)
+    : base_(std::move(base)) {
+  if (base_ == nullptr) return;
+  chunks_ = base_->chunks;
   owned_.assign(chunks_.size(), false);
-  size_ = base->size();
+  size_ = base_->size();
+}
+
+void TypeSetBuilder::Mark(size_t c) {
+  dirty_lo_ = std::min(dirty_lo_, c);
+  dirty_hi_ = std::max(dirty_hi_, c + 1);
+}
+
+void TypeSetBuilder::Inserted(size_t c) {
+  // The chunks after it moved up by one: the range grows by one (and covers `c`).
+  dirty_lo_ = std::min(dirty_lo_, c);
+  dirty_hi_ = std::max(dirty_hi_, c) + 1;
+}
+
+void TypeSetBuilder::Removed(size_t c) {
+  Mark(c);
+  --dirty_hi_;
 }
 
 size_t TypeSetBuilder::ChunkFor(const Instance& in) const {
@@ -88,6 +105,7 @@ std::vector<InstancePtr>& TypeSetBuilder::Mutable(size_t c) {
     chunks_[c] = std::move(copy);
     owned_[c] = true;
     ++copied_;
+    Mark(c);
   }
   // Created by this builder as non-const and not published yet: writing it is ours to do.
   return const_cast<Snapshot::Chunk&>(*chunks_[c]).items;
@@ -108,6 +126,7 @@ void TypeSetBuilder::Erase(const Instance& in) {
   if (v.empty()) {
     chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c));
     owned_.erase(owned_.begin() + static_cast<std::ptrdiff_t>(c));
+    Removed(c);
     return;
   }
   // Deletes must not leave a trail of tiny chunks: join a small chunk with its successor.
@@ -118,6 +137,7 @@ void TypeSetBuilder::Erase(const Instance& in) {
     v.insert(v.end(), next.begin(), next.end());
     chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c + 1));
     owned_.erase(owned_.begin() + static_cast<std::ptrdiff_t>(c + 1));
+    Removed(c + 1);
   }
 }
 
@@ -127,6 +147,7 @@ void TypeSetBuilder::Upsert(InstancePtr in) {
     chunk->items.push_back(std::move(in));
     chunks_.push_back(std::move(chunk));
     owned_.push_back(true);
+    Inserted(0);
     ++size_;
     return;
   }
@@ -178,14 +199,20 @@ void TypeSetBuilder::Split(size_t c) {
   v.shrink_to_fit();  // (a split chunk would keep twice the slots it holds)
   chunks_.insert(chunks_.begin() + static_cast<std::ptrdiff_t>(c + 1), std::move(upper));
   owned_.insert(owned_.begin() + static_cast<std::ptrdiff_t>(c + 1), true);
+  Inserted(c + 1);
 }
 
 std::shared_ptr<const Snapshot::TypeSet> TypeSetBuilder::Finish() {
   if (size_ == 0) return nullptr;
   auto set = std::make_shared<Snapshot::TypeSet>();
-  set->ends.reserve(chunks_.size());
-  size_t total = 0;
-  for (size_t i = 0; i < chunks_.size(); ++i) {
+  const size_t n = chunks_.size();
+  set->ends.resize(n);
+  // Only the chunks in [lo, hi) are read (every chunk copied, split, merged or inserted is in
+  // it): a publish costs O(changed chunks), not a read of every chunk of the type.
+  const size_t lo = std::min(dirty_lo_, n), hi = std::min(std::max(dirty_hi_, lo), n);
+  for (size_t i = 0; i < lo; ++i) set->ends[i] = base_->ends[i];
+  size_t total = lo == 0 ? 0 : set->ends[lo - 1];
+  for (size_t i = lo; i < hi; ++i) {
     const auto& c = chunks_[i];
     // Published chunks hold 16 B per instance: no more than a little spare capacity (a
     // type's 100,000 instances grown by inserts would otherwise keep up to 3x that).
@@ -193,11 +220,20 @@ std::shared_ptr<const Snapshot::TypeSet> TypeSetBuilder::Finish() {
       const_cast<Snapshot::Chunk&>(*c).items.shrink_to_fit();  // ours until published
     }
     total += c->items.size();
-    set->ends.push_back(total);
+    set->ends[i] = total;
+  }
+  if (hi < n) {  // untouched base chunks, moved by the chunks inserted or removed before them
+    const size_t base_n = base_->chunks.size(), base_size = base_->size();
+    for (size_t i = hi; i < n; ++i) {
+      set->ends[i] = base_->ends[i + base_n - n] + size_ - base_size;  // (unsigned wrap-around)
+    }
   }
   set->chunks = std::move(chunks_);
   chunks_.clear();
   owned_.clear();
+  base_ = nullptr;
+  dirty_lo_ = SIZE_MAX;
+  dirty_hi_ = 0;
   size_ = 0;
   return set;
 }

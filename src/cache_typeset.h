@@ -102,9 +102,19 @@ class TypeSetBuilder {
   void ReplaceAt(size_t c, size_t pos, InstancePtr in);
   // Moves the upper half of chunk `c` into a new chunk after it.
   void Split(size_t c);
+  // Chunk `c` changed (Mark), a chunk was inserted at or removed from index `c` (Inserted,
+  // Removed): the range of chunks whose `ends` Finish recomputes follows.
+  void Mark(size_t c);
+  void Inserted(size_t c);
+  void Removed(size_t c);
 
+  // The set this builder started from: Finish takes the `ends` of the chunks no change
+  // landed in from it (those before dirty_lo_ as they were, those from dirty_hi_ on shifted
+  // by the chunks and instances added or removed) instead of reading every chunk.
+  std::shared_ptr<const Snapshot::TypeSet> base_;
   std::vector<std::shared_ptr<const Snapshot::Chunk>> chunks_;
   std::vector<bool> owned_;  // chunks_[i] was created by this builder (not yet published)
+  size_t dirty_lo_ = SIZE_MAX, dirty_hi_ = 0;  // [lo, hi): chunks changed, inserted or moved
   size_t size_ = 0;
   size_t copied_ = 0;
 };

@@ -166,9 +166,15 @@ TEST(SnapshotTypeSet, ViewsEqualASortedModelAfterRandomChanges) {
       ++i;
     }
     if (set != nullptr) {
+      // Finish takes the ends of untouched chunks from the previous set: each must still be
+      // the count up to and including its chunk.
+      ASSERT_EQ(set->ends.size(), set->chunks.size());
+      size_t total = 0;
       for (size_t c = 0; c < set->chunks.size(); ++c) {
         ASSERT_FALSE(set->chunks[c]->items.empty());
         ASSERT_LE(set->chunks[c]->items.size(), Snapshot::kChunkMax);
+        total += set->chunks[c]->items.size();
+        ASSERT_EQ(set->ends[c], total) << "round " << round << " chunk " << c;
       }
     }
     // Group views and Select(type, group) hold exactly the model's members of the group.
