@@ -399,7 +399,10 @@ TEST_F(DiscoverydTest, ManySubscribersOnAFewThreads) {
 // A subscriber that stops reading must not make the gateway queue events for it without
 // bound: once it is --sse-max-backlog behind, its stream is closed; the others keep up.
 TEST_F(DiscoverydTest, SlowSseClientIsCutOffOthersKeepUp) {
-  GatewayProc gw = StartGateway({"--sse-max-backlog", "65536"});
+  // 1 MiB: the fast subscriber's reader thread may be descheduled for a few events' time on a
+  // loaded host (with 64 KiB, two 30 KiB events, CI saw it cut off too); the slow one is far
+  // behind anyway (the updates below are 18 MiB, its socket takes at most ~4 MiB, tcp_wmem).
+  GatewayProc gw = StartGateway({"--sse-max-backlog", "1048576"});
   ASSERT_GT(gw.port, 0);
   ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("big").dump())).status, 201);
   auto fast = SseClient::Connect(gw.port, "/sd/v1/subscribe?type=world");
@@ -420,9 +423,9 @@ TEST_F(DiscoverydTest, SlowSseClientIsCutOffOthersKeepUp) {
       },
       absl::Seconds(5)));
 
-  // ~12 MiB of events: 400 updates carrying 30 KiB of metadata each.
+  // ~18 MiB of events: 600 updates carrying 30 KiB of metadata each.
   const std::string filler(30 * 1024, 'x');
-  constexpr int kUpdates = 400;
+  constexpr int kUpdates = 600;
   for (int i = 0; i < kUpdates; ++i) {
     json patch = {{"meta", {{"n", std::to_string(i)}, {"filler", filler}}}};
     ASSERT_EQ(Must(Http(gw.port, "PATCH", "/sd/v1/instances/big?type=world", patch.dump())).status,
