@@ -55,11 +55,31 @@ inline std::string SeqKey(const std::string& prefix, int i) {
 
 // A small valid instance (about 100 bytes; the library decodes it, instanceId and type are
 // all it requires) carrying the sequence number as meta.seq. Both sides write exactly this.
-inline std::string SeqValue(int i, int64_t seq) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf,
-                R"({"instanceId":"%s","type":"world","group":"kr-%d","meta":{"seq":"%lld"}})",
-                InstanceId(i).c_str(), i % 8, static_cast<long long>(seq));
+// `full`: the instance as a registrar writes it (~470 bytes: addresses, ports, status,
+// version, region, performance, startedAt, an updatedAt that moves with `seq`, leaseId), in
+// the library encoder's field order, so that the library's decode costs what it costs in a
+// fleet.
+inline std::string SeqValue(int i, int64_t seq, bool full = false) {
+  char buf[640];
+  if (!full) {
+    std::snprintf(buf, sizeof buf,
+                  R"({"instanceId":"%s","type":"world","group":"kr-%d","meta":{"seq":"%lld"}})",
+                  InstanceId(i).c_str(), i % 8, static_cast<long long>(seq));
+    return buf;
+  }
+  const int64_t ms = seq % 86400000;
+  std::snprintf(
+      buf, sizeof buf,
+      R"({"instanceId":"%s","type":"world","group":"kr-%d","hostname":"game-%d.kr.example.com",)"
+      R"("publicIp":"123.45.%d.%d","privateIp":"10.0.%d.%d","ports":{"game":8001,"grpc":50051},)"
+      R"("status":"ready","version":"1.4.2","region":"ap-northeast-2","zone":"a","weight":100,)"
+      R"("meta":{"seq":"%lld"},"performance":{"load":0.%02d,"tps":1200},)"
+      R"("startedAt":"2023-11-14T22:13:20.000Z","updatedAt":"2026-12-03T%02d:%02d:%02d.%03dZ",)"
+      R"("leaseId":"694d7a1c2f3b%04x"})",
+      InstanceId(i).c_str(), i % 8, i, (i / 250) % 250, i % 250, (i / 250) % 250, i % 250,
+      static_cast<long long>(seq), static_cast<int>(seq % 100), static_cast<int>(ms / 3600000),
+      static_cast<int>(ms / 60000 % 60), static_cast<int>(ms / 1000 % 60),
+      static_cast<int>(ms % 1000), i & 0xffff);
   return buf;
 }
 

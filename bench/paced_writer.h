@@ -18,10 +18,10 @@
 namespace bench_writer {
 
 // Writes `total` puts at `rate`/s over min(total, keys) keys: SeqKey(prefix, seq % keys),
-// SeqValue(seq % keys, seq). Blocks until every Put completed.
+// SeqValue(seq % keys, seq, full_value). Blocks until every Put completed.
 inline PacedResult RunPacedWriter(const std::shared_ptr<grpc::Channel>& channel,
                                   const std::string& prefix, int rate, int total, int inflight,
-                                  int keys = 1000) {
+                                  bool full_value = false, int keys = 1000) {
   keys = std::max(1, std::min(std::max(1, total), keys));
   auto kv = etcdserverpb::KV::NewStub(channel);
   struct Slot {
@@ -33,7 +33,7 @@ inline PacedResult RunPacedWriter(const std::shared_ptr<grpc::Channel>& channel,
   return RunPaced(rate, total, inflight, [&](int s, int seq, std::function<void(bool)> done) {
     Slot& slot = slots[static_cast<size_t>(s)];
     slot.req.set_key(SeqKey(prefix, seq % keys));
-    slot.req.set_value(SeqValue(seq % keys, seq));
+    slot.req.set_value(SeqValue(seq % keys, seq, full_value));
     slot.ctx = std::make_unique<grpc::ClientContext>();
     slot.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     kv->async()->Put(slot.ctx.get(), &slot.req, &slot.resp,

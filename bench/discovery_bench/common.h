@@ -58,7 +58,8 @@ struct Flags {
 
   int latency_rate = 1000;
   double latency_seconds = 10;
-  int latency_inflight = 32;  // watch-latency/fanout writer: Puts outstanding at once
+  int latency_inflight = 32;        // watch-latency/fanout writer: Puts outstanding at once
+  bool latency_full_value = false;  // watch-latency: registrar-sized values (SeqValue)
 
   int fanout_subscribers = 100;
   int fanout_rate = 100;

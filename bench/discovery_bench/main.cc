@@ -84,6 +84,9 @@ int main(int argc, char** argv) {
   app.add_option("--latency-inflight", f.latency_inflight,
                  "watch-latency, fanout: writer Puts outstanding at once")
       ->check(CLI::Range(1, 4096));
+  app.add_flag("--latency-full-value", f.latency_full_value,
+               "watch-latency (etcd): put the instance as a registrar writes it (~470 B) instead "
+               "of the minimal one (~100 B)");
   app.add_option("--fanout-subscribers", f.fanout_subscribers, "fanout: subscribers");
   app.add_option("--fanout-rate", f.fanout_rate, "fanout: puts per second");
   app.add_option("--fanout-seconds", f.fanout_seconds, "fanout: seconds");

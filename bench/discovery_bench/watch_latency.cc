@@ -110,9 +110,10 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   // Writer: `rate` puts per second over 1,000 keys (first adds, then updates), pipelined
   // (bench/paced_writer.h, the same code and values as discovery-raw-bench watch-latency).
   bench_writer::PacedResult w =
-      redis ? redis_writer->Run(prefix, rate, total, cx.flags->latency_inflight)
-            : bench_writer::RunPacedWriter(writer->channel, prefix, rate, total,
-                                           cx.flags->latency_inflight);
+      redis
+          ? redis_writer->Run(prefix, rate, total, cx.flags->latency_inflight)
+          : bench_writer::RunPacedWriter(writer->channel, prefix, rate, total,
+                                         cx.flags->latency_inflight, cx.flags->latency_full_value);
   const std::vector<int64_t>& sent = w.sent;
   const int errors = w.errors;
   for (int i = 0; i < total; ++i) ack[i].store(w.ack[i]);
@@ -167,6 +168,7 @@ Json RunLatency(const Context& cx, const std::string& name, int rate, double sec
   out["puts"] = total - errors;
   out["put_errors"] = errors;
   out["writer_inflight"] = cx.flags->latency_inflight;
+  out["full_value"] = cx.flags->latency_full_value;
   out["achieved_rate_per_s"] = Round(w.achieved_rate_per_s, 1);
   out["writer_max_inflight"] = w.max_inflight_reached;
   out["writer_max_lag_ms"] = Round(static_cast<double>(w.max_lag_ns) / 1e6);

@@ -52,6 +52,9 @@ int main(int argc, char** argv) {
                   "busy CPU (ns) the reader spends per event after timestamping it (work a "
                   "client does after its callback: is it the CPU or its place that counts?)")
       ->check(CLI::Range(0, 1000000));
+  lat->add_flag("--full-value", f.full_value,
+                "writer: put the instance as a registrar writes it (~470 B) instead of the "
+                "minimal one (~100 B)");
   lat->add_option("--inflight", f.writer_inflight, "writer: Puts outstanding at once")
       ->check(CLI::Range(1, 4096));
   CLI::App* ka = app.add_subcommand("keepalive", "N leases on one LeaseKeepAlive stream");

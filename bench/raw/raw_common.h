@@ -43,6 +43,7 @@ struct Flags {
   int writer_inflight = 32;  // Puts outstanding at once (bench/paced_writer.h)
   int work_ns = 0;           // watch-latency: busy CPU per event on the reader (a probe)
   int work_after_ns = 0;     // the same after the event is timestamped
+  bool full_value = false;   // watch-latency: registrar-sized values (bench_writer::SeqValue)
 
   // keepalive
   int keepalive_n = 1000;

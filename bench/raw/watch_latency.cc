@@ -75,11 +75,12 @@ Json RunWatchLatency(const Flags& f) {
   // Writer: `rate` puts per second over 1,000 keys, pipelined (bench/paced_writer.h, the
   // same code as discovery-bench's watch-latency).
   bench_writer::PacedResult w =
-      bench_writer::RunPacedWriter(wch, prefix, rate, total, f.writer_inflight);
+      bench_writer::RunPacedWriter(wch, prefix, rate, total, f.writer_inflight, f.full_value);
   const std::vector<int64_t>& sent = w.sent;
   const std::vector<int64_t>& ack = w.ack;
   const int errors = w.errors;
   out["writer_inflight"] = f.writer_inflight;
+  out["full_value"] = f.full_value;
   out["achieved_rate_per_s"] = Round(w.achieved_rate_per_s, 1);
   out["writer_max_inflight"] = w.max_inflight_reached;
   out["writer_max_lag_ms"] = Round(static_cast<double>(w.max_lag_ns) / 1e6);
