@@ -10,6 +10,9 @@
 //   BM_TypeSetUpdateOne/<n>                      the watcher's real publish step
 //                                                (cache_typeset.h): one instance of a type
 //                                                of n replaced, new set published, old dropped
+//   BM_SnapshotPatch/<n> / BM_SnapshotFromMap/<n> a publish's new Snapshot among n types
+//   BM_EntryIndexFind/<n> / BM_Baseline_UnorderedMapFind/<n>   the watcher's per-key index:
+//                                                one lookup among n, caches cold
 //
 // The watch-event and fan-out benchmarks re-implement what Watcher::Impl does in
 // src/watcher.cc (ApplyEvents -> Decode, Set, Publish, UpdatePickers, Dispatch), because the
@@ -18,6 +21,7 @@
 #include <benchmark/benchmark.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -365,6 +369,110 @@ void BM_TypeSetUpdateOne(benchmark::State& state) {
   state.counters["chunks"] = static_cast<double>(set->chunks.size());
 }
 BENCHMARK(BM_TypeSetUpdateOne)->Arg(100)->Arg(1000)->Arg(10000)->Arg(100000);
+
+// The snapshot a publish builds around the type sets, with n types of 100 instances and one
+// of them changed (src/watcher_cache.cc Publish): BM_SnapshotPatch is Snapshot::Patch (the
+// type directory's untouched blocks shared with the previous snapshot); BM_SnapshotFromMap
+// is what a publish did before it, a new Snapshot over a copy of the whole type -> set map.
+using TypeMap =
+    std::map<std::string, std::shared_ptr<const discovery::Snapshot::TypeSet>, std::less<>>;
+TypeMap Types(int n) {
+  TypeMap types;
+  for (int t = 0; t < n; ++t) {
+    std::vector<InstancePtr> sorted;
+    for (int i = 0; i < 100; ++i)
+      sorted.push_back(std::make_shared<const Instance>(MakeInstance(i)));
+    types[absl::StrFormat("type-%03d", t)] = discovery::Snapshot::TypeSet::FromSorted(sorted);
+  }
+  return types;
+}
+void BM_SnapshotPatch(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  TypeMap types = Types(n);
+  std::shared_ptr<const discovery::Snapshot> snap =
+      std::make_shared<const discovery::Snapshot>(1, types, 1);
+  std::vector<std::pair<std::string, std::shared_ptr<const discovery::Snapshot::TypeSet>>> changed(
+      1);
+  const std::vector<std::pair<std::string, std::shared_ptr<const discovery::Snapshot::TypeSet>>>
+      each(types.begin(), types.end());
+  int64_t revision = 1;
+  for (auto _ : state) {
+    changed[0] = each[static_cast<size_t>(revision * 7919 % n)];
+    snap = discovery::Snapshot::Patch(snap.get(), ++revision, 1, changed);
+  }
+  if (snap->size() != static_cast<size_t>(n) * 100) state.SkipWithError("size");
+}
+BENCHMARK(BM_SnapshotPatch)->Arg(1)->Arg(10)->Arg(100)->Arg(1000);
+void BM_SnapshotFromMap(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  TypeMap types = Types(n);
+  std::shared_ptr<const discovery::Snapshot> snap;
+  int64_t revision = 0;
+  for (auto _ : state) snap = std::make_shared<const discovery::Snapshot>(++revision, types, 1);
+  if (snap->size() != static_cast<size_t>(n) * 100) state.SkipWithError("size");
+}
+BENCHMARK(BM_SnapshotFromMap)->Arg(1)->Arg(10)->Arg(100)->Arg(1000);
+
+// The watcher's per-key index (cache_typeset.h EntryIndex; src/watcher_cache.cc Set): one
+// lookup of a cached instance by the (type, instanceId) views of its etcd key, as every watch
+// event does, over n entries in a scattered order (a fleet's updates do not come in key
+// order). Between lookups (untimed: manual time around the lookup alone), 256 KiB are
+// written so that the index is as cold as it is on a busy watch thread (etcd and gRPC run
+// between two events); each lookup reads the instance's weight, as Set reads its status. Baseline:
+// a std::unordered_map from the full key string to the instance, the plain way to hold the same
+// index.
+std::vector<std::string> IndexKeys(int n) {
+  std::vector<std::string> keys;
+  for (int i = 0; i < n; ++i) keys.push_back(absl::StrCat("world/", MakeInstance(i).instance_id));
+  return keys;
+}
+void Pollute(std::vector<char>& junk, size_t round) {
+  for (size_t j = 0; j < junk.size(); j += 64) junk[j] = static_cast<char>(round + j);
+  benchmark::ClobberMemory();
+}
+void BM_EntryIndexFind(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  discovery::cache::EntryIndex index;
+  for (int i = 0; i < n; ++i) {
+    index.insert({std::make_shared<const Instance>(MakeInstance(i)), i});
+  }
+  const std::vector<std::string> keys = IndexKeys(n);
+  std::vector<char> junk(256 << 10);
+  size_t i = 0;
+  int64_t sum = 0;
+  for (auto _ : state) {
+    Pollute(junk, i);
+    const std::string& key = keys[(i++ * 7919) % keys.size()];
+    const auto t0 = std::chrono::steady_clock::now();
+    auto it = index.find(discovery::cache::SplitKey(key));
+    sum += it->in->weight;
+    state.SetIterationTime(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  benchmark::DoNotOptimize(sum);
+}
+BENCHMARK(BM_EntryIndexFind)->Arg(1000)->Arg(100000)->UseManualTime();
+
+void BM_Baseline_UnorderedMapFind(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  std::unordered_map<std::string, InstancePtr> index;
+  const std::vector<std::string> keys = IndexKeys(n);
+  for (int i = 0; i < n; ++i) index[keys[i]] = std::make_shared<const Instance>(MakeInstance(i));
+  std::vector<char> junk(256 << 10);
+  size_t i = 0;
+  int64_t sum = 0;
+  for (auto _ : state) {
+    Pollute(junk, i);
+    const std::string& key = keys[(i++ * 7919) % keys.size()];
+    const auto t0 = std::chrono::steady_clock::now();
+    auto it = index.find(key);
+    sum += it->second->weight;
+    state.SetIterationTime(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  benchmark::DoNotOptimize(sum);
+}
+BENCHMARK(BM_Baseline_UnorderedMapFind)->Arg(1000)->Arg(100000)->UseManualTime();
 
 }  // namespace
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "cache_typeset.h"
 #include "discovery/watcher.h"
@@ -85,24 +86,113 @@ std::vector<InstancePtr> Snapshot::TypeView::ToVector() const {
 
 // ---- Snapshot ----
 
+namespace {
+// Type names per block of the snapshot's type directory: a publish copies the block list
+// (types / kTypeBlock shared pointers) and each block a change lands in (up to
+// 2 x kTypeBlock entries; a block that grows past that is split in two).
+constexpr size_t kTypeBlock = 16;
+}  // namespace
+
 Snapshot::Snapshot(int64_t revision,
                    std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types,
                    uint64_t history)
-    : revision_(revision), history_(history), types_(std::move(types)) {
-  for (const auto& [name, set] : types_) size_ += set->size();
+    : revision_(revision), history_(history) {
+  std::shared_ptr<TypeBlock> block;
+  for (auto& [name, set] : types) {
+    if (set == nullptr || set->size() == 0) continue;
+    if (block == nullptr || block->entries.size() == kTypeBlock) {
+      block = std::make_shared<TypeBlock>();
+      blocks_.push_back(block);
+    }
+    size_ += set->size();
+    block->entries.emplace_back(name, std::move(set));
+  }
+}
+
+std::shared_ptr<const Snapshot> Snapshot::Patch(
+    const Snapshot* prev, int64_t revision, uint64_t history,
+    const std::vector<std::pair<std::string, std::shared_ptr<const TypeSet>>>& changed) {
+  struct Made : Snapshot {  // (make_shared: one allocation; the constructor is private)
+    Made(int64_t r, uint64_t h) : Snapshot(r, h) {}
+  };
+  std::shared_ptr<Snapshot> out = std::make_shared<Made>(revision, history);
+  if (prev != nullptr) {
+    out->blocks_ = prev->blocks_;
+    out->size_ = prev->size_;
+  }
+  auto& blocks = out->blocks_;
+  // Blocks copied by this patch (inline for a directory of up to 2,048 types).
+  absl::InlinedVector<TypeBlock*, 128> owned(blocks.size(), nullptr);
+  for (const auto& [name, set] : changed) {
+    const bool present = set != nullptr && set->size() > 0;
+    // The block whose first name is the last one not after `name` (block 0 for a name before
+    // every block): where the name is, or would be inserted.
+    auto after =
+        std::upper_bound(blocks.begin(), blocks.end(), name,
+                         [](const std::string& n, const std::shared_ptr<const TypeBlock>& b) {
+                           return n < b->entries.front().first;
+                         });
+    if (blocks.empty()) {
+      if (!present) continue;
+      blocks.push_back(std::make_shared<TypeBlock>());
+      owned.push_back(const_cast<TypeBlock*>(blocks.back().get()));
+      after = blocks.end();
+    }
+    const size_t b = after == blocks.begin() ? 0 : static_cast<size_t>(after - blocks.begin()) - 1;
+    const auto& shared = blocks[b]->entries;
+    auto at = std::lower_bound(shared.begin(), shared.end(), name,
+                               [](const auto& e, const std::string& n) { return e.first < n; });
+    const bool found = at != shared.end() && at->first == name;
+    if (!found && !present) continue;
+    const size_t pos = static_cast<size_t>(at - shared.begin());
+    if (owned[b] == nullptr) {  // copy-on-write: the previous snapshot keeps its block
+      auto copy = std::make_shared<TypeBlock>(*blocks[b]);
+      owned[b] = copy.get();
+      blocks[b] = std::move(copy);
+    }
+    auto& entries = owned[b]->entries;
+    if (found) out->size_ -= entries[pos].second->size();
+    if (found && present) {
+      entries[pos].second = set;
+    } else if (found) {
+      entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(pos));
+    } else {
+      entries.emplace(entries.begin() + static_cast<std::ptrdiff_t>(pos), name, set);
+    }
+    if (present) out->size_ += set->size();
+    if (entries.empty()) {
+      blocks.erase(blocks.begin() + static_cast<std::ptrdiff_t>(b));
+      owned.erase(owned.begin() + static_cast<std::ptrdiff_t>(b));
+    } else if (entries.size() > 2 * kTypeBlock) {  // split: the upper half into a new block
+      auto upper = std::make_shared<TypeBlock>();
+      upper->entries.assign(std::make_move_iterator(entries.begin() + kTypeBlock),
+                            std::make_move_iterator(entries.end()));
+      entries.resize(kTypeBlock);
+      owned.insert(owned.begin() + static_cast<std::ptrdiff_t>(b) + 1, upper.get());
+      blocks.insert(blocks.begin() + static_cast<std::ptrdiff_t>(b) + 1, std::move(upper));
+    }
+  }
+  return out;
 }
 
 const Snapshot::TypeSet* Snapshot::type_set(std::string_view type) const {
-  auto it = types_.find(type);
-  return it == types_.end() ? nullptr : it->second.get();
+  auto after = std::upper_bound(blocks_.begin(), blocks_.end(), type,
+                                [](std::string_view t, const std::shared_ptr<const TypeBlock>& b) {
+                                  return t < b->entries.front().first;
+                                });
+  if (after == blocks_.begin()) return nullptr;
+  const auto& entries = (*std::prev(after))->entries;
+  auto at = std::lower_bound(entries.begin(), entries.end(), type,
+                             [](const auto& e, std::string_view t) { return e.first < t; });
+  return at != entries.end() && at->first == type ? at->second.get() : nullptr;
 }
 
 std::vector<InstancePtr> Snapshot::All() const {
   std::vector<InstancePtr> out;
   out.reserve(size_);
-  for (const auto& [name, set] : types_) {
-    for (const InstancePtr& in : TypeView(set.get(), 0, set->size())) out.push_back(in);
-  }
+  ForEachType([&](const std::string&, const TypeSet& set) {
+    for (const InstancePtr& in : TypeView(&set, 0, set.size())) out.push_back(in);
+  });
   return out;
 }
 
@@ -116,7 +206,8 @@ std::vector<InstancePtr> Snapshot::Select(const Filter& filter) const {
   if (!filter.type.empty()) {
     visit(filter.group.empty() ? OfType(filter.type) : OfGroup(filter.type, filter.group));
   } else {
-    for (const auto& [name, set] : types_) visit(TypeView(set.get(), 0, set->size()));
+    ForEachType(
+        [&](const std::string&, const TypeSet& set) { visit(TypeView(&set, 0, set.size())); });
   }
   return out;
 }
@@ -139,7 +230,7 @@ InstancePtr Snapshot::Find(std::string_view type, std::string_view instance_id) 
 
 std::vector<std::string> Snapshot::Types() const {
   std::vector<std::string> out;
-  for (const auto& [name, set] : types_) out.push_back(name);
+  ForEachType([&](const std::string& name, const TypeSet&) { out.push_back(name); });
   return out;
 }
 

@@ -26,6 +26,8 @@ namespace discovery {
 namespace {
 // Publishes of fewer changes are timed 1 in this many (WatcherStats::publish_time).
 constexpr uint64_t kPublishSample = 16;
+// FlushPublish keeps the events' buffer for the next batch up to this many slots.
+constexpr size_t kKeptChangeSlots = 256;
 // A state at least this large (raw keys + values) is followed by malloc_trim.
 constexpr size_t kTrimAfterStateBytes = 8 << 20;
 
@@ -173,11 +175,17 @@ void Watcher::Impl::EndOfBatch() { FlushPublish(); }
 void Watcher::Impl::FlushPublish() {
   if (pending_touched.empty() && pending_changes.empty()) return;
   std::set<std::string> touched = std::move(pending_touched);
-  std::vector<ChangeEvent> changes = std::move(pending_changes);
+  std::vector<ChangeEvent> changes;
+  changes.swap(pending_changes);
   pending_touched.clear();
-  pending_changes.clear();
   SnapshotPtr replaced = Publish(touched, changes, util::MonoNow());
   Dispatch(changes);
+  // The events' buffer goes back for the next batch (one allocation less per publish), unless
+  // a burst grew it: then it is freed with the rest.
+  changes.clear();
+  if (pending_changes.empty() && changes.capacity() <= kKeptChangeSlots) {
+    pending_changes.swap(changes);
+  }
 }
 
 // Patches the touched types' chunked sets with `changes` (in order) and publishes a new
@@ -193,6 +201,8 @@ SnapshotPtr Watcher::Impl::Publish(const std::set<std::string>& touched,
   // Touched type -> touched groups, for the pickers (none to update without pickers).
   const bool follow_groups = !pickers.empty();
   std::map<std::string, std::set<std::string>> groups;
+  std::vector<std::pair<std::string, std::shared_ptr<const Snapshot::TypeSet>>> sets;
+  sets.reserve(touched.size());
   for (const std::string& type : touched) {
     auto old = published.find(type);
     cache::TypeSetBuilder set(old == published.end() ? nullptr : old->second);
@@ -215,12 +225,15 @@ SnapshotPtr Watcher::Impl::Publish(const std::set<std::string>& touched,
     }
     if (set.size() == 0) {
       published.erase(type);
+      sets.emplace_back(type, nullptr);
     } else {
-      published[type] = set.Finish();
+      sets.emplace_back(type, published[type] = set.Finish());
     }
   }
-  SnapshotPtr replaced =
-      snap.exchange(std::make_shared<const Snapshot>(revision, published, history));
+  // The new snapshot shares the type directory's untouched blocks with the one it replaces
+  // (a watcher of many types does not copy every type's entry per event).
+  const SnapshotPtr base = snap.load(std::memory_order_relaxed);  // (only this thread stores)
+  SnapshotPtr replaced = snap.exchange(Snapshot::Patch(base.get(), revision, history, sets));
   for (auto& [type, p] : protection) {
     if (EvaluateProtection(type, p, now) && follow_groups) {
       groups[type].clear();  // every picker of the type

@@ -169,14 +169,32 @@ class Snapshot {
   Snapshot(int64_t revision,
            std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types,
            uint64_t history = 0);
+  // Internal: `prev` (null: empty) with the sets of the `changed` types replaced (a null set:
+  // the type is gone). Shares with `prev` every block of type names no change landed in, so a
+  // publish costs O(changed types + sqrt(types)), not O(types).
+  static std::shared_ptr<const Snapshot> Patch(
+      const Snapshot* prev, int64_t revision, uint64_t history,
+      const std::vector<std::pair<std::string, std::shared_ptr<const TypeSet>>>& changed);
   // Internal: the chunked set of `type` (null when none), for structure-sharing checks.
   const TypeSet* type_set(std::string_view type) const;
 
  private:
+  // The types, sorted by name, in blocks of a few dozen that consecutive snapshots share.
+  struct TypeBlock {
+    std::vector<std::pair<std::string, std::shared_ptr<const TypeSet>>> entries;  // non-empty
+  };
+  Snapshot(int64_t revision, uint64_t history) : revision_(revision), history_(history) {}
+  template <class F>
+  void ForEachType(F&& f) const {
+    for (const auto& block : blocks_) {
+      for (const auto& [name, set] : block->entries) f(name, *set);
+    }
+  }
+
   int64_t revision_;
   uint64_t history_ = 0;
   size_t size_ = 0;
-  std::map<std::string, std::shared_ptr<const TypeSet>, std::less<>> types_;
+  std::vector<std::shared_ptr<const TypeBlock>> blocks_;
 };
 using SnapshotPtr = std::shared_ptr<const Snapshot>;
 

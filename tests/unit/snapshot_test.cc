@@ -280,4 +280,66 @@ TEST(SnapshotTypeSet, EmptyAndMissingTypes) {
 }
 
 }  // namespace
+// Snapshot::Patch (the publish step over the type directory): after random additions,
+// replacements and removals of types (enough to split blocks and empty them), every
+// snapshot's types, sets and size equal a model, and every earlier snapshot is unchanged.
+TEST(SnapshotTypeDirectory, PatchEqualsAModelAfterRandomChangesAndKeepsOlderSnapshots) {
+  std::mt19937 rng(7);
+  std::vector<std::string> names;
+  for (int t = 0; t < 300; ++t) names.push_back(absl::StrFormat("type-%03d", (t * 7919) % 300));
+  auto fresh_set = [&](int k) {
+    std::vector<InstancePtr> sorted;
+    for (int i = 0; i < k; ++i) sorted.push_back(Make(i));
+    return k == 0 ? std::make_shared<const Snapshot::TypeSet>()
+                  : Snapshot::TypeSet::FromSorted(sorted);
+  };
+  auto check = [&](const Snapshot& snap, const Types& model, int round) {
+    std::vector<std::string> want;
+    size_t size = 0;
+    for (const auto& [name, set] : model) {
+      want.push_back(name);
+      size += set->size();
+    }
+    ASSERT_EQ(snap.Types(), want) << "round " << round;
+    ASSERT_EQ(snap.size(), size) << "round " << round;
+    ASSERT_EQ(snap.All().size(), size) << "round " << round;
+    for (const std::string& name : names) {
+      auto it = model.find(name);
+      ASSERT_EQ(snap.type_set(name), it == model.end() ? nullptr : it->second.get())
+          << "round " << round << " type " << name;
+    }
+    ASSERT_EQ(snap.type_set("type-"), nullptr);
+    ASSERT_EQ(snap.type_set("zzz"), nullptr);
+  };
+  std::vector<std::pair<SnapshotPtr, Types>> history;
+  Types model;
+  SnapshotPtr snap = Snapshot::Patch(nullptr, 0, 1, {});
+  check(*snap, model, -1);
+  for (int round = 0; round < 1500; ++round) {
+    // Grow to all 300 types in the first third, then churn (removals as likely as adds).
+    const int changes = 1 + static_cast<int>(rng() % 4);
+    std::vector<std::pair<std::string, std::shared_ptr<const Snapshot::TypeSet>>> changed;
+    std::set<std::string> seen;
+    for (int c = 0; c < changes; ++c) {
+      const std::string& name = names[rng() % names.size()];
+      if (!seen.insert(name).second) continue;
+      const bool remove = round > 500 && rng() % 2 == 0;
+      const int k = remove ? 0 : static_cast<int>(rng() % 4);  // 0: an empty set is a removal
+      auto set = remove && rng() % 2 == 0 ? nullptr : fresh_set(k);
+      if (set == nullptr || set->size() == 0) {
+        model.erase(name);
+      } else {
+        model[name] = set;
+      }
+      changed.emplace_back(name, set);
+    }
+    snap = Snapshot::Patch(snap.get(), round + 1, 1, changed);
+    ASSERT_EQ(snap->revision(), round + 1);
+    check(*snap, model, round);
+    if (round % 50 == 0) history.emplace_back(snap, model);
+  }
+  EXPECT_GT(model.size(), 40u);  // (several blocks at the end too)
+  for (const auto& [old, old_model] : history) check(*old, old_model, -2);
+}
+
 }  // namespace discovery
