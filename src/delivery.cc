@@ -3,6 +3,7 @@
 // nothing of the store.
 #include <deque>
 
+#include "absl/container/inlined_vector.h"
 #include "watcher_impl.h"
 
 namespace discovery {
@@ -18,7 +19,8 @@ void Watcher::Impl::Deliver(uint64_t id, const std::shared_ptr<Sub>& sub, const 
 
 void Watcher::Impl::Dispatch(const std::vector<ChangeEvent>& changes) {
   if (changes.empty()) return;
-  std::vector<std::pair<uint64_t, std::shared_ptr<Sub>>> targets;
+  // Inline for a few subscribers (no allocation per publish); a fan-out of many allocates.
+  absl::InlinedVector<std::pair<uint64_t, std::shared_ptr<Sub>>, 4> targets;
   {
     util::MutexLock lock(&subs_mu);
     targets.assign(subs.begin(), subs.end());

@@ -64,6 +64,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "etcd/etcdserverpb/rpc.pb.h"
 #include "etcd/stream_session.h"
@@ -143,8 +144,11 @@ class WatchHub {
   // Loop-thread only.
   // Handles every response in the inbox, then the listeners' on_batch_end.
   void DrainResponses();
+  // The batch ends of the watches a drain delivered to (copies: a listener may remove its
+  // watch in one); inline for the usual one or two watches of a client (no allocation).
+  using BatchEnds = absl::InlinedVector<std::pair<WatchId, std::function<void()>>, 2>;
   void HandleResponse(uint64_t generation, const etcdserverpb::WatchResponse& resp,
-                      std::vector<std::pair<WatchId, std::function<void()>>>* batch_ends);
+                      BatchEnds* batch_ends);
   // StreamSession hooks: open the Watch stream and (re-)create every watch on it; drop it.
   std::shared_ptr<void> OpenStream(const StreamSession::OpenContext& oc);
   void OnStreamClosed();
@@ -190,6 +194,11 @@ class WatchHub {
   absl::Time inbox_first_at_ ABSL_GUARDED_BY(inbox_mu_) = absl::InfiniteFuture();
   absl::Time draining_first_at_ ABSL_GUARDED_BY(inbox_mu_) = absl::InfiniteFuture();
   std::vector<std::pair<uint64_t, etcdserverpb::WatchResponse>> draining_;  // loop only
+  // Handled responses, cleared, that the reader thread swaps in for the next Read: protobuf
+  // parses into a cleared message's events, key/value strings and header in place, where a
+  // fresh message allocates each (the raw client reuses its one message the same way).
+  // Only small ones are kept (RecycleSmall), at most kSpareResponses.
+  std::vector<etcdserverpb::WatchResponse> spare_ ABSL_GUARDED_BY(inbox_mu_);
 
   std::atomic<int64_t> auth_refusals_{0};
   std::atomic<int64_t> history_rewinds_{0};
