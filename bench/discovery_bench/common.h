@@ -78,6 +78,7 @@ struct Flags {
   int scale_rate = 2000;
   double scale_seconds = 20;
   int scale_group_size = 100;
+  int scale_types = 1;  // watcher-scale: instance i is of type i % scale_types
 
   std::string discoveryd;
   std::string discoveryd_args = "--listen=127.0.0.1:{port} --endpoints={endpoints}";

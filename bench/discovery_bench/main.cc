@@ -100,6 +100,8 @@ int main(int argc, char** argv) {
   app.add_option("--scale-rate", f.scale_rate, "watcher-scale: updates per second");
   app.add_option("--scale-seconds", f.scale_seconds, "watcher-scale: seconds of churn");
   app.add_option("--scale-group-size", f.scale_group_size, "watcher-scale: instances per group");
+  app.add_option("--scale-types", f.scale_types,
+                 "watcher-scale: types the instances are spread over (1: all of type world)");
   app.add_option("--discoveryd", f.discoveryd, "gateway: path of discoveryd (else skipped)");
   app.add_option("--discoveryd-args", f.discoveryd_args,
                  "gateway: discoveryd arguments; {port} and {endpoints} are substituted");
@@ -120,6 +122,7 @@ int main(int argc, char** argv) {
     if (app.count("--scale-n")) f.scale_n = given.scale_n;
     if (app.count("--scale-rate")) f.scale_rate = given.scale_rate;
     if (app.count("--scale-seconds")) f.scale_seconds = given.scale_seconds;
+    if (app.count("--scale-types")) f.scale_types = given.scale_types;
   }
   const bool other_backend = !f.gateway.empty() || !f.store.empty();
   if (!f.gateway.empty() && !f.store.empty()) {

@@ -1,12 +1,14 @@
 // discovery-bench scenario "watcher-scale": the embedded watcher holding one large type.
 //
-// Loads N instances of type `world` straight into etcd (Txns of one group of `group_size`
-// puts, ~450-byte values), starts a Watcher and waits for its sync, then churns `rate`
-// updates/s for `seconds` (paced writer threads on bare stubs, each value stamped with its
-// send time) while one subscriber on the type records send -> callback latency. Reports sync
-// time, RSS per cached instance, the CPU of the watcher's loop thread(s) (discovery-loop, from
-// /proc/self/task/<tid>/stat) over the churn window, snapshots published and the publish cost
-// per batch (WatcherStats::publishes / publish_time), callback latency p50/p99 and loadavg.
+// Loads N instances of type `world` (or spread over --scale-types types) straight into etcd (Txns
+// of one group of `group_size` puts, ~450-byte values), starts a Watcher and waits for its sync,
+// then churns `rate` updates/s for `seconds` (paced writer threads on bare stubs, each value
+// stamped with its send time) while one subscriber on the type records send -> callback latency.
+// Reports sync time, RSS per cached instance, the CPU of the watcher's threads
+// (discovery-watch, the Watch reader that applies and publishes, and discovery-loop; from
+// /proc/self/task/<tid>/stat) over the churn window, snapshots published and
+// the publish cost per batch (WatcherStats::publishes / publish_time), callback latency p50/p99 and
+// loadavg.
 #include <dirent.h>
 #include <unistd.h>
 
@@ -69,9 +71,15 @@ std::string LoadAvg() {
   return line.substr(0, line.find(' ', line.find(' ', line.find(' ') + 1) + 1));
 }
 
+// The type of instance i: `world` when there is one type, else type-NNN = i % types (a
+// watcher of the whole prefix over many types, as a gateway of a fleet).
+std::string ScaleType(int i, int types) {
+  return types <= 1 ? "world" : absl::StrFormat("type-%03d", i % types);
+}
+
 // Instance i of the scenario: groups of `group_size`, ~450 bytes, meta.t = send time (mono ns).
-std::string ScaleValue(int i, int group_size, int64_t seq, int64_t sent_ns) {
-  Instance in = SampleInstance(i, "world");
+std::string ScaleValue(int i, int group_size, int types, int64_t seq, int64_t sent_ns) {
+  Instance in = SampleInstance(i, ScaleType(i, types));
   in.group = absl::StrFormat("g-%05d", i / group_size);
   in.updated_at = absl::Now();
   in.meta["seq"] = absl::StrCat(seq);
@@ -84,8 +92,8 @@ std::string ScaleValue(int i, int group_size, int64_t seq, int64_t sent_ns) {
   return v;
 }
 
-std::string ScaleKey(const std::string& prefix, int i) {
-  return absl::StrCat(prefix, "world/", bench_writer::InstanceId(i));
+std::string ScaleKey(const std::string& prefix, int i, int types) {
+  return absl::StrCat(prefix, ScaleType(i, types), "/", bench_writer::InstanceId(i));
 }
 
 }  // namespace
@@ -93,11 +101,13 @@ std::string ScaleKey(const std::string& prefix, int i) {
 Json RunWatcherScale(const Context& cx) {
   const Flags& f = *cx.flags;
   const int n = f.scale_n, rate = f.scale_rate, group = std::max(1, f.scale_group_size);
+  const int types = std::max(1, f.scale_types);
   Json out;
   out["scenario"] = "watcher-scale";
   out["n"] = n;
   out["rate"] = rate;
   out["seconds"] = f.scale_seconds;
+  out["types"] = types;
   out["loadavg_start"] = LoadAvg();
   const std::string prefix = UniquePrefix("watcher-scale", "ws");
   Bare bare(cx.endpoints[0]);
@@ -111,8 +121,8 @@ Json RunWatcherScale(const Context& cx) {
     pb::TxnRequest req;
     for (int i = t * per_txn; i < std::min(n, (t + 1) * per_txn); ++i) {
       pb::PutRequest* put = req.add_success()->mutable_request_put();
-      put->set_key(ScaleKey(prefix, i));
-      put->set_value(ScaleValue(i, group, 0, 0));
+      put->set_key(ScaleKey(prefix, i, types));
+      put->set_value(ScaleValue(i, group, types, 0, 0));
     }
     grpc::ClientContext ctx;
     Bare::Deadline(&ctx, 30);
@@ -133,8 +143,8 @@ Json RunWatcherScale(const Context& cx) {
   std::mutex mu;
   std::vector<int64_t> latencies;  // ns, guarded by mu
   std::atomic<int64_t> received{0};
-  discovery::Subscription sub =
-      watcher->Subscribe({.type = "world"}, [&](const discovery::ChangeEvent& ev) {
+  discovery::Subscription sub = watcher->Subscribe(
+      {.type = types <= 1 ? "world" : ""}, [&](const discovery::ChangeEvent& ev) {
         const int64_t now = bench_writer::MonoNs();
         auto it = ev.instance->meta.find("t");
         int64_t t = 0;
@@ -148,7 +158,12 @@ Json RunWatcherScale(const Context& cx) {
   const int writers = 8;
   const int64_t total = static_cast<int64_t>(rate * f.scale_seconds);
   const discovery::WatcherStats st0 = watcher->stats();
-  const double loop0 = ThreadCpuSeconds("discovery-loop");
+  // The watcher's work runs on the Watch reader thread (discovery-watch: it drains inline) and,
+  // under a backlog or for timers, on the loop thread (discovery-loop): both are counted.
+  auto watcher_cpu = [] {
+    return ThreadCpuSeconds("discovery-loop") + ThreadCpuSeconds("discovery-watch");
+  };
+  const double loop0 = watcher_cpu();
   const double cpu0 = CpuSeconds();
   const int64_t t0 = bench_writer::MonoNs() + 10'000'000;
   std::atomic<int64_t> sent{0}, put_errors{0}, late{0};
@@ -161,7 +176,7 @@ Json RunWatcherScale(const Context& cx) {
         const int64_t now = bench_writer::MonoNs();
         if (now - due > 50'000'000) late.fetch_add(1);
         const int i = static_cast<int>((seq * 7919) % n);
-        if (bare.Put(ScaleKey(prefix, i), ScaleValue(i, group, seq + 1, now)).ok()) {
+        if (bare.Put(ScaleKey(prefix, i, types), ScaleValue(i, group, types, seq + 1, now)).ok()) {
           sent.fetch_add(1);
         } else {
           put_errors.fetch_add(1);
@@ -171,7 +186,7 @@ Json RunWatcherScale(const Context& cx) {
   }
   for (auto& th : pool) th.join();
   const int64_t t1 = bench_writer::MonoNs();
-  const double loop1 = ThreadCpuSeconds("discovery-loop");
+  const double loop1 = watcher_cpu();
   const double cpu1 = CpuSeconds();
   const discovery::WatcherStats st1 = watcher->stats();
   const bool drained = WaitFor([&] { return received.load() >= sent.load(); }, absl::Seconds(60));
@@ -204,7 +219,7 @@ Json RunWatcherScale(const Context& cx) {
   out["rss_after_churn_per_instance_bytes"] = Round((ProcStatus("VmRSS") - rss0) * 1024.0 / n, 0);
   out["loadavg_end"] = LoadAvg();
   out["target"] =
-      Target("loop thread <= 25 % of a core at 100k x 2,000/s, <= 1.5 KiB RSS per instance",
+      Target("watcher threads <= 25 % of a core at 100k x 2,000/s, <= 1.5 KiB RSS per instance",
              100.0 * (loop1 - loop0) / window <= 25 && (rss1 - rss0) * 1024.0 / n <= 1536);
   return out;
 }

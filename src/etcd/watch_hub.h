@@ -194,11 +194,6 @@ class WatchHub {
   absl::Time inbox_first_at_ ABSL_GUARDED_BY(inbox_mu_) = absl::InfiniteFuture();
   absl::Time draining_first_at_ ABSL_GUARDED_BY(inbox_mu_) = absl::InfiniteFuture();
   std::vector<std::pair<uint64_t, etcdserverpb::WatchResponse>> draining_;  // loop only
-  // Handled responses, cleared, that the reader thread swaps in for the next Read: protobuf
-  // parses into a cleared message's events, key/value strings and header in place, where a
-  // fresh message allocates each (the raw client reuses its one message the same way).
-  // Only small ones are kept (RecycleSmall), at most kSpareResponses.
-  std::vector<etcdserverpb::WatchResponse> spare_ ABSL_GUARDED_BY(inbox_mu_);
 
   std::atomic<int64_t> auth_refusals_{0};
   std::atomic<int64_t> history_rewinds_{0};
