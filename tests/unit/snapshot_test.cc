@@ -280,6 +280,35 @@ TEST(SnapshotTypeSet, EmptyAndMissingTypes) {
 }
 
 }  // namespace
+// Find(type, id) (the group not given): it finds every instance of a type of many groups of
+// different sizes, and nothing for ids that are absent, between two present ones, or present
+// in another type.
+TEST(SnapshotTypeSet, FindLooksThroughEveryGroup) {
+  std::vector<InstancePtr> sorted;
+  for (int i = 0; i < 3000; ++i) {
+    if (i % 7 == 3) continue;                // holes between present ids
+    sorted.push_back(Make(i, 1 + i / 500));  // groups of 1, 2, ... instances
+  }
+  std::sort(sorted.begin(), sorted.end(),
+            [](const InstancePtr& a, const InstancePtr& b) { return Key(*a) < Key(*b); });
+  Types types;
+  types["world"] = Snapshot::TypeSet::FromSorted(sorted);
+  Snapshot snap(1, types);
+  for (int i = 0; i < 3000; ++i) {
+    const std::string id = Make(i)->instance_id;
+    InstancePtr found = snap.Find("world", id);
+    if (i % 7 == 3) {
+      EXPECT_EQ(found, nullptr) << id;
+    } else {
+      ASSERT_NE(found, nullptr) << id;
+      EXPECT_EQ(found->instance_id, id);
+    }
+  }
+  EXPECT_EQ(snap.Find("world", ""), nullptr);
+  EXPECT_EQ(snap.Find("world", "zzz"), nullptr);
+  EXPECT_EQ(snap.Find("lobby", Make(1)->instance_id), nullptr);
+}
+
 // Snapshot::Patch (the publish step over the type directory): after random additions,
 // replacements and removals of types (enough to split blocks and empty them), every
 // snapshot's types, sets and size equal a model, and every earlier snapshot is unchanged.
