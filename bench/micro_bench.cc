@@ -426,9 +426,22 @@ std::vector<std::string> IndexKeys(int n) {
   for (int i = 0; i < n; ++i) keys.push_back(absl::StrCat("world/", MakeInstance(i).instance_id));
   return keys;
 }
-void Pollute(std::vector<char>& junk, size_t round) {
-  for (size_t j = 0; j < junk.size(); j += 64) junk[j] = static_cast<char>(round + j);
-  benchmark::ClobberMemory();
+// Times `lookup(key)` (returns the instance's weight) alone, with 256 KiB written before each.
+template <class Lookup>
+void ColdLookups(benchmark::State& state, const std::vector<std::string>& keys, Lookup lookup) {
+  std::vector<char> junk(256 << 10);
+  size_t i = 0;
+  int64_t sum = 0;
+  for (auto _ : state) {
+    for (size_t j = 0; j < junk.size(); j += 64) junk[j] = static_cast<char>(i + j);
+    benchmark::ClobberMemory();
+    const std::string& key = keys[(i++ * 7919) % keys.size()];
+    const auto t0 = std::chrono::steady_clock::now();
+    sum += lookup(key);
+    state.SetIterationTime(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  benchmark::DoNotOptimize(sum);
 }
 void BM_EntryIndexFind(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
@@ -436,20 +449,9 @@ void BM_EntryIndexFind(benchmark::State& state) {
   for (int i = 0; i < n; ++i) {
     index.insert({std::make_shared<const Instance>(MakeInstance(i)), i});
   }
-  const std::vector<std::string> keys = IndexKeys(n);
-  std::vector<char> junk(256 << 10);
-  size_t i = 0;
-  int64_t sum = 0;
-  for (auto _ : state) {
-    Pollute(junk, i);
-    const std::string& key = keys[(i++ * 7919) % keys.size()];
-    const auto t0 = std::chrono::steady_clock::now();
-    auto it = index.find(discovery::cache::SplitKey(key));
-    sum += it->in->weight;
-    state.SetIterationTime(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  benchmark::DoNotOptimize(sum);
+  ColdLookups(state, IndexKeys(n), [&](const std::string& key) {
+    return index.find(discovery::cache::SplitKey(key))->in->weight;
+  });
 }
 BENCHMARK(BM_EntryIndexFind)->Arg(1000)->Arg(100000)->UseManualTime();
 
@@ -458,19 +460,7 @@ void BM_Baseline_UnorderedMapFind(benchmark::State& state) {
   std::unordered_map<std::string, InstancePtr> index;
   const std::vector<std::string> keys = IndexKeys(n);
   for (int i = 0; i < n; ++i) index[keys[i]] = std::make_shared<const Instance>(MakeInstance(i));
-  std::vector<char> junk(256 << 10);
-  size_t i = 0;
-  int64_t sum = 0;
-  for (auto _ : state) {
-    Pollute(junk, i);
-    const std::string& key = keys[(i++ * 7919) % keys.size()];
-    const auto t0 = std::chrono::steady_clock::now();
-    auto it = index.find(key);
-    sum += it->second->weight;
-    state.SetIterationTime(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  benchmark::DoNotOptimize(sum);
+  ColdLookups(state, keys, [&](const std::string& key) { return index.find(key)->second->weight; });
 }
 BENCHMARK(BM_Baseline_UnorderedMapFind)->Arg(1000)->Arg(100000)->UseManualTime();
 
