@@ -134,8 +134,9 @@ std::shared_ptr<const Snapshot> Snapshot::Patch(
                          });
     if (blocks.empty()) {
       if (!present) continue;
-      blocks.push_back(std::make_shared<TypeBlock>());
-      owned.push_back(const_cast<TypeBlock*>(blocks.back().get()));
+      auto first = std::make_shared<TypeBlock>();  // (filled below: no block stays empty)
+      owned.push_back(first.get());
+      blocks.push_back(std::move(first));
       after = blocks.end();
     }
     const size_t b = after == blocks.begin() ? 0 : static_cast<size_t>(after - blocks.begin()) - 1;
