@@ -149,6 +149,50 @@ TEST_F(DiscoverydTest, RestRegisterDiscoverHeartbeatPatchDelete) {
   EXPECT_EQ(*rc, 0) << gw.proc->ReadStderr();
 }
 
+// Calls that name an instance without ?type= find its type in the cache's id index (O(1), not
+// a walk of every cached instance); an id registered under two types is refused (400, both
+// named) rather than resolved to whichever type sorts first, as it was before the index.
+TEST_F(DiscoverydTest, InstanceWithoutTypeIsFoundByIdAndAnAmbiguousIdIsRefused) {
+  GatewayProc gw = StartGateway();
+  ASSERT_GT(gw.port, 0);
+  json lobby = WorldBody("twin-1");
+  lobby["type"] = "lobby";
+  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("twin-1").dump())).status,
+            201);
+  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", lobby.dump())).status, 201);
+  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances", WorldBody("solo-1").dump())).status,
+            201);
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto a = Http(gw.port, "GET", "/sd/v1/instances?type=world");
+        auto b = Http(gw.port, "GET", "/sd/v1/instances?type=lobby");
+        return a.ok() && b.ok() && a->Json()["instances"].size() == 2 &&
+               b->Json()["instances"].size() == 1;
+      },
+      absl::Seconds(5)));
+  Response solo = Must(Http(gw.port, "GET", "/sd/v1/instances/solo-1"));
+  EXPECT_EQ(solo.status, 200) << solo.body;
+  EXPECT_EQ(solo.Json()["type"], "world");
+  Response twin = Must(Http(gw.port, "GET", "/sd/v1/instances/twin-1"));
+  EXPECT_EQ(twin.status, 400) << twin.body;
+  EXPECT_TRUE(absl::StrContains(twin.body, "lobby, world")) << twin.body;
+  EXPECT_EQ(Must(Http(gw.port, "DELETE", "/sd/v1/instances/twin-1")).status, 400);
+  EXPECT_TRUE(KeyExists("/services/world/twin-1"));
+  EXPECT_TRUE(KeyExists("/services/lobby/twin-1"));
+  EXPECT_EQ(Must(Http(gw.port, "GET", "/sd/v1/instances/nobody")).status, 404);
+  // With one of the two gone (deleted by its type), the id is the other one's again.
+  ASSERT_EQ(Must(Http(gw.port, "DELETE", "/sd/v1/instances/twin-1?type=lobby")).status, 200);
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        auto r = Http(gw.port, "GET", "/sd/v1/instances/twin-1");
+        return r.ok() && r->status == 200 && r->Json()["type"] == "world";
+      },
+      absl::Seconds(5)));
+  ASSERT_EQ(Must(Http(gw.port, "POST", "/sd/v1/instances/twin-1/heartbeat")).status, 200);
+  ASSERT_EQ(Must(Http(gw.port, "DELETE", "/sd/v1/instances/twin-1")).status, 200);
+  EXPECT_FALSE(KeyExists("/services/world/twin-1"));
+}
+
 TEST_F(DiscoverydTest, HeartbeatOnAnyGatewayAndExpiry) {
   GatewayProc a = StartGateway();
   GatewayProc b = StartGateway();

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "discovery/instance.h"
 #include "instance_writer.h"
 #include "store_backend.h"
@@ -85,7 +86,10 @@ InstanceApi::InstanceApi(std::shared_ptr<discovery::Connection> connection, Stor
       writer_(connection_->backend()->NewInstanceWriter(absl::ZeroDuration())),
       watcher_(watcher),
       checker_(checker),
-      options_(std::move(options)) {}
+      options_(std::move(options)) {
+  ids_feed_ = watcher_->Subscribe(
+      {}, [this](const discovery::ChangeEvent& ev) { ids_.Apply(ev); }, /*initial=*/true);
+}
 
 InstanceApi::~InstanceApi() = default;
 
@@ -93,18 +97,18 @@ absl::StatusOr<std::string> InstanceApi::KeyFor(const InstanceRef& ref) const {
   const std::string& id = ref.id;
   std::string type = ref.type;
   if (type.empty()) {
-    // Convenience: find the type in the cache. Pass ?type= to go to the store directly.
-    discovery::SnapshotPtr snap = watcher_->snapshot();
-    for (const std::string& t : snap->Types()) {
-      if (snap->Find(t, id) != nullptr) {
-        type = t;
-        break;
-      }
-    }
-    if (type.empty()) {
+    // Convenience: the type from the cache (O(1), id_index.h). ?type= goes to the store directly.
+    std::vector<std::string> types = ids_.TypesOf(id);
+    if (types.empty()) {
       return absl::NotFoundError(
           absl::StrCat("instance ", id, " not found (pass ?type=T to look it up in the store)"));
     }
+    if (types.size() > 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("instance id ", id, " is registered under several types (",
+                       absl::StrJoin(types, ", "), "): pass ?type=T"));
+    }
+    type = std::move(types.front());
   }
   if (absl::Status s = discovery::ValidateName("type", type); !s.ok()) return s;
   return absl::StrCat(options_.prefix, type, "/", id);

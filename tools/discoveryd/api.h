@@ -40,6 +40,7 @@
 #include "discovery/watcher.h"
 #include "health_check.h"
 #include "http_message.h"
+#include "id_index.h"
 #include "router.h"
 
 namespace discovery {
@@ -69,7 +70,8 @@ class InstanceApi {
   HttpResponse Delete(const DeleteCall& call);
 
  private:
-  // The etcd key of `ref`; an empty type is looked up in the watch cache.
+  // The etcd key of `ref`. An empty type is looked up in the watch cache's ids (`ids_`):
+  // NotFound when no cached instance has the id, InvalidArgument when several types do.
   absl::StatusOr<std::string> KeyFor(const InstanceRef& ref) const;
 
   std::shared_ptr<discovery::Connection> connection_;
@@ -78,6 +80,8 @@ class InstanceApi {
   discovery::Watcher* watcher_;
   TcpHealthChecker* checker_;
   Options options_;
+  IdIndex ids_;                       // fed by `ids_feed_` (declared after: cancelled first)
+  discovery::Subscription ids_feed_;  // the watcher's events -> ids_
 };
 
 }  // namespace discoveryd

@@ -413,6 +413,7 @@ void Gateway::Stop() {
   impl_->hub->Stop();
   impl_->workers->join();  // pending API calls finish (their replies go nowhere)
   impl_->server.reset();
+  impl_->api.reset();  // its subscription (the id index's feed) goes before the watcher
   impl_->watcher.reset();
   SPDLOG_LOGGER_INFO(impl_->logger, "discoveryd stopped");
 }
