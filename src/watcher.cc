@@ -69,11 +69,11 @@ bool Watcher::synced() const {
   return impl_->synced;
 }
 
-SnapshotPtr Watcher::snapshot() const { return impl_->snap.load(); }
+SnapshotPtr Watcher::snapshot() const { return impl_->Current(); }
 
 WatcherStats Watcher::stats() const {
   WatcherStats s;
-  SnapshotPtr snap = impl_->snap.load();
+  SnapshotPtr snap = impl_->Current();
   s.revision = snap->revision();
   s.instances = snap->size();
   s.events = impl_->events.load();

@@ -7,9 +7,13 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 
+#include <atomic>
+#include <deque>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "discovery/watcher.h"
@@ -121,6 +125,86 @@ TEST_F(WatcherDeliveryPathTest, OneReaderThreadAcrossBrokenStreamsNoLossNoDuplic
   EXPECT_EQ(revisions.size(), 100u);
   for (size_t i = 1; i < revisions.size(); ++i) EXPECT_LT(revisions[i - 1], revisions[i]);
   for (auto& [id, n] : added) EXPECT_EQ(n, 1) << id;
+}
+
+// The snapshot of a batch is built after its callbacks (watcher_cache.cc, FlushPublish), so a
+// snapshot read in a callback, or on another thread the callback woke, must build it first:
+// every read holds the event whose callback started before it. Writers in two threads make
+// batches of several events; the checker thread races the watch thread's own build.
+TEST_F(WatcherDeliveryPathTest, SnapshotReadDuringOrAfterACallbackHoldsItsEvent) {
+  struct Seen {
+    int64_t revision;
+    std::string id;
+    bool removed;
+  };
+  std::mutex mu;
+  std::deque<Seen> woken;  // events handed to the checker thread
+  std::atomic<int> inline_bad{0}, inline_checked{0}, picker_bad{0};
+  auto holds = [](const Snapshot& s, const Seen& e) {
+    if (s.revision() < e.revision) return false;
+    // Ids are never reused: "k" ones stay once added, removed ones stay gone ("d" ones are
+    // removed soon after their add, maybe in the same batch: their add is checked by revision).
+    if (e.removed) return s.Find("world", e.id) == nullptr;
+    return e.id[0] == 'd' || s.Find("world", e.id) != nullptr;
+  };
+  auto sub = watcher_->Subscribe({}, [&](const ChangeEvent& ev) {
+    Seen e{ev.revision, ev.instance->instance_id, ev.type == ChangeType::kRemoved};
+    if (!holds(*watcher_->snapshot(), e)) inline_bad.fetch_add(1);
+    inline_checked.fetch_add(1);
+    if (inline_checked.load() == 1) {
+      // A picker made in a callback is built from the sets holding the event. (Dropped at
+      // once: a watcher with pickers builds its snapshots before the callbacks.)
+      std::shared_ptr<Picker> picker = watcher_->NewPicker("world", "", {}, /*ready_only=*/false);
+      if (picker->size() == 0) picker_bad.fetch_add(1);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    woken.push_back(std::move(e));
+  });
+  std::atomic<bool> done{false};
+  int checked = 0, bad = 0;
+  std::thread checker([&] {
+    while (true) {
+      std::optional<Seen> e;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!woken.empty()) {
+          e = std::move(woken.front());
+          woken.pop_front();
+        }
+      }
+      if (!e.has_value()) {
+        if (done.load()) return;
+        std::this_thread::yield();
+        continue;
+      }
+      ++checked;
+      if (!holds(*watcher_->snapshot(), *e)) ++bad;
+    }
+  });
+  std::vector<std::thread> writers;
+  std::atomic<int64_t> last{0};
+  for (int w = 0; w < 2; ++w) {
+    writers.emplace_back([&, w] {
+      for (int i = 0; i < 150; ++i) {
+        const std::string id = absl::StrCat(i % 3 == 0 ? "d" : "k", w, "-", i);
+        int64_t r = Put(Make("g", id));
+        if (id[0] == 'd') r = Delete("world", id);
+        int64_t seen = last.load();
+        while (r > seen && !last.compare_exchange_weak(seen, r)) {
+        }
+      }
+    });
+  }
+  for (std::thread& t : writers) t.join();
+  ASSERT_TRUE(Reached(last.load()));
+  ASSERT_TRUE(WaitUntil([&] { return inline_checked.load() == 400; }, TimeScale(absl::Seconds(5))))
+      << inline_checked.load();  // 300 adds + 100 removals
+  done.store(true);
+  checker.join();
+  EXPECT_EQ(checked, 400);
+  EXPECT_EQ(bad, 0) << "reads on another thread without the event that woke them";
+  EXPECT_EQ(inline_bad.load(), 0) << "reads in a callback without its own event";
+  EXPECT_EQ(picker_bad.load(), 0);
 }
 
 TEST_F(WatcherDeliveryPathTest, LargeTypeStaysSortedThroughSmallBatches) {
