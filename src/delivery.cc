@@ -60,7 +60,7 @@ Subscription Watcher::Subscribe(Filter filter, std::function<void(const ChangeEv
       impl_->subs[id] = sub;
     }
     if (initial) {
-      SnapshotPtr snap = impl_->Current();
+      SnapshotPtr snap = impl_->snap.load();
       for (const InstancePtr& in : snap->Select(sub->filter)) {
         ChangeEvent ev;
         ev.type = ChangeType::kAdded;
@@ -135,8 +135,6 @@ std::shared_ptr<Picker> Watcher::NewPicker(const std::string& type, const std::s
                                            const PickerOptions& options, bool ready_only) {
   std::shared_ptr<Picker> picker = discovery::NewPicker(options);
   impl_->loop().RunSync([&] {
-    // (From a callback: the sets of the batch being delivered are built first.)
-    impl_->PublishStaged();
     Impl::PickerEntry e{type, group, ready_only, picker};
     picker->Update(impl_->Candidates(e));
     impl_->pickers.push_back(std::move(e));

@@ -69,11 +69,11 @@ bool Watcher::synced() const {
   return impl_->synced;
 }
 
-SnapshotPtr Watcher::snapshot() const { return impl_->Current(); }
+SnapshotPtr Watcher::snapshot() const { return impl_->snap.load(); }
 
 WatcherStats Watcher::stats() const {
   WatcherStats s;
-  SnapshotPtr snap = impl_->Current();
+  SnapshotPtr snap = impl_->snap.load();
   s.revision = snap->revision();
   s.instances = snap->size();
   s.events = impl_->events.load();

@@ -167,39 +167,19 @@ void Watcher::Impl::ApplyChanges(const std::vector<SourceChange>& changes, int64
 void Watcher::Impl::EndOfBatch() { FlushPublish(); }
 
 // Publishing patches the touched types' chunked sets (O(changed instances), see
-// cache_typeset.h). Under a burst the watch hub hands the loop every response received so far
-// in one turn; publishing once per such batch (not once per response) keeps ingestion linear,
-// and a lone response is published and dispatched in the turn that applied it (no re-post, no
-// timer).
-//
-// Without pickers the snapshot is built after the callbacks (staged, see watcher_impl.h): the
-// build (a copy of the type's chunk index and of the changed chunk, the new directory) is CPU
-// the watch thread no longer spends between a change and its callbacks, and on a loaded host
-// every microsecond there shows in the callback's latency tail (bench/README.md). A snapshot
-// read during a callback is built on demand, so nobody sees one without the event. Pickers are
-// updated from the new sets before the callbacks run, so with pickers the publish is eager.
+// cache_typeset.h). Under a
+// burst the watch hub hands the loop every response received so far in one turn; publishing
+// once per such batch (not once per response) keeps ingestion linear, and a lone response is
+// published and dispatched in the turn that applied it (no re-post, no timer). Subscribers get
+// their events right after the snapshot that contains them is published.
 void Watcher::Impl::FlushPublish() {
   if (pending_touched.empty() && pending_changes.empty()) return;
   std::set<std::string> touched = std::move(pending_touched);
   std::vector<ChangeEvent> changes;
   changes.swap(pending_changes);
   pending_touched.clear();
-  const absl::Time now = util::MonoNow();
-  SnapshotPtr replaced;
-  if (pickers.empty()) {
-    {
-      util::MutexLock lock(&publish_mu);
-      staged = Staged{&touched, &changes, revision, history};
-      has_staged.store(true, std::memory_order_release);
-    }
-    UpdateProtectionAndPickers(nullptr, now);
-    Dispatch(changes);
-    replaced = PublishStaged();
-  } else {
-    replaced = Publish(touched, changes, now);
-    Dispatch(changes);
-  }
-  replaced.reset();  // what only the old snapshot held is freed after the callbacks
+  SnapshotPtr replaced = Publish(touched, changes, util::MonoNow());
+  Dispatch(changes);
   // The events' buffer goes back for the next batch (one allocation less per publish), unless
   // a burst grew it: then it is freed with the rest.
   changes.clear();
@@ -208,64 +188,34 @@ void Watcher::Impl::FlushPublish() {
   }
 }
 
-SnapshotPtr Watcher::Impl::Current() {
-  if (has_staged.load(std::memory_order_acquire)) {
-    PublishStaged();  // (the snapshot it replaced is dropped here, on this thread)
-  }
-  return snap.load();
-}
-
-SnapshotPtr Watcher::Impl::PublishStaged() {
-  util::MutexLock lock(&publish_mu);
-  if (!staged.has_value()) return nullptr;
-  SnapshotPtr replaced =
-      BuildSnapshot(*staged->touched, *staged->changes, staged->revision, staged->history);
-  staged.reset();
-  has_staged.store(false, std::memory_order_release);
-  return replaced;
-}
-
-// Patches the touched types' chunked sets with `changes` (in order), publishes a new snapshot,
-// then updates protection and the pickers of the touched (type, group)s.
+// Patches the touched types' chunked sets with `changes` (in order) and publishes a new
+// snapshot; updates the pickers of the touched (type, group)s.
 SnapshotPtr Watcher::Impl::Publish(const std::set<std::string>& touched,
                                    const std::vector<ChangeEvent>& changes, absl::Time now) {
-  SnapshotPtr replaced;
-  {
-    util::MutexLock lock(&publish_mu);
-    replaced = BuildSnapshot(touched, changes, revision, history);
-  }
-  // Touched type -> touched groups, for the pickers (none to update without pickers).
-  std::map<std::string, std::set<std::string>> groups;
-  const bool follow_groups = !pickers.empty();
-  if (follow_groups) {
-    for (const ChangeEvent& ev : changes) {
-      if (ev.previous != nullptr) groups[ev.previous->type].insert(ev.previous->group);
-      if (ev.type != ChangeType::kRemoved) groups[ev.instance->type].insert(ev.instance->group);
-    }
-  }
-  UpdateProtectionAndPickers(follow_groups ? &groups : nullptr, now);
-  return replaced;
-}
-
-SnapshotPtr Watcher::Impl::BuildSnapshot(const std::set<std::string>& touched,
-                                         const std::vector<ChangeEvent>& changes,
-                                         int64_t at_revision, uint64_t at_history) {
   // The thread-CPU clock is a system call (~1 us here, as much as a one-event publish): a
   // large publish is always timed, small ones 1 in kPublishSample, counted that many times.
   const uint64_t n = publishes.fetch_add(1);
   const uint64_t weight =
       changes.size() >= kPublishSample ? 1 : (n % kPublishSample == 0 ? kPublishSample : 0);
   const int64_t started = weight != 0 ? ThreadCpuNs() : 0;
+  // Touched type -> touched groups, for the pickers (none to update without pickers).
+  const bool follow_groups = !pickers.empty();
+  std::map<std::string, std::set<std::string>> groups;
   std::vector<std::pair<std::string, std::shared_ptr<const Snapshot::TypeSet>>> sets;
   sets.reserve(touched.size());
   for (const std::string& type : touched) {
     auto old = published.find(type);
     cache::TypeSetBuilder set(old == published.end() ? nullptr : old->second);
+    std::set<std::string>* changed_groups = follow_groups ? &groups[type] : nullptr;
     for (const ChangeEvent& ev : changes) {
       const Instance* prev =
           ev.previous != nullptr && ev.previous->type == type ? ev.previous.get() : nullptr;
       InstancePtr next =
           ev.type != ChangeType::kRemoved && ev.instance->type == type ? ev.instance : nullptr;
+      if (changed_groups != nullptr) {
+        if (prev != nullptr) changed_groups->insert(prev->group);
+        if (next != nullptr) changed_groups->insert(next->group);
+      }
       if (prev != nullptr && next != nullptr && cache::SameSortKey(*prev, *next)) {
         set.Replace(*prev, std::move(next));  // the common update: found by address
       } else {
@@ -282,23 +232,18 @@ SnapshotPtr Watcher::Impl::BuildSnapshot(const std::set<std::string>& touched,
   }
   // The new snapshot shares the type directory's untouched blocks with the one it replaces
   // (a watcher of many types does not copy every type's entry per event).
-  const SnapshotPtr base = snap.load(std::memory_order_relaxed);  // (stores: under publish_mu)
-  SnapshotPtr replaced = snap.exchange(Snapshot::Patch(base.get(), at_revision, at_history, sets));
-  if (weight != 0) publish_ns.fetch_add(weight * static_cast<uint64_t>(ThreadCpuNs() - started));
-  return replaced;
-}
-
-void Watcher::Impl::UpdateProtectionAndPickers(std::map<std::string, std::set<std::string>>* groups,
-                                               absl::Time now) {
+  const SnapshotPtr base = snap.load(std::memory_order_relaxed);  // (only this thread stores)
+  SnapshotPtr replaced = snap.exchange(Snapshot::Patch(base.get(), revision, history, sets));
   for (auto& [type, p] : protection) {
-    if (EvaluateProtection(type, p, now) && groups != nullptr) {
-      (*groups)[type].clear();  // every picker of the type
+    if (EvaluateProtection(type, p, now) && follow_groups) {
+      groups[type].clear();  // every picker of the type
     }
   }
-  if (groups == nullptr) return;
-  for (const auto& [type, changed] : *groups) {
+  for (const auto& [type, changed] : groups) {
     UpdatePickers(type, changed.empty() ? nullptr : &changed);
   }
+  if (weight != 0) publish_ns.fetch_add(weight * static_cast<uint64_t>(ThreadCpuNs() - started));
+  return replaced;
 }
 
 void Watcher::Impl::ForgetInvalid(std::string_view key) {
@@ -394,7 +339,7 @@ void Watcher::Impl::ApplyState(SourceState& r, bool history_reset) {
     synced = true;
     last_error = absl::OkStatus();
   }
-  if (replace) NotifyHistoryReset(snap.load());  // (nothing staged: published above)
+  if (replace) NotifyHistoryReset(snap.load());
   Dispatch(changes);
 }
 

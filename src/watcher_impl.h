@@ -15,7 +15,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -69,25 +68,7 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   std::string watch_prefix;  // for logs
   util::EventLoop& loop() { return *executor; }
 
-  // The published snapshot. Read it through Current(): a publish may be staged (below).
   std::atomic<std::shared_ptr<const Snapshot>> snap;
-  SnapshotPtr Current();
-
-  // A publish staged while its events are dispatched (FlushPublish without pickers): the new
-  // snapshot is built after the callbacks, off the path from a change to them, unless someone
-  // asks for it first (Current(), from a callback or any other thread, builds it then). So a
-  // snapshot read after a callback has started always holds that callback's event.
-  struct Staged {
-    const std::set<std::string>* touched;  // FlushPublish's, valid while staged
-    const std::vector<ChangeEvent>* changes;
-    int64_t revision;
-    uint64_t history;
-  };
-  util::Mutex publish_mu;  // `published`, `snap` stores and `staged`
-  std::optional<Staged> staged ABSL_GUARDED_BY(publish_mu);
-  std::atomic<bool> has_staged{false};
-  // Builds and publishes the staged snapshot, if any; returns the one it replaced.
-  SnapshotPtr PublishStaged();
 
   // Loop-thread state.
   // etcd key -> instance, mod_revision; keyed by the instance's own type/instanceId
@@ -97,10 +78,8 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   // Changes applied to `current` but not yet published (FlushPublish at the hub's batch end).
   std::set<std::string> pending_touched;
   std::vector<ChangeEvent> pending_changes;
-  // type -> chunked set shared with the snapshots (cache_typeset.h); written under publish_mu
-  // (by whoever builds a staged publish), read on this thread when nothing is staged.
+  // type -> chunked set shared with the snapshots (cache_typeset.h); type -> ready instances
   std::map<std::string, std::shared_ptr<const Snapshot::TypeSet>, std::less<>> published;
-  // type -> ready instances
   std::map<std::string, size_t, std::less<>> ready_count;
   int64_t revision = 0;
   uint64_t cluster_id = 0;  // the source's store_id
@@ -150,15 +129,6 @@ struct Watcher::Impl : WatchSink, std::enable_shared_from_this<Watcher::Impl> {
   // not on the way from a change to its callbacks.
   [[nodiscard]] SnapshotPtr Publish(const std::set<std::string>& touched,
                                     const std::vector<ChangeEvent>& changes, absl::Time now);
-  // The cache half of a publish: the touched types' new sets and the new snapshot at
-  // (at_revision, at_history). Returns the snapshot it replaced.
-  SnapshotPtr BuildSnapshot(const std::set<std::string>& touched,
-                            const std::vector<ChangeEvent>& changes, int64_t at_revision,
-                            uint64_t at_history) ABSL_EXCLUSIVE_LOCKS_REQUIRED(publish_mu);
-  // The delivery half: protection state of every type, and (with `groups`: touched type ->
-  // touched groups) the pickers of the touched (type, group)s.
-  void UpdateProtectionAndPickers(std::map<std::string, std::set<std::string>>* groups,
-                                  absl::Time now);
   // ---- delivery.cc ----
   void Deliver(uint64_t id, const std::shared_ptr<Sub>& sub, const ChangeEvent& ev);
   void Dispatch(const std::vector<ChangeEvent>& changes);

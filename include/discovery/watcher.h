@@ -272,10 +272,6 @@ class Watcher {
   absl::Status WaitForSync(absl::Duration timeout);
   bool synced() const;
 
-  // The current snapshot: it holds every event whose callback has started. Lock-free, except
-  // while a batch's callbacks run: the watcher builds that batch's snapshot after them (off
-  // the path from change to callback), and a read in that window builds it first (a short
-  // lock; see README "Watcher queries").
   SnapshotPtr snapshot() const;
   int64_t revision() const { return snapshot()->revision(); }
 
