@@ -25,7 +25,7 @@ namespace discovery {
 
 namespace {
 // Publishes of fewer changes are timed 1 in this many (WatcherStats::publish_time).
-constexpr uint64_t kPublishSample = 16;
+constexpr uint64_t kPublishSample = 128;
 // FlushPublish keeps the events' buffer for the next batch up to this many slots.
 constexpr size_t kKeptChangeSlots = 256;
 // A state at least this large (raw keys + values) is followed by malloc_trim.
@@ -192,8 +192,10 @@ void Watcher::Impl::FlushPublish() {
 // snapshot; updates the pickers of the touched (type, group)s.
 SnapshotPtr Watcher::Impl::Publish(const std::set<std::string>& touched,
                                    const std::vector<ChangeEvent>& changes, absl::Time now) {
-  // The thread-CPU clock is a system call (~1 us here, as much as a one-event publish): a
-  // large publish is always timed, small ones 1 in kPublishSample, counted that many times.
+  // The thread-CPU clock is a system call (~1 us here, as much as a one-event publish; two
+  // per timing): a large publish is always timed, small ones 1 in kPublishSample, counted that
+  // many times. (1 in 16 still cost ~0.3 us per event at 10,000 events/s: 13 % of the publish
+  // in the watch thread's profile, 2026-12-03.)
   const uint64_t n = publishes.fetch_add(1);
   const uint64_t weight =
       changes.size() >= kPublishSample ? 1 : (n % kPublishSample == 0 ? kPublishSample : 0);

@@ -237,7 +237,7 @@ struct WatcherStats {
   uint64_t invalid_values = 0;  // values skipped as not valid instances
   uint64_t protection_activations = 0;
   // Snapshots published and the CPU time spent building them (cache + pickers): large
-  // publishes are timed each, small ones (under 16 changes) 1 in 16 and counted 16 times.
+  // publishes are timed each, small ones (under 128 changes) 1 in 128 and counted 128 times.
   uint64_t publishes = 0;
   absl::Duration publish_time = absl::ZeroDuration();
   size_t instances = 0;
