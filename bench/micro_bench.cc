@@ -366,7 +366,8 @@ void BM_TypeSetUpdateOne(benchmark::State& state) {
     set = b.Finish();
   }
   if (set->size() != static_cast<size_t>(n)) state.SkipWithError("set size changed");
-  state.counters["chunks"] = static_cast<double>(set->chunks.size());
+  state.counters["chunks"] = static_cast<double>(set->chunk_count());
+  state.counters["segments"] = static_cast<double>(set->segments.size());
 }
 BENCHMARK(BM_TypeSetUpdateOne)->Arg(100)->Arg(1000)->Arg(10000)->Arg(100000);
 

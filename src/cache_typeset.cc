@@ -7,8 +7,9 @@
 namespace discovery::cache {
 
 namespace {
-constexpr size_t kCopySlack = 4;  // spare slots in a chunk copied for a change
-constexpr size_t kChunkMin = 32;  // the smallest split limit (ChunkLimit)
+constexpr size_t kCopySlack = 4;     // spare slots in a chunk copied for a change
+constexpr size_t kChunkMin = 16;     // the smallest split limit (ChunkLimit)
+constexpr size_t kOwnedListed = 16;  // owned segments and chunks kept in a list, not a set
 
 // Byte i of the sort key group + '\x1f' + instanceId, or -1 past its end.
 int KeyAt(const Instance& x, size_t i) {
@@ -22,7 +23,7 @@ size_t KeySize(const Instance& x) { return x.group.size() + 1 + x.instance_id.si
 
 size_t ChunkLimit(size_t n) {
   size_t limit = kChunkMin;
-  while (limit < Snapshot::kChunkMax && limit * limit < n) limit *= 2;
+  while (limit < Snapshot::kChunkMax && limit * limit * limit < n) limit *= 2;
   return limit;
 }
 
@@ -63,178 +64,291 @@ int CompareSortKey(const Instance& x, std::string_view probe) {
   return 0;
 }
 
-TypeSetBuilder::TypeSetBuilder(std::shared_ptr<const Snapshot::TypeSet> base)
-    : base_(std::move(base)) {
-  if (base_ == nullptr) return;
-  chunks_ = base_->chunks;
-  owned_.assign(chunks_.size(), false);
-  size_ = base_->size();
+TypeSetBuilder::TypeSetBuilder(std::shared_ptr<const Snapshot::TypeSet> base) {
+  if (base != nullptr) segs_ = base->segments;
 }
 
-void TypeSetBuilder::Mark(size_t c) {
-  dirty_lo_ = std::min(dirty_lo_, c);
-  dirty_hi_ = std::max(dirty_hi_, c + 1);
+bool TypeSetBuilder::Owned(const void* p) const {
+  if (!owned_many_.empty()) return owned_many_.contains(p);
+  return std::find(owned_.begin(), owned_.end(), p) != owned_.end();
 }
 
-void TypeSetBuilder::Inserted(size_t c) {
-  // The chunks after it moved up by one: the range grows by one (and covers `c`).
-  dirty_lo_ = std::min(dirty_lo_, c);
-  dirty_hi_ = std::max(dirty_hi_, c) + 1;
+void TypeSetBuilder::Own(const void* p) {
+  if (owned_many_.empty() && owned_.size() < kOwnedListed) {
+    owned_.push_back(p);
+    return;
+  }
+  if (owned_many_.empty()) owned_many_.insert(owned_.begin(), owned_.end());
+  owned_many_.insert(p);
 }
 
-void TypeSetBuilder::Removed(size_t c) {
-  Mark(c);
-  --dirty_hi_;
+namespace {
+template <class T>
+size_t FirstNotBefore(const std::vector<Snapshot::Ref<T>>& refs, const Instance& in) {
+  return std::partition_point(refs.begin(), refs.end(),
+                              [&](const Snapshot::Ref<T>& r) { return SortsBefore(*r.last, in); }) -
+         refs.begin();
+}
+// Moves refs[keep..] to the end of `out` (ends rebased to start from 0).
+template <class T>
+void MoveTail(std::vector<Snapshot::Ref<T>>& refs, size_t keep,
+              std::vector<Snapshot::Ref<T>>& out) {
+  const size_t below = keep == 0 ? 0 : refs[keep - 1].end;
+  for (size_t i = keep; i < refs.size(); ++i) {
+    out.push_back({std::move(refs[i].ptr), refs[i].end - below, refs[i].last});
+  }
+  refs.erase(refs.begin() + static_cast<std::ptrdiff_t>(keep), refs.end());
+}
+// Appends `from` to `refs` (ends rebased to follow refs' last).
+template <class T>
+void Append(std::vector<Snapshot::Ref<T>>& refs, const std::vector<Snapshot::Ref<T>>& from) {
+  const size_t base = refs.empty() ? 0 : refs.back().end;
+  for (const auto& r : from) refs.push_back({r.ptr, base + r.end, r.last});
+}
+// Removes refs[i + 1] after its content joined refs[i]: refs[i] now ends where it did.
+template <class T>
+void Joined(std::vector<Snapshot::Ref<T>>& refs, size_t i) {
+  refs[i].end = refs[i + 1].end;
+  refs[i].last = refs[i + 1].last;
+  refs.erase(refs.begin() + static_cast<std::ptrdiff_t>(i + 1));
+}
+}  // namespace
+
+TypeSetBuilder::Loc TypeSetBuilder::ChunkFor(const Instance& in) const {
+  const size_t s = FirstNotBefore(segs_, in);
+  if (s == segs_.size()) return {s, 0};
+  return {s, FirstNotBefore(segs_[s].ptr->chunks, in)};
 }
 
-size_t TypeSetBuilder::ChunkFor(const Instance& in) const {
-  return std::partition_point(chunks_.begin(), chunks_.end(),
-                              [&](const std::shared_ptr<const Snapshot::Chunk>& c) {
-                                return SortsBefore(*c->items.back(), in);
-                              }) -
-         chunks_.begin();
-}
-
-std::vector<InstancePtr>& TypeSetBuilder::Mutable(size_t c) {
-  if (!owned_[c]) {
-    // Room for a few inserts: a copy of exactly size() would double its capacity (and keep
-    // that waste in the published snapshot) at the first insert.
-    auto copy = std::make_shared<Snapshot::Chunk>();
-    copy->items.reserve(chunks_[c]->items.size() + kCopySlack);
-    copy->items = chunks_[c]->items;
-    chunks_[c] = std::move(copy);
-    owned_[c] = true;
-    ++copied_;
-    Mark(c);
+Snapshot::Segment& TypeSetBuilder::MutableSegment(size_t s) {
+  if (!Owned(segs_[s].ptr.get())) {
+    auto copy = std::make_shared<Segment>();
+    copy->chunks.reserve(segs_[s].ptr->chunks.size() + 1);  // (room for one split)
+    copy->chunks = segs_[s].ptr->chunks;
+    Own(copy.get());
+    segs_[s].ptr = std::move(copy);
   }
   // Created by this builder as non-const and not published yet: writing it is ours to do.
-  return const_cast<Snapshot::Chunk&>(*chunks_[c]).items;
+  return const_cast<Segment&>(*segs_[s].ptr);
+}
+
+std::vector<InstancePtr>& TypeSetBuilder::MutableChunk(size_t s, size_t c) {
+  Segment& seg = MutableSegment(s);
+  auto& ref = seg.chunks[c];
+  if (!Owned(ref.ptr.get())) {
+    // Room for a few inserts: a copy of exactly size() would double its capacity (and keep
+    // that waste in the published snapshot) at the first insert.
+    auto copy = std::make_shared<Chunk>();
+    copy->items.reserve(ref.ptr->items.size() + kCopySlack);
+    copy->items = ref.ptr->items;
+    Own(copy.get());
+    ref.ptr = std::move(copy);
+    ++copied_;
+  }
+  return const_cast<Chunk&>(*ref.ptr).items;  // (ours, as above)
+}
+
+void TypeSetBuilder::Resized(size_t s, size_t c, std::ptrdiff_t delta) {
+  Segment& seg = MutableSegment(s);
+  for (size_t i = c; i < seg.chunks.size(); ++i) seg.chunks[i].end += delta;
+  for (size_t i = s; i < segs_.size(); ++i) segs_[i].end += delta;
+  const auto& items = seg.chunks[c].ptr->items;
+  if (items.empty()) return;  // (RemoveChunk follows)
+  seg.chunks[c].last = items.back().get();
+  if (c + 1 == seg.chunks.size()) segs_[s].last = seg.chunks[c].last;
 }
 
 void TypeSetBuilder::Erase(const Instance& in) {
-  const size_t c = ChunkFor(in);
-  if (c == chunks_.size()) return;
-  const auto& items = chunks_[c]->items;
+  const auto [s, c] = ChunkFor(in);
+  if (s == segs_.size()) return;
+  const auto& items = segs_[s].ptr->chunks[c].ptr->items;
   auto it =
       std::lower_bound(items.begin(), items.end(), in,
                        [](const InstancePtr& x, const Instance& y) { return SortsBefore(*x, y); });
   if (it == items.end() || !SameSortKey(**it, in)) return;
   const size_t pos = it - items.begin();
-  std::vector<InstancePtr>& v = Mutable(c);
+  std::vector<InstancePtr>& v = MutableChunk(s, c);
   v.erase(v.begin() + static_cast<std::ptrdiff_t>(pos));
-  --size_;
+  Resized(s, c, -1);
   if (v.empty()) {
-    chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c));
-    owned_.erase(owned_.begin() + static_cast<std::ptrdiff_t>(c));
-    Removed(c);
-    return;
-  }
-  // Deletes must not leave a trail of tiny chunks: join a small chunk with its successor.
-  const size_t limit = ChunkLimit(size_);
-  if (v.size() < limit / 8 && c + 1 < chunks_.size() &&
-      v.size() + chunks_[c + 1]->items.size() <= limit) {
-    const auto& next = chunks_[c + 1]->items;
-    v.insert(v.end(), next.begin(), next.end());
-    chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(c + 1));
-    owned_.erase(owned_.begin() + static_cast<std::ptrdiff_t>(c + 1));
-    Removed(c + 1);
+    RemoveChunk(s, c);
+  } else {
+    MaybeMerge(s, c);
   }
 }
 
-void TypeSetBuilder::Upsert(InstancePtr in) {
-  if (chunks_.empty()) {
-    auto chunk = std::make_shared<Snapshot::Chunk>();
-    chunk->items.push_back(std::move(in));
-    chunks_.push_back(std::move(chunk));
-    owned_.push_back(true);
-    Inserted(0);
-    ++size_;
+void TypeSetBuilder::RemoveChunk(size_t s, size_t c) {
+  Segment& seg = MutableSegment(s);
+  // Its end equals its predecessor's (it holds nothing): the others stay right.
+  seg.chunks.erase(seg.chunks.begin() + static_cast<std::ptrdiff_t>(c));
+  if (seg.chunks.empty()) {
+    segs_.erase(segs_.begin() + static_cast<std::ptrdiff_t>(s));
+    if (!segs_.empty()) MergeSegment(std::min(s, segs_.size() - 1));
     return;
   }
-  size_t c = std::min(ChunkFor(*in), chunks_.size() - 1);  // past the end: append to the last
-  const auto& items = chunks_[c]->items;
+  segs_[s].last = seg.chunks.back().last;
+  MaybeMerge(s, std::min(c, seg.chunks.size() - 1));
+}
+
+// Deletes must not leave a trail of tiny chunks or segments: a small one joins its
+// predecessor or its successor (a chunk within its segment) when the two fit in one.
+void TypeSetBuilder::MaybeMerge(size_t s, size_t c) {
+  const size_t limit = ChunkLimit(size());
+  const auto& chunks = segs_[s].ptr->chunks;
+  auto items = [&](size_t i) { return chunks[i].ptr->items.size(); };
+  const size_t have = items(c);
+  if (have < limit / 8) {
+    size_t into = SIZE_MAX;  // the first of the two joined
+    if (c > 0 && items(c - 1) + have <= limit) {
+      into = c - 1;
+    } else if (c + 1 < chunks.size() && have + items(c + 1) <= limit) {
+      into = c;
+    }
+    if (into != SIZE_MAX) {
+      std::vector<InstancePtr>& v = MutableChunk(s, into);  // (may replace `chunks`)
+      Segment& seg = MutableSegment(s);
+      const auto& next = seg.chunks[into + 1].ptr->items;
+      v.insert(v.end(), next.begin(), next.end());
+      Joined(seg.chunks, into);
+    }
+  }
+  MergeSegment(s);
+}
+
+void TypeSetBuilder::MergeSegment(size_t s) {
+  const size_t limit = ChunkLimit(size());
+  auto chunks = [&](size_t i) { return segs_[i].ptr->chunks.size(); };
+  const size_t have = chunks(s);
+  if (have >= limit / 8) return;
+  size_t into = SIZE_MAX;
+  if (s > 0 && chunks(s - 1) + have <= limit) {
+    into = s - 1;
+  } else if (s + 1 < segs_.size() && have + chunks(s + 1) <= limit) {
+    into = s;
+  }
+  if (into == SIZE_MAX) return;
+  Append(MutableSegment(into).chunks, segs_[into + 1].ptr->chunks);
+  Joined(segs_, into);
+}
+
+void TypeSetBuilder::Upsert(InstancePtr in) {
+  if (segs_.empty()) {
+    auto chunk = std::make_shared<Chunk>();
+    auto seg = std::make_shared<Segment>();
+    const Instance* last = in.get();
+    chunk->items.push_back(std::move(in));
+    Own(chunk.get());
+    Own(seg.get());
+    seg->chunks.push_back({std::move(chunk), 1, last});
+    segs_.push_back({std::move(seg), 1, last});
+    return;
+  }
+  auto [s, c] = ChunkFor(*in);
+  if (s == segs_.size()) {  // past the end: append to the last chunk
+    s = segs_.size() - 1;
+    c = segs_[s].ptr->chunks.size() - 1;
+  }
+  const auto& items = segs_[s].ptr->chunks[c].ptr->items;
   auto it =
       std::lower_bound(items.begin(), items.end(), *in,
                        [](const InstancePtr& x, const Instance& y) { return SortsBefore(*x, y); });
   const size_t pos = it - items.begin();
   if (it != items.end() && SameSortKey(**it, *in)) {
-    ReplaceAt(c, pos, std::move(in));
+    ReplaceAt(s, c, pos, std::move(in));
     return;
   }
-  std::vector<InstancePtr>& v = Mutable(c);
-  const size_t limit = ChunkLimit(size_);
+  std::vector<InstancePtr>& v = MutableChunk(s, c);
   v.insert(v.begin() + static_cast<std::ptrdiff_t>(pos), std::move(in));
-  ++size_;
-  if (v.size() > limit) Split(c);
+  Resized(s, c, 1);
+  if (v.size() > ChunkLimit(size())) {
+    // Appending past the type's last instance (a sync in key order, one group) starts a new
+    // chunk and leaves the full one full; halves would leave every chunk half empty.
+    const bool append =
+        s + 1 == segs_.size() && c + 1 == segs_[s].ptr->chunks.size() && pos + 1 == v.size();
+    SplitChunk(s, c, append ? v.size() - 1 : v.size() / 2);
+  }
 }
 
 void TypeSetBuilder::Replace(const Instance& prev, InstancePtr next) {
-  const size_t c = ChunkFor(*next);
-  if (c < chunks_.size()) {
-    const auto& items = chunks_[c]->items;
+  const auto [s, c] = ChunkFor(*next);
+  if (s < segs_.size()) {
+    const auto& items = segs_[s].ptr->chunks[c].ptr->items;
     // A linear scan of at most kChunkMax adjacent pointers: no instance is read.
     for (size_t pos = 0; pos < items.size(); ++pos) {
       if (items[pos].get() != &prev) continue;
-      ReplaceAt(c, pos, std::move(next));
+      ReplaceAt(s, c, pos, std::move(next));
       return;
     }
   }
   Upsert(std::move(next));
 }
 
-void TypeSetBuilder::ReplaceAt(size_t c, size_t pos, InstancePtr in) {
-  std::vector<InstancePtr>& v = Mutable(c);
+void TypeSetBuilder::ReplaceAt(size_t s, size_t c, size_t pos, InstancePtr in) {
+  std::vector<InstancePtr>& v = MutableChunk(s, c);
   v[pos] = std::move(in);
-  // A chunk from when the type was larger (or made by FromSorted) is cut down to this size at
-  // its next change: only far over the limit, so that a replace rarely splits.
-  if (v.size() > 2 * ChunkLimit(size_)) Split(c);
+  // The replaced instance may be freed with the old snapshot: no `last` may point at it.
+  if (pos + 1 == v.size()) Resized(s, c, 0);
+  // A chunk or segment from when the type was larger (or made by FromSorted) is cut down to
+  // this size at its next change: only far over the limit, so that a replace rarely splits.
+  const size_t limit = ChunkLimit(size());
+  if (v.size() > 2 * limit) {
+    SplitChunk(s, c, v.size() / 2);
+  } else if (segs_[s].ptr->chunks.size() > 2 * limit) {
+    SplitSegment(s, segs_[s].ptr->chunks.size() / 2);
+  }
 }
 
-void TypeSetBuilder::Split(size_t c) {
-  std::vector<InstancePtr>& v = Mutable(c);
-  auto upper = std::make_shared<Snapshot::Chunk>();
-  const auto half = v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2);
-  upper->items.assign(std::make_move_iterator(half), std::make_move_iterator(v.end()));
-  v.erase(half, v.end());
+void TypeSetBuilder::SplitChunk(size_t s, size_t c, size_t keep) {
+  std::vector<InstancePtr>& v = MutableChunk(s, c);
+  Segment& seg = MutableSegment(s);
+  auto upper = std::make_shared<Chunk>();
+  const auto cut = v.begin() + static_cast<std::ptrdiff_t>(keep);
+  upper->items.assign(std::make_move_iterator(cut), std::make_move_iterator(v.end()));
+  v.erase(cut, v.end());
   v.shrink_to_fit();  // (a split chunk would keep twice the slots it holds)
-  chunks_.insert(chunks_.begin() + static_cast<std::ptrdiff_t>(c + 1), std::move(upper));
-  owned_.insert(owned_.begin() + static_cast<std::ptrdiff_t>(c + 1), true);
-  Inserted(c + 1);
+  const bool tail = upper->items.size() == 1 && s + 1 == segs_.size() && c + 1 == seg.chunks.size();
+  Snapshot::Ref<Chunk> ref{std::move(upper), seg.chunks[c].end, seg.chunks[c].last};
+  seg.chunks[c].end -= ref.ptr->items.size();
+  seg.chunks[c].last = v.back().get();
+  Own(ref.ptr.get());
+  seg.chunks.insert(seg.chunks.begin() + static_cast<std::ptrdiff_t>(c + 1), std::move(ref));
+  if (seg.chunks.size() > ChunkLimit(size())) {
+    // An append's new chunk (see Upsert) starts a new segment alone.
+    SplitSegment(s, tail ? seg.chunks.size() - 1 : seg.chunks.size() / 2);
+  }
+}
+
+void TypeSetBuilder::SplitSegment(size_t s, size_t keep) {
+  Segment& seg = MutableSegment(s);
+  auto upper = std::make_shared<Segment>();
+  MoveTail(seg.chunks, keep, upper->chunks);
+  Snapshot::Ref<Segment> ref{nullptr, segs_[s].end, segs_[s].last};
+  segs_[s].end -= upper->size();
+  segs_[s].last = seg.chunks.back().last;
+  Own(upper.get());
+  ref.ptr = std::move(upper);
+  segs_.insert(segs_.begin() + static_cast<std::ptrdiff_t>(s + 1), std::move(ref));
 }
 
 std::shared_ptr<const Snapshot::TypeSet> TypeSetBuilder::Finish() {
-  if (size_ == 0) return nullptr;
+  if (size() == 0) return nullptr;
+  // Published chunks hold 16 B per instance: no more than a little spare capacity (a type's
+  // 100,000 instances grown by inserts would otherwise keep up to 3x that). Only the
+  // segments this builder made are visited: a publish stays O(changed).
+  for (const auto& seg : segs_) {
+    if (!Owned(seg.ptr.get())) continue;
+    for (const auto& c : seg.ptr->chunks) {
+      const size_t n = c.ptr->items.size();
+      if (c.ptr->items.capacity() > n + n / 8 + kCopySlack && Owned(c.ptr.get())) {
+        const_cast<Chunk&>(*c.ptr).items.shrink_to_fit();  // ours until published
+      }
+    }
+  }
   auto set = std::make_shared<Snapshot::TypeSet>();
-  const size_t n = chunks_.size();
-  set->ends.resize(n);
-  // Only the chunks in [lo, hi) are read (every chunk copied, split, merged or inserted is in
-  // it): a publish costs O(changed chunks), not a read of every chunk of the type.
-  const size_t lo = std::min(dirty_lo_, n), hi = std::min(std::max(dirty_hi_, lo), n);
-  for (size_t i = 0; i < lo; ++i) set->ends[i] = base_->ends[i];
-  size_t total = lo == 0 ? 0 : set->ends[lo - 1];
-  for (size_t i = lo; i < hi; ++i) {
-    const auto& c = chunks_[i];
-    // Published chunks hold 16 B per instance: no more than a little spare capacity (a
-    // type's 100,000 instances grown by inserts would otherwise keep up to 3x that).
-    if (owned_[i] && c->items.capacity() > c->items.size() + c->items.size() / 8 + kCopySlack) {
-      const_cast<Snapshot::Chunk&>(*c).items.shrink_to_fit();  // ours until published
-    }
-    total += c->items.size();
-    set->ends[i] = total;
-  }
-  if (hi < n) {  // untouched base chunks, moved by the chunks inserted or removed before them
-    const size_t base_n = base_->chunks.size(), base_size = base_->size();
-    for (size_t i = hi; i < n; ++i) {
-      set->ends[i] = base_->ends[i + base_n - n] + size_ - base_size;  // (unsigned wrap-around)
-    }
-  }
-  set->chunks = std::move(chunks_);
-  chunks_.clear();
+  set->segments = std::move(segs_);
+  segs_.clear();
   owned_.clear();
-  base_ = nullptr;
-  dirty_lo_ = SIZE_MAX;
-  dirty_hi_ = 0;
-  size_ = 0;
+  owned_many_.clear();
   return set;
 }
 

@@ -1,19 +1,19 @@
 // Internal: the watcher cache's per-type persistent sorted structure (Snapshot::TypeSet).
 //
 // A type's instances are kept in (group, instanceId) order in immutable chunks of at most
-// ChunkLimit(instances of the type) pointers (never more than Snapshot::kChunkMax). A
-// TypeSetBuilder starts from the published set, copies a chunk the first time a change lands in it
-// (copy-on-write), splits chunks that grow past the limit, drops empty ones and merges small
-// neighbours, and Finish() publishes a new set that shares every untouched chunk with the previous
-// one. A publish therefore costs O(changed instances x chunk size + number of chunks), independent
-// of how the type's instances are spread.
+// ChunkLimit(n) pointers, and the chunks in immutable segments of at most ChunkLimit(n)
+// chunks (n: the type's instances). A TypeSetBuilder starts from the published set, copies a
+// segment and a chunk the first time a change lands in them (copy-on-write), splits chunks and
+// segments that grow past the limit, drops empty ones and merges small neighbours, and
+// Finish() publishes a new set that shares every untouched segment and chunk with the
+// previous one.
 //
-// Why the limit follows the type's size: a publish copies the changed chunk (ChunkLimit
-// shared_ptrs, each a reference-count increment on the instance's control block, usually a
-// cold cache line) and the chunk index (n / ChunkLimit chunk pointers, the same). sqrt(n)
-// minimises the sum: 32 up to 1,024 instances, 128 at 10,000, kChunkMax (256) above 16,384.
-// A fixed 256 made one update in a type of 1,000 copy 256 pointers where ~70 suffice; the
-// watch thread's profile showed the copy as the largest part of our per-event CPU.
+// Why two levels and cbrt(n): a publish copies the changed chunk (its instance pointers), the
+// changed segment (its chunk pointers) and the segment index, each copied pointer a
+// reference-count increment on a usually cold control block, and frees as many when the old
+// snapshot goes. With one level (chunks of sqrt(n) and a chunk index of n / sqrt(n)) that was
+// ~70 pointers at 1,000 instances and ~790 at 100,000, the largest part of the watch thread's
+// per-event CPU above raw gRPC; two levels of cbrt(n) make it ~40 and ~150.
 #pragma once
 
 #include <cstddef>
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "discovery/watcher.h"
 
 namespace discovery::cache {
@@ -45,8 +46,8 @@ struct KeyRef {
 // `rest` is the key without the watch prefix: "type/instanceId" (anything else finds nothing).
 KeyRef SplitKey(std::string_view rest);
 
-// The split limit of a type of `n` instances: the power of two nearest above sqrt(n), from 32
-// to Snapshot::kChunkMax.
+// The split limit of a type of `n` instances, for chunks (instances) and segments (chunks):
+// the power of two nearest above cbrt(n), from 16 to Snapshot::kChunkMax.
 size_t ChunkLimit(size_t n);
 
 struct Entry {
@@ -92,34 +93,47 @@ class TypeSetBuilder {
   // load change; each comparison would read a cold instance). Falls back to Upsert(next)
   // when `prev` is not in the set.
   void Replace(const Instance& prev, InstancePtr next);
-  size_t size() const { return size_; }
-  // The new set (null when empty); shares every chunk no change landed in with `base`.
+  size_t size() const { return segs_.empty() ? 0 : segs_.back().end; }
+  // The new set (null when empty); shares every segment and chunk no change landed in with
+  // `base`.
   std::shared_ptr<const Snapshot::TypeSet> Finish();
   size_t chunks_copied() const { return copied_; }
 
  private:
-  // Index of the first chunk whose last instance does not sort before `in` (chunks_.size()
-  // when every chunk ends before it).
-  size_t ChunkFor(const Instance& in) const;
-  std::vector<InstancePtr>& Mutable(size_t c);
-  // Sets slot `pos` of chunk `c` (same sort key) to `in`.
-  void ReplaceAt(size_t c, size_t pos, InstancePtr in);
-  // Moves the upper half of chunk `c` into a new chunk after it.
-  void Split(size_t c);
-  // Chunk `c` changed (Mark), a chunk was inserted at or removed from index `c` (Inserted,
-  // Removed): the range of chunks whose `ends` Finish recomputes follows.
-  void Mark(size_t c);
-  void Inserted(size_t c);
-  void Removed(size_t c);
+  using Segment = Snapshot::Segment;
+  using Chunk = Snapshot::Chunk;
+  struct Loc {
+    size_t seg, chunk;
+  };
+  // The first chunk whose last instance does not sort before `in` ({segments, 0} when every
+  // chunk ends before it).
+  Loc ChunkFor(const Instance& in) const;
+  // Copy-on-write: segment `s` (or chunk `c` of it, and its segment) made this builder's own.
+  Segment& MutableSegment(size_t s);
+  std::vector<InstancePtr>& MutableChunk(size_t s, size_t c);
+  // Chunk (s, c) changed size by `delta` and maybe its last instance: the ends and lasts of
+  // it, its segment and everything after follow.
+  void Resized(size_t s, size_t c, std::ptrdiff_t delta);
+  // Sets slot `pos` of chunk (s, c) (same sort key) to `in`.
+  void ReplaceAt(size_t s, size_t c, size_t pos, InstancePtr in);
+  // Moves the instances of chunk (s, c) from index `keep` on into a new chunk after it (and
+  // splits the segment when it grows past the limit); moves the chunks of segment `s` from
+  // index `keep` on into a new segment after it.
+  void SplitChunk(size_t s, size_t c, size_t keep);
+  void SplitSegment(size_t s, size_t keep);
+  // Removes empty chunk (s, c) (and its segment when that empties); joins a small chunk
+  // (s, c) or segment `s` with a neighbour.
+  void RemoveChunk(size_t s, size_t c);
+  void MaybeMerge(size_t s, size_t c);
+  void MergeSegment(size_t s);
+  // Segments and chunks created by this builder: a publish makes one or two of each (a short
+  // list, searched linearly); a large batch (a sync) thousands (then a hash set).
+  bool Owned(const void* p) const;
+  void Own(const void* p);
 
-  // The set this builder started from: Finish takes the `ends` of the chunks no change
-  // landed in from it (those before dirty_lo_ as they were, those from dirty_hi_ on shifted
-  // by the chunks and instances added or removed) instead of reading every chunk.
-  std::shared_ptr<const Snapshot::TypeSet> base_;
-  std::vector<std::shared_ptr<const Snapshot::Chunk>> chunks_;
-  std::vector<bool> owned_;  // chunks_[i] was created by this builder (not yet published)
-  size_t dirty_lo_ = SIZE_MAX, dirty_hi_ = 0;  // [lo, hi): chunks changed, inserted or moved
-  size_t size_ = 0;
+  std::vector<Snapshot::Ref<Segment>> segs_;
+  absl::InlinedVector<const void*, 8> owned_;
+  absl::flat_hash_set<const void*> owned_many_;
   size_t copied_ = 0;
 };
 

@@ -33,26 +33,69 @@ bool Filter::Matches(const Instance& in) const {
 
 // ---- Snapshot::TypeSet / TypeView ----
 
+size_t Snapshot::TypeSet::chunk_count() const {
+  size_t n = 0;
+  for (const auto& seg : segments) n += seg.ptr->chunks.size();
+  return n;
+}
+
 std::shared_ptr<const Snapshot::TypeSet> Snapshot::TypeSet::FromSorted(
     const std::vector<InstancePtr>& sorted) {
+  // Chunks and segments three quarters full: room for inserts before the first split.
+  const size_t per = std::max<size_t>(1, cache::ChunkLimit(sorted.size()) * 3 / 4);
   auto set = std::make_shared<TypeSet>();
-  for (size_t i = 0; i < sorted.size(); i += kChunkMax / 2) {
+  std::shared_ptr<Segment> seg;
+  for (size_t i = 0; i < sorted.size(); i += per) {
+    if (seg == nullptr || seg->chunks.size() == per) {
+      seg = std::make_shared<Segment>();
+      set->segments.push_back({seg, set->size(), nullptr});
+    }
     auto chunk = std::make_shared<Chunk>();
-    const size_t end = std::min(sorted.size(), i + kChunkMax / 2);
+    const size_t end = std::min(sorted.size(), i + per);
     chunk->items.assign(sorted.begin() + static_cast<std::ptrdiff_t>(i),
                         sorted.begin() + static_cast<std::ptrdiff_t>(end));
-    set->ends.push_back(end);
-    set->chunks.push_back(std::move(chunk));
+    const Instance* last = chunk->items.back().get();
+    seg->chunks.push_back({std::move(chunk), seg->size() + (end - i), last});
+    set->segments.back().end = end;
+    set->segments.back().last = last;
   }
   return set;
 }
 
+Snapshot::TypeView::iterator::iterator(const TypeSet* set, size_t seg, size_t chunk, size_t pos)
+    : set_(set), seg_(seg), chunk_(chunk), pos_(pos) {
+  if (seg_ < set_->segments.size()) items_ = &set_->segments[seg_].ptr->chunks[chunk_].ptr->items;
+}
+
+void Snapshot::TypeView::iterator::Next() {
+  pos_ = 0;
+  if (++chunk_ == set_->segments[seg_].ptr->chunks.size()) {
+    chunk_ = 0;
+    if (++seg_ == set_->segments.size()) {
+      items_ = nullptr;
+      return;
+    }
+  }
+  items_ = &set_->segments[seg_].ptr->chunks[chunk_].ptr->items;
+}
+
+namespace {
+// The first entry of `refs` whose end is above `index`, and `index` relative to it.
+template <class T>
+std::pair<size_t, size_t> Locate(const std::vector<Snapshot::Ref<T>>& refs, size_t index) {
+  const size_t i = std::upper_bound(refs.begin(), refs.end(), index,
+                                    [](size_t x, const Snapshot::Ref<T>& r) { return x < r.end; }) -
+                   refs.begin();
+  return {i, index - (i == 0 ? 0 : refs[i - 1].end)};
+}
+}  // namespace
+
 Snapshot::TypeView::iterator Snapshot::TypeView::At(size_t index) const {
   if (set_ == nullptr) return {};
-  const size_t c =
-      std::upper_bound(set_->ends.begin(), set_->ends.end(), index) - set_->ends.begin();
-  if (c == set_->chunks.size()) return iterator(set_, c, 0);
-  return iterator(set_, c, index - (c == 0 ? 0 : set_->ends[c - 1]));
+  const auto [s, local] = Locate(set_->segments, index);
+  if (s == set_->segments.size()) return iterator(set_, s, 0, 0);
+  const auto [c, pos] = Locate(set_->segments[s].ptr->chunks, local);
+  return iterator(set_, s, c, pos);
 }
 
 Snapshot::TypeView Snapshot::TypeView::Group(std::string_view group) const {

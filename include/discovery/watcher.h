@@ -76,23 +76,43 @@ struct Filter {
 class Snapshot {
  public:
   // The instances of one type sorted by (group, instanceId), in immutable chunks of at most
-  // kChunkMax that consecutive snapshots share: publishing a change copies only the chunks
-  // it touches plus the chunk index (O(changed instances + chunks)), never the whole type.
+  // kChunkMax, gathered in immutable segments of consecutive chunks; consecutive snapshots
+  // share both. Publishing a change copies the chunk it lands in, that chunk's segment (its
+  // chunk pointers) and the segment index: about 3 x cbrt(n) pointers for a type of n
+  // instances, never the whole type.
   static constexpr size_t kChunkMax = 256;
   struct Chunk {
     std::vector<InstancePtr> items;  // sorted, never empty once published
   };
+  // An entry of an index level (a segment's chunks, a type's segments).
+  template <class T>
+  struct Ref {
+    std::shared_ptr<const T> ptr;
+    size_t end = 0;                  // instances under this entry and every one before it
+    const Instance* last = nullptr;  // the last instance under it (what a search compares)
+  };
+  struct Segment {
+    std::vector<Ref<Chunk>> chunks;  // in order, never empty once published
+    size_t size() const { return chunks.empty() ? 0 : chunks.back().end; }
+  };
   struct TypeSet {
-    std::vector<std::shared_ptr<const Chunk>> chunks;  // in order
-    std::vector<size_t> ends;  // ends[i]: instances in chunks[0..i] (for indexing)
-    size_t size() const { return ends.empty() ? 0 : ends.back(); }
+    std::vector<Ref<Segment>> segments;  // in order
+    size_t size() const { return segments.empty() ? 0 : segments.back().end; }
+    size_t chunk_count() const;
+    // Calls f(const Chunk&) for each chunk, in order.
+    template <class F>
+    void ForEachChunk(F&& f) const {
+      for (const auto& seg : segments) {
+        for (const auto& c : seg.ptr->chunks) f(*c.ptr);
+      }
+    }
     // A set holding `sorted` (already in (group, instanceId) order) in fresh chunks.
     static std::shared_ptr<const TypeSet> FromSorted(const std::vector<InstancePtr>& sorted);
   };
 
   // A read-only range over (part of) one type's instances, in (group, instanceId) order:
-  // range-for, size(), empty(), operator[] (O(log chunks)), begin()/end() (forward
-  // iterators). Valid while its Snapshot lives; copying it is cheap (no instances copied).
+  // range-for, size(), empty(), operator[] (O(log n)), begin()/end() (forward iterators).
+  // Valid while its Snapshot lives; copying it is cheap (no instances copied).
   class TypeView {
    public:
     class iterator {
@@ -103,13 +123,10 @@ class Snapshot {
       using pointer = const InstancePtr*;
       using reference = const InstancePtr&;
       iterator() = default;
-      reference operator*() const { return set_->chunks[chunk_]->items[pos_]; }
+      reference operator*() const { return (*items_)[pos_]; }
       pointer operator->() const { return &**this; }
       iterator& operator++() {
-        if (++pos_ == set_->chunks[chunk_]->items.size()) {
-          ++chunk_;
-          pos_ = 0;
-        }
+        if (++pos_ == items_->size()) Next();
         return *this;
       }
       iterator operator++(int) {
@@ -117,14 +134,17 @@ class Snapshot {
         ++*this;
         return old;
       }
-      bool operator==(const iterator& o) const { return chunk_ == o.chunk_ && pos_ == o.pos_; }
+      bool operator==(const iterator& o) const {
+        return seg_ == o.seg_ && chunk_ == o.chunk_ && pos_ == o.pos_;
+      }
 
      private:
       friend class TypeView;
-      iterator(const TypeSet* set, size_t chunk, size_t pos)
-          : set_(set), chunk_(chunk), pos_(pos) {}
+      iterator(const TypeSet* set, size_t seg, size_t chunk, size_t pos);
+      void Next();  // to the next chunk's first instance (or the end)
       const TypeSet* set_ = nullptr;
-      size_t chunk_ = 0, pos_ = 0;
+      const std::vector<InstancePtr>* items_ = nullptr;  // the current chunk's (null at end)
+      size_t seg_ = 0, chunk_ = 0, pos_ = 0;
     };
 
     TypeView() = default;

@@ -36,10 +36,40 @@ std::string Key(const Instance& in) { return absl::StrCat(in.group, "\x1f", in.i
 // How many chunks of `b` are not shared (by pointer) with `a`.
 size_t FreshChunks(const Snapshot::TypeSet& a, const Snapshot::TypeSet& b) {
   std::set<const Snapshot::Chunk*> old;
-  for (const auto& c : a.chunks) old.insert(c.get());
+  a.ForEachChunk([&](const Snapshot::Chunk& c) { old.insert(&c); });
   size_t fresh = 0;
-  for (const auto& c : b.chunks) fresh += old.count(c.get()) == 0;
+  b.ForEachChunk([&](const Snapshot::Chunk& c) { fresh += old.count(&c) == 0; });
   return fresh;
+}
+// How many segments of `b` are not shared (by pointer) with `a`.
+size_t FreshSegments(const Snapshot::TypeSet& a, const Snapshot::TypeSet& b) {
+  std::set<const Snapshot::Segment*> old;
+  for (const auto& s : a.segments) old.insert(s.ptr.get());
+  size_t fresh = 0;
+  for (const auto& s : b.segments) fresh += old.count(s.ptr.get()) == 0;
+  return fresh;
+}
+// Every published invariant of a set: non-empty chunks and segments within `limit`, each
+// `ends` the running count, each `lasts` the last instance of its chunk or segment.
+void ExpectWellFormed(const Snapshot::TypeSet& set, size_t limit, const std::string& where) {
+  size_t total = 0;
+  for (size_t s = 0; s < set.segments.size(); ++s) {
+    const Snapshot::Segment& seg = *set.segments[s].ptr;
+    ASSERT_FALSE(seg.chunks.empty()) << where << " segment " << s;
+    ASSERT_LE(seg.chunks.size(), limit) << where << " segment " << s;
+    size_t in_seg = 0;
+    for (size_t c = 0; c < seg.chunks.size(); ++c) {
+      const auto& items = seg.chunks[c].ptr->items;
+      ASSERT_FALSE(items.empty()) << where << " chunk " << s << "/" << c;
+      ASSERT_LE(items.size(), limit) << where << " chunk " << s << "/" << c;
+      in_seg += items.size();
+      ASSERT_EQ(seg.chunks[c].end, in_seg) << where << " chunk " << s << "/" << c;
+      ASSERT_EQ(seg.chunks[c].last, items.back().get()) << where << " chunk " << s << "/" << c;
+    }
+    total += in_seg;
+    ASSERT_EQ(set.segments[s].end, total) << where << " segment " << s;
+    ASSERT_EQ(set.segments[s].last, seg.chunks.back().last) << where << " segment " << s;
+  }
 }
 
 std::shared_ptr<const Snapshot::TypeSet> Build(int n) {
@@ -52,15 +82,22 @@ TEST(SnapshotTypeSet, OneChangeInALargeTypeCopiesOneChunk) {
   constexpr int kN = 100000;
   std::shared_ptr<const Snapshot::TypeSet> base = Build(kN);
   ASSERT_EQ(base->size(), static_cast<size_t>(kN));
-  for (const auto& c : base->chunks) EXPECT_LE(c->items.size(), Snapshot::kChunkMax);
+  ExpectWellFormed(*base, cache::ChunkLimit(kN), "base");
 
-  // An update in place: one chunk copied, every other chunk pointer shared.
+  // An update in place: one chunk and its segment copied, every other pointer shared.
   cache::TypeSetBuilder update(base);
   update.Upsert(Make(54321, 100, 1));
   auto updated = update.Finish();
   EXPECT_EQ(updated->size(), base->size());
   EXPECT_EQ(update.chunks_copied(), 1u);
   EXPECT_EQ(FreshChunks(*base, *updated), 1u);
+  EXPECT_EQ(FreshSegments(*base, *updated), 1u);
+  // What a publish copies: the changed chunk, its segment's chunk pointers and the segment
+  // index, ~3 x cbrt(n) pointers (a single-level index of sqrt(n) chunks was ~790 here).
+  const size_t chunk = 64, per_segment = 64;
+  EXPECT_EQ(cache::ChunkLimit(kN), chunk);
+  EXPECT_LE(updated->segments.size(), 2 * kN / (chunk * per_segment / 4));
+  ExpectWellFormed(*updated, cache::ChunkLimit(kN), "updated");
 
   // An insert (may split its chunk) and a removal: at most two fresh chunks each.
   cache::TypeSetBuilder insert(updated);
@@ -68,11 +105,13 @@ TEST(SnapshotTypeSet, OneChangeInALargeTypeCopiesOneChunk) {
   auto inserted = insert.Finish();
   EXPECT_EQ(inserted->size(), base->size() + 1);
   EXPECT_LE(FreshChunks(*updated, *inserted), 2u);
+  EXPECT_LE(FreshSegments(*updated, *inserted), 2u);
   cache::TypeSetBuilder remove(inserted);
   remove.Erase(*Make(777));
   auto removed = remove.Finish();
   EXPECT_EQ(removed->size(), base->size());
   EXPECT_LE(FreshChunks(*inserted, *removed), 2u);
+  EXPECT_LE(FreshSegments(*inserted, *removed), 2u);
 
   // Through the public API: the unchanged instances of the new snapshot are the very same
   // pointer objects as in the previous one (shared storage), not copies.
@@ -81,6 +120,39 @@ TEST(SnapshotTypeSet, OneChangeInALargeTypeCopiesOneChunk) {
   EXPECT_EQ(&before.OfType("world")[kN - 1], &after.OfType("world")[kN - 1]);
   EXPECT_NE(after.OfType("world")[54321], before.OfType("world")[54321]);
   EXPECT_EQ(after.OfType("world")[54321]->weight, 1);
+}
+
+// Instances inserted in key order (a sync of one group: etcd returns keys sorted) fill each
+// chunk and segment before starting the next, where halving splits would leave them all half
+// empty; removing most of a type joins the small chunks and segments left behind.
+TEST(SnapshotTypeSet, AppendsFillChunksAndRemovalsJoinThem) {
+  constexpr int kN = 100000;
+  std::shared_ptr<const Snapshot::TypeSet> set = Build(kN);  // (in key order)
+  ExpectWellFormed(*set, cache::ChunkLimit(kN), "appended");
+  // Full at the limit of the size when each was made: 16 up to 4,096 instances, 32 up to
+  // 32,768, 64 after: ~2,200 chunks in ~60 segments (halving: ~4,400 in ~240).
+  EXPECT_LE(set->chunk_count(), 2300u);
+  EXPECT_LE(set->segments.size(), 70u);
+
+  std::map<std::string, InstancePtr> model;
+  for (const InstancePtr& in : Snapshot(1, Types{{"world", set}}).OfType("world")) {
+    model[Key(*in)] = in;
+  }
+  cache::TypeSetBuilder b(set);
+  for (int i = 0; i < kN; ++i) {
+    if (i % 500 == 0) continue;
+    b.Erase(*Make(i));
+    model.erase(Key(*Make(i)));
+  }
+  auto kept = b.Finish();
+  ASSERT_EQ(kept->size(), model.size());
+  ExpectWellFormed(*kept, 2 * cache::ChunkLimit(kN), "kept");
+  // 200 instances left, one per ~8 former chunks: joined into few chunks and segments.
+  EXPECT_LE(kept->chunk_count(), 60u);
+  EXPECT_LE(kept->segments.size(), 10u);
+  Snapshot snap(2, Types{{"world", kept}});
+  auto it = model.begin();
+  for (const InstancePtr& in : snap.OfType("world")) ASSERT_EQ(in, (it++)->second);
 }
 
 // Replace finds the previous instance by its address (no key comparison inside the chunk) and
@@ -166,16 +238,10 @@ TEST(SnapshotTypeSet, ViewsEqualASortedModelAfterRandomChanges) {
       ++i;
     }
     if (set != nullptr) {
-      // Finish takes the ends of untouched chunks from the previous set: each must still be
-      // the count up to and including its chunk.
-      ASSERT_EQ(set->ends.size(), set->chunks.size());
-      size_t total = 0;
-      for (size_t c = 0; c < set->chunks.size(); ++c) {
-        ASSERT_FALSE(set->chunks[c]->items.empty());
-        ASSERT_LE(set->chunks[c]->items.size(), Snapshot::kChunkMax);
-        total += set->chunks[c]->items.size();
-        ASSERT_EQ(set->ends[c], total) << "round " << round << " chunk " << c;
-      }
+      // The builder keeps ends and lasts incrementally: each must still be the count up to
+      // and including its chunk or segment, and the last instance of it. (2 x the limit: a
+      // type that shrank keeps larger chunks until they change.)
+      ExpectWellFormed(*set, 2 * cache::ChunkLimit(3000), absl::StrCat("round ", round));
     }
     // Group views and Select(type, group) hold exactly the model's members of the group.
     for (const std::string group : {"g-00000", "g-00010", "g-00042", "g-99999"}) {
@@ -226,21 +292,21 @@ TEST(SnapshotTypeSet, SortsBeforeIsTheByteOrderOfTheBuiltKey) {
   }
 }
 
-// The split limit follows the type's size (sqrt, 32..kChunkMax), and a type that shrank
-// cuts its oversized chunks down as they change.
+// The split limit follows the type's size (cbrt, 16..kChunkMax), and a type that shrank
+// cuts its oversized chunks and segments down as they change.
 TEST(SnapshotTypeSet, ChunkLimitFollowsTheTypeSize) {
-  EXPECT_EQ(cache::ChunkLimit(0), 32u);
-  EXPECT_EQ(cache::ChunkLimit(1000), 32u);
-  EXPECT_EQ(cache::ChunkLimit(10000), 128u);
-  EXPECT_EQ(cache::ChunkLimit(100000), Snapshot::kChunkMax);
+  EXPECT_EQ(cache::ChunkLimit(0), 16u);
+  EXPECT_EQ(cache::ChunkLimit(1000), 16u);
+  EXPECT_EQ(cache::ChunkLimit(10000), 32u);
+  EXPECT_EQ(cache::ChunkLimit(100000), 64u);
   EXPECT_EQ(cache::ChunkLimit(100000000), Snapshot::kChunkMax);
 
   auto small = Build(1000);
-  for (const auto& c : small->chunks) EXPECT_LE(c->items.size(), 32u);
+  ExpectWellFormed(*small, 16, "small");
   auto big = Build(100000);
   size_t largest = 0;
-  for (const auto& c : big->chunks) largest = std::max(largest, c->items.size());
-  EXPECT_GT(largest, 128u);  // built at the size's own limit, not the small one
+  big->ForEachChunk([&](const Snapshot::Chunk& c) { largest = std::max(largest, c.items.size()); });
+  EXPECT_GT(largest, 32u);  // built at the size's own limit, not the small one
 
   // Shrink the big type to 500 instances, then update each remaining one: every chunk is cut
   // to at most twice the small limit.
@@ -252,7 +318,7 @@ TEST(SnapshotTypeSet, ChunkLimitFollowsTheTypeSize) {
   for (int i = 0; i < 500; ++i) touch.Upsert(Make(i, 100, 1));
   auto touched = touch.Finish();
   ASSERT_EQ(touched->size(), 500u);
-  for (const auto& c : touched->chunks) EXPECT_LE(c->items.size(), 64u);
+  ExpectWellFormed(*touched, 2 * cache::ChunkLimit(500), "touched");
   Snapshot snap(1, Types{{"world", touched}});
   for (int i = 0; i < 500; ++i) {
     ASSERT_EQ(snap.OfType("world")[static_cast<size_t>(i)]->instance_id, Make(i)->instance_id);
