@@ -13,7 +13,7 @@
 // reference-count increment on a usually cold control block, and frees as many when the old
 // snapshot goes. With one level (chunks of sqrt(n) and a chunk index of n / sqrt(n)) that was
 // ~70 pointers at 1,000 instances and ~790 at 100,000, the largest part of the watch thread's
-// per-event CPU above raw gRPC; two levels of cbrt(n) make it ~40 and ~150.
+// per-event CPU above raw gRPC; two levels of cbrt(n) make it ~40 and ~170.
 #pragma once
 
 #include <cstddef>
